@@ -1,0 +1,5 @@
+//! itera-engine: the pipeline engine. It knows pipelines, DAGs, the content-addressed
+//! store, executors and run records, and nothing about machine learning.
+
+pub mod spec;
+pub mod stage;

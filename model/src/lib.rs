@@ -1,0 +1,1 @@
+//! itera-model: the Itera-Lite SSM + mixture-of-experts language model on dfdx.
