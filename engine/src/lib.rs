@@ -1,5 +1,7 @@
 //! itera-engine: the pipeline engine. It knows pipelines, DAGs, the content-addressed
 //! store, executors and run records, and nothing about machine learning.
 
+pub mod graph;
+pub mod schema;
 pub mod spec;
 pub mod stage;

@@ -21,6 +21,7 @@ pub use diagnostic::{suggest, Diagnostic, Diagnostics, Location, Snippet};
 pub use model::{InputRef, Pipeline, Resources, StageName, StageSpec};
 
 use crate::stage::Registry;
+pub(crate) use validate::PipelineHeader;
 use tree::{Node, Sources};
 
 /// Loads the pipeline file at `path` (as given by the user; messages print it so), applies
