@@ -1,5 +1,8 @@
 //! itera-engine: the pipeline engine. It knows pipelines, DAGs, the content-addressed
 //! store, executors and run records, and nothing about machine learning.
 
+pub mod fs;
+pub mod host;
 pub mod spec;
 pub mod stage;
+pub mod store;
