@@ -1,8 +1,10 @@
 //! itera-engine: the pipeline engine. It knows pipelines, DAGs, the content-addressed
 //! store, executors and run records, and nothing about machine learning.
 
+pub mod exec;
 pub mod fs;
 pub mod host;
+pub mod record;
 pub mod spec;
 pub mod stage;
 pub mod store;

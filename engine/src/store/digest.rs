@@ -245,7 +245,13 @@ pub enum TreeChange {
 
 impl fmt::Display for TreeChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown = |p: &str| if p.is_empty() { ".".to_owned() } else { p.to_owned() };
+        let shown = |p: &str| {
+            if p.is_empty() {
+                ".".to_owned()
+            } else {
+                p.to_owned()
+            }
+        };
         match self {
             Self::Missing { path } => write!(f, "{} is missing", shown(path)),
             Self::Added { path } => write!(f, "{} was added", shown(path)),

@@ -99,8 +99,8 @@ pub fn check(dir: &Path, key: &CacheKey) -> Result<Entry, EntryProblem> {
             found: meta.key.to_string(),
         });
     }
-    let on_disk = digest::scan(&dir.join("out"))
-        .map_err(|e| EntryProblem::Changed(vec![missing_root(e)]))?;
+    let on_disk =
+        digest::scan(&dir.join("out")).map_err(|e| EntryProblem::Changed(vec![missing_root(e)]))?;
     let changes = digest::compare(&meta.manifest, &on_disk, false);
     if !changes.is_empty() {
         return Err(EntryProblem::Changed(changes));
@@ -193,6 +193,7 @@ impl Claimed {
         let out = self.out_dir();
         let (digest, manifest) = digest::digest_tree(&out)?;
         if mode == PublishMode::Discard {
+            fs::remove_dir_all_if_exists(&self.work_dir)?;
             return Ok(Published {
                 digest,
                 manifest,

@@ -179,10 +179,7 @@ mod tests {
         b.seed = 8;
         assert_eq!(
             b.changes_since(&a),
-            [
-                r#"params.command: "echo hi" -> "echo bye""#,
-                "seed: 7 -> 8"
-            ]
+            [r#"params.command: "echo hi" -> "echo bye""#, "seed: 7 -> 8"]
         );
         assert!(a.changes_since(&a).is_empty());
     }

@@ -172,8 +172,7 @@ mod tests {
         let waiter = std::thread::spawn(move || {
             let mut seen = None;
             let other = LockHolder::me(Some("run-b"), "train");
-            let lock = acquire(&path2, &other, &CancelToken::default(), &mut |h| seen = h)
-                .unwrap();
+            let lock = acquire(&path2, &other, &CancelToken::default(), &mut |h| seen = h).unwrap();
             drop(lock);
             seen
         });

@@ -69,9 +69,7 @@ fn size_of(path: &Path) -> u64 {
 
 /// The key a store/work/tmp folder name belongs to (its first 64 characters).
 fn key_of(name: &str) -> Option<CacheKey> {
-    name.get(..64)
-        .and_then(digest::Digest::parse)
-        .map(CacheKey)
+    name.get(..64).and_then(digest::Digest::parse).map(CacheKey)
 }
 
 /// Removes store entries whose key is not in `keep`, and every abandoned work and staging
@@ -177,7 +175,13 @@ mod tests {
         let key = parts.key();
         let me = LockHolder::me(None, "test");
         let Claim::Miss(c) = store
-            .claim(&key, &me, Reuse::Allow, &CancelToken::default(), &mut |_| {})
+            .claim(
+                &key,
+                &me,
+                Reuse::Allow,
+                &CancelToken::default(),
+                &mut |_| {},
+            )
             .unwrap()
         else {
             panic!()
@@ -213,7 +217,11 @@ mod tests {
         let done = gc(&store, &keep, GcMode::Delete).unwrap();
         assert_eq!(done.kept, 1);
         assert_eq!(done.removed[0].stage.as_deref(), Some("stage2"));
-        assert_eq!(done.removed[0].bytes, 2 + meta_len, "out/f.txt and meta.json");
+        assert_eq!(
+            done.removed[0].bytes,
+            2 + meta_len,
+            "out/f.txt and meta.json"
+        );
         assert!(store.entry_dir(&a).exists());
         assert!(!store.entry_dir(&b).exists());
         assert!(!store.work_dir(&b).exists());

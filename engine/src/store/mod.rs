@@ -290,7 +290,10 @@ mod tests {
         let Lookup::Hit(e) = store.lookup(&key) else {
             panic!()
         };
-        assert_eq!(std::fs::read_to_string(e.out_dir().join("f")).unwrap(), "two");
+        assert_eq!(
+            std::fs::read_to_string(e.out_dir().join("f")).unwrap(),
+            "two"
+        );
         assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
     }
 }
