@@ -47,6 +47,12 @@ pub struct Var<E: Real, T, S: Shape = (usize, usize)> {
     len: usize,
 }
 
+// SAFETY: the view points into the buffer owned by `tensor`; sending or sharing the Var
+// is as safe as sending or sharing the tensor (the buffer is never mutated).
+unsafe impl<E: Real, T, S: Shape> Send for Var<E, T, S> where Tensor<S, E, Cpu, T>: Send {}
+// SAFETY: as above.
+unsafe impl<E: Real, T, S: Shape> Sync for Var<E, T, S> where Tensor<S, E, Cpu, T>: Sync {}
+
 impl<E: Real, S: Shape> Clone for Var<E, NoneTape, S> {
     fn clone(&self) -> Self {
         Self {
