@@ -1,1 +1,5 @@
 //! itera-model: the Itera-Lite SSM + mixture-of-experts language model on dfdx.
+pub mod config;
+pub mod decode;
+
+pub use config::ModelConfig;
