@@ -1,6 +1,7 @@
 //! Branch-free f32 `exp`, `ln`, `erf` and the activations built on them (SiLU, softplus,
 //! exact-erf GELU), written so loops over slices vectorize. The decoder's elementwise work
 //! per token is thousands of these; libm's scalar calls would cost as much as the matvecs.
+//! Plain multiply and add (no `mul_add`: without FMA in the target it is a slow libm call).
 //! Accuracy: `exp` and `ln` within a few ulp, `erf` within 1.5e-7 absolute
 //! (Abramowitz & Stegun 7.1.26); checked against f64 in the tests below.
 
@@ -18,12 +19,12 @@ pub fn exp(x: f32) -> f32 {
     let r = x - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
     let p = 1.987_569_1e-4f32;
-    let p = p.mul_add(r, 1.398_199_9e-3);
-    let p = p.mul_add(r, 8.333_452e-3);
-    let p = p.mul_add(r, 4.166_579_6e-2);
-    let p = p.mul_add(r, 1.666_666_5e-1);
-    let p = p.mul_add(r, 5e-1);
-    let y = p.mul_add(r2, r) + 1.0;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5e-1;
+    let y = p * r2 + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     y * scale
 }
@@ -40,32 +41,32 @@ pub fn ln(x: f32) -> f32 {
     m = if small { m + m - 1.0 } else { m - 1.0 };
     let z = m * m;
     let p = 7.037_683_6e-2f32;
-    let p = p.mul_add(m, -1.151_461e-1);
-    let p = p.mul_add(m, 1.167_699_9e-1);
-    let p = p.mul_add(m, -1.242_014_1e-1);
-    let p = p.mul_add(m, 1.424_932_3e-1);
-    let p = p.mul_add(m, -1.666_805_8e-1);
-    let p = p.mul_add(m, 2.000_071_4e-1);
-    let p = p.mul_add(m, -2.499_999_4e-1);
-    let p = p.mul_add(m, 3.333_333e-1);
+    let p = p * m - 1.151_461e-1;
+    let p = p * m + 1.167_699_9e-1;
+    let p = p * m - 1.242_014_1e-1;
+    let p = p * m + 1.424_932_3e-1;
+    let p = p * m - 1.666_805_8e-1;
+    let p = p * m + 2.000_071_4e-1;
+    let p = p * m - 2.499_999_4e-1;
+    let p = p * m + 3.333_333e-1;
     let y = p * m * z;
     let ef = e as f32;
-    let y = ef.mul_add(-2.121_944_4e-4, y);
+    let y = ef * -2.121_944_4e-4 + y;
     let y = y - 0.5 * z;
     let r = m + y;
-    ef.mul_add(0.693_359_4, r)
+    ef * 0.693_359_4 + r
 }
 
 /// erf(x), absolute error below 1.5e-7.
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
     let a = x.abs();
-    let t = 1.0 / 0.327_591_1f32.mul_add(a, 1.0);
+    let t = 1.0 / (0.327_591_1f32 * a + 1.0);
     let p = 1.061_405_4f32;
-    let p = p.mul_add(t, -1.453_152_1);
-    let p = p.mul_add(t, 1.421_413_8);
-    let p = p.mul_add(t, -0.284_496_72);
-    let p = p.mul_add(t, 0.254_829_6);
+    let p = p * t - 1.453_152_1;
+    let p = p * t + 1.421_413_8;
+    let p = p * t - 0.284_496_72;
+    let p = p * t + 0.254_829_6;
     let y = 1.0 - p * t * exp(-a * a);
     y.copysign(x)
 }

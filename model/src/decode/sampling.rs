@@ -81,8 +81,38 @@ impl SamplingConfig {
 pub struct Sampler {
     config: SamplingConfig,
     rng: ChaCha8Rng,
-    /// (probability weight, token) of the candidates.
+    /// (weight, token) of the candidates when they are a subset of the vocabulary.
     candidates: Vec<(f32, u32)>,
+    /// Unnormalized probabilities of the whole vocabulary.
+    weights: Vec<f32>,
+}
+
+/// Largest weight first, ties to the lower token: a total order, so results do not depend
+/// on the selection algorithm.
+fn order(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// The `m` largest `values` as (value, index), in no particular order: one pass that keeps
+/// only values at or above the running m-th largest.
+fn largest(values: &[f32], m: usize, out: &mut Vec<(f32, u32)>) {
+    out.clear();
+    let cap = 2 * m.max(32);
+    let mut threshold = f32::NEG_INFINITY;
+    for (i, &v) in values.iter().enumerate() {
+        if v >= threshold {
+            out.push((v, i as u32));
+            if out.len() == cap {
+                out.select_nth_unstable_by(m - 1, order);
+                out.truncate(m);
+                threshold = out.iter().fold(f32::INFINITY, |t, x| t.min(x.0));
+            }
+        }
+    }
+    if out.len() > m {
+        out.select_nth_unstable_by(m - 1, order);
+        out.truncate(m);
+    }
 }
 
 impl Sampler {
@@ -92,6 +122,7 @@ impl Sampler {
             config: config.clone(),
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             candidates: Vec::new(),
+            weights: Vec::new(),
         })
     }
 
@@ -102,64 +133,81 @@ impl Sampler {
             return argmax(logits);
         }
         let inv_t = 1.0 / cfg.temperature;
-        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let top_p = cfg.top_p.filter(|&p| p < 1.0);
         let c = &mut self.candidates;
-        c.clear();
-        c.extend(
-            logits
-                .iter()
-                .enumerate()
-                .map(|(i, &l)| (fastmath::exp((l - max) * inv_t), i as u32)),
-        );
-        // Largest weight first, ties to the lower token: a total order, so the result does
-        // not depend on the selection algorithm.
-        let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-        if let Some(k) = cfg.top_k {
-            if k < c.len() {
-                c.select_nth_unstable_by(k - 1, order);
-                c.truncate(k);
+        // Either a candidate list (top-k, top-p) or the whole vocabulary's weights.
+        let subset = if let Some(k) = cfg.top_k.filter(|&k| k < logits.len()) {
+            largest(logits, k, c);
+            let max = c.iter().fold(f32::NEG_INFINITY, |m, x| m.max(x.0));
+            c.iter_mut()
+                .for_each(|x| x.0 = fastmath::exp((x.0 - max) * inv_t));
+            if let Some(p) = top_p {
+                c.sort_unstable_by(order);
+                nucleus(c, p as f64 * c.iter().map(|x| x.0 as f64).sum::<f64>());
             }
-        }
-        if let Some(p) = cfg.top_p.filter(|&p| p < 1.0) {
+            true
+        } else {
+            let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            self.weights.clear();
+            self.weights
+                .extend(logits.iter().map(|&l| fastmath::exp((l - max) * inv_t)));
+            if let Some(p) = top_p {
+                let target = p as f64 * self.weights.iter().map(|&w| w as f64).sum::<f64>();
+                // Sort only as many of the largest as the nucleus needs.
+                let mut m = 64.min(logits.len());
+                loop {
+                    largest(&self.weights, m, c);
+                    c.sort_unstable_by(order);
+                    let mass: f64 = c.iter().map(|x| x.0 as f64).sum();
+                    if mass >= target || m == logits.len() {
+                        nucleus(c, target);
+                        break;
+                    }
+                    m = (m * 4).min(logits.len());
+                }
+                true
+            } else {
+                false
+            }
+        };
+        if subset {
             let total: f64 = c.iter().map(|x| x.0 as f64).sum();
-            let target = p as f64 * total;
-            // Sort only as many of the largest as the nucleus needs.
-            let mut m = 64.min(c.len());
-            loop {
-                if m < c.len() {
-                    c.select_nth_unstable_by(m - 1, order);
-                }
-                c[..m].sort_unstable_by(order);
-                let mut cum = 0.0;
-                let mut keep = None;
-                for (i, x) in c[..m].iter().enumerate() {
-                    cum += x.0 as f64;
-                    if cum >= target {
-                        keep = Some(i + 1);
-                        break;
-                    }
-                }
-                match keep {
-                    Some(n) => {
-                        c.truncate(n);
-                        break;
-                    }
-                    None if m == c.len() => break, // rounding: keep everything
-                    None => m = (m * 4).min(c.len()),
-                }
-            }
+            let u = self.rng.gen::<f64>() * total;
+            draw(c.iter().map(|x| (x.0, x.1)), u)
+        } else {
+            let total: f64 = self.weights.iter().map(|&w| w as f64).sum();
+            let u = self.rng.gen::<f64>() * total;
+            draw(self.weights.iter().enumerate().map(|(i, &w)| (w, i as u32)), u)
         }
-        let total: f64 = c.iter().map(|x| x.0 as f64).sum();
-        let mut u = self.rng.gen::<f64>() * total;
-        for &(w, tok) in c.iter() {
-            u -= w as f64;
-            if u < 0.0 {
-                return tok;
-            }
-        }
-        // u landed on the total by rounding: the last candidate with weight.
-        c.iter().rev().find(|x| x.0 > 0.0).unwrap_or(&c[0]).1
     }
+}
+
+/// Keeps the shortest prefix of `sorted` (largest first) whose weights reach `target`.
+fn nucleus(sorted: &mut Vec<(f32, u32)>, target: f64) {
+    let mut cum = 0.0;
+    for i in 0..sorted.len() {
+        cum += sorted[i].0 as f64;
+        if cum >= target {
+            sorted.truncate(i + 1);
+            return;
+        }
+    }
+}
+
+/// The candidate where the running sum of weights passes `u` (in [0, total)).
+fn draw(candidates: impl Iterator<Item = (f32, u32)>, mut u: f64) -> u32 {
+    let mut last = None;
+    for (w, tok) in candidates {
+        if w > 0.0 {
+            last = Some(tok);
+        }
+        u -= w as f64;
+        if u < 0.0 {
+            return tok;
+        }
+    }
+    // u landed on the total by rounding: the last candidate with weight.
+    last.unwrap_or(0)
 }
 
 /// The index of the largest logit (the first one on ties).
