@@ -7,9 +7,11 @@
 //! - [`model`]: the parallel forward pass and loss;
 //! - [`optim`]: AdamW and gradient clipping; [`trainer`]: steps, checkpoints, resume;
 //! - [`sampler`]: seeded, resumable batches; [`score`]: NLL of a token stream;
-//! - [`weights`]: `model.safetensors` + `config.json` I/O.
+//! - [`weights`]: `model.safetensors` + `config.json` I/O;
+//! - [`decode`]: the recurrent decoder over plain slices (f32/f16 weights), sampling.
 
 pub mod config;
+pub mod decode;
 pub mod model;
 pub mod ops;
 pub mod optim;
