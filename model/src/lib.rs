@@ -1,1 +1,3 @@
 //! itera-model: the Itera-Lite SSM + mixture-of-experts language model on dfdx.
+
+pub mod config;

@@ -2,7 +2,11 @@
 
 use itera_engine::stage::Registry;
 
+pub mod half;
+
 /// Every built-in stage kind.
 pub fn registry() -> Registry {
-    Registry::new()
+    let mut registry = Registry::new();
+    registry.register::<half::HalfConvert>();
+    registry
 }
