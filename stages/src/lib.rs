@@ -3,10 +3,13 @@
 use itera_engine::stage::Registry;
 
 pub mod half;
+pub mod records;
+pub mod report;
 
 /// Every built-in stage kind.
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
     registry.register::<half::HalfConvert>();
+    registry.register::<report::Report>();
     registry
 }
