@@ -5,10 +5,16 @@ pub mod tokenize;
 
 use itera_engine::stage::Registry;
 
+pub mod half;
+pub mod records;
+pub mod report;
+
 /// Every built-in stage kind.
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
     registry.register::<fetch::HfFetch>();
     registry.register::<tokenize::Tokenize>();
+    registry.register::<half::HalfConvert>();
+    registry.register::<report::Report>();
     registry
 }
