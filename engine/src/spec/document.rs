@@ -178,7 +178,13 @@ fn syntax_diagnostics(
             };
             let first = path
                 .as_deref()
-                .and_then(|p| first_definition(recovered, p))
+                .and_then(|p| {
+                    if is_header {
+                        first_header(text, line.start, p)
+                    } else {
+                        first_definition(recovered, p)
+                    }
+                })
                 .filter(|first| *first != span);
             let what = match (&path, is_header) {
                 (Some(p), true) if p.len() == 2 && p[0] == "stages" => {
@@ -222,6 +228,34 @@ fn next_header(text: &str, from: usize) -> usize {
         pos += line.len();
     }
     text.len()
+}
+
+/// Span of the last key segment of the first `[header]` before `before` that names `path`.
+fn first_header(text: &str, before: usize, path: &[String]) -> Option<Range<usize>> {
+    let mut pos = 0;
+    for line in text[..before].split_inclusive('\n') {
+        let start = pos;
+        pos += line.len();
+        let indent = line.len() - line.trim_start().len();
+        let body = line.trim_start();
+        let Some(inner) = body.strip_prefix('[') else {
+            continue;
+        };
+        let brackets = if inner.starts_with('[') { 2 } else { 1 };
+        let inner = &body[brackets..];
+        let Some(end) = inner.find(']') else {
+            continue;
+        };
+        let Some(segments) = key_segments(&inner[..end]) else {
+            continue;
+        };
+        if segments.iter().map(|(s, _)| s).eq(path.iter()) {
+            let (_, span) = segments.last()?;
+            let offset = start + indent + brackets;
+            return Some(offset + span.start..offset + span.end);
+        }
+    }
+    None
 }
 
 /// The dotted key of the last `[header]` (or `[[header]]`) before `offset`.

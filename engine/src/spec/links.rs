@@ -214,6 +214,10 @@ fn check_slots(d: &StageDraft<'_>, sources: &Sources, diags: &mut Vec<Diagnostic
             );
         }
     }
+    // A malformed `inputs` was reported already; its slots are unknown, not missing.
+    if d.inputs_node.is_some_and(|n| n.as_table().is_none()) {
+        return;
+    }
     for decl in accepted.iter().filter(|s| s.required) {
         let given = d.inputs.iter().find(|s| s.name == decl.name);
         // An empty list for a required slot is as good as missing (bad items were reported).

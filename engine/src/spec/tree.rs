@@ -108,6 +108,8 @@ pub(crate) enum Value {
     Table(BTreeMap<String, Node>),
     Array(Vec<Node>),
     Scalar(toml::Value),
+    /// A value that cannot be represented (reported when read; skipped by typed checks).
+    Invalid,
 }
 
 /// A value that cannot be represented (an integer outside the 64-bit range).
@@ -135,7 +137,7 @@ impl Node {
                         origin: origin.clone(),
                         message: format!("integer `{i}` does not fit in 64 bits"),
                     });
-                    Value::Scalar(toml::Value::Integer(0))
+                    Value::Invalid
                 }
             },
             DeValue::Float(x) => {
@@ -198,6 +200,7 @@ impl Node {
             Value::Table(_) => "table",
             Value::Array(_) => "array",
             Value::Scalar(v) => v.type_str(),
+            Value::Invalid => "invalid value",
         }
     }
 
@@ -235,7 +238,7 @@ impl Node {
         let next = match &self.value {
             Value::Table(t) => t.get(first),
             Value::Array(items) => first.parse::<usize>().ok().and_then(|i| items.get(i)),
-            Value::Scalar(_) => None,
+            Value::Scalar(_) | Value::Invalid => None,
         }?;
         next.get_path(rest)
     }
@@ -258,6 +261,18 @@ impl Node {
             Value::Scalar(v) => v.clone(),
             Value::Array(items) => toml::Value::Array(items.iter().map(Node::to_toml).collect()),
             Value::Table(t) => toml::Value::Table(table_to_toml(t)),
+            // Never part of a valid pipeline: loading fails once one has been read.
+            Value::Invalid => toml::Value::Integer(0),
+        }
+    }
+
+    /// Whether this value or one inside it could not be represented.
+    pub fn has_invalid(&self) -> bool {
+        match &self.value {
+            Value::Invalid => true,
+            Value::Table(t) => t.values().any(Node::has_invalid),
+            Value::Array(items) => items.iter().any(Node::has_invalid),
+            Value::Scalar(_) => false,
         }
     }
 }

@@ -9,8 +9,8 @@ use schemars::{JsonSchema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json};
 
-use super::diagnostic::{did_you_mean, list, Diagnostic};
-use super::tree::{table_to_toml, Node, Sources};
+use super::diagnostic::{did_you_mean, list, suggest, Diagnostic};
+use super::tree::{table_to_toml, Node, Sources, Value};
 use crate::stage::{ParamIssue, Stage};
 
 /// A JSON schema with its definitions, for looking up which keys a table accepts.
@@ -79,6 +79,27 @@ impl SchemaView {
         self.object(&self.root)
             .map(|(props, _)| props.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Every key path the schema describes (nested objects up to four levels deep).
+    pub fn all_paths(&self) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        self.collect_paths(&self.root, &mut Vec::new(), &mut out);
+        out
+    }
+
+    fn collect_paths(&self, schema: &Json, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        let Some((props, _)) = self.object(schema) else {
+            return;
+        };
+        for (key, sub) in props {
+            prefix.push(key.clone());
+            out.push(prefix.clone());
+            if prefix.len() < 4 {
+                self.collect_paths(sub, prefix, out);
+            }
+            prefix.pop();
+        }
     }
 
     /// Every key of `table` (at any depth) the schema does not accept, with the keys it
@@ -178,11 +199,17 @@ pub(crate) fn check_table(
 ) -> Result<Json, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let mut plain = table_to_toml(table);
+    // Keys taken out before the typed check: unknown ones, unrepresentable values (both
+    // reported already) and, below, each value of the wrong type.
+    let mut removed: Vec<Vec<String>> = Vec::new();
+    for path in invalid_paths(table) {
+        remove_path(&mut plain, &path);
+        removed.push(path);
+    }
     for (path, candidates) in schema.unknown_keys(table, extra_keys) {
-        diags.push(unknown_key(node, table, &path, &candidates, subject_of, sources));
+        diags.push(unknown_key(node, table, &path, &candidates, schema, subject_of, sources));
         remove_path(&mut plain, &path);
     }
-    let mut changed_values = false;
     // Each round removes one bad key, so this ends; the bound is a second guarantee.
     for _ in 0..=count_keys(&plain) {
         match check(&plain) {
@@ -191,7 +218,9 @@ pub(crate) fn check_table(
             Err(issues) => {
                 let serde = issues.len() == 1 && is_serde_message(&issues[0].message);
                 if !serde {
-                    if !changed_values {
+                    // A `validate` hook's findings are only meaningful for the table as
+                    // written, not one with values taken out.
+                    if removed.is_empty() {
                         for issue in &issues {
                             diags.push(issue_diagnostic(
                                 node, table, issue, schema, subject_of, sources,
@@ -201,18 +230,46 @@ pub(crate) fn check_table(
                     return Err(diags);
                 }
                 let issue = &issues[0];
+                if issue.message.starts_with("missing field") {
+                    let mut full = issue.path.clone();
+                    full.extend(quoted_name(&issue.message).map(str::to_owned));
+                    if !removed.contains(&full) {
+                        diags.push(issue_diagnostic(
+                            node, table, issue, schema, subject_of, sources,
+                        ));
+                    }
+                    return Err(diags);
+                }
                 diags.push(issue_diagnostic(
                     node, table, issue, schema, subject_of, sources,
                 ));
-                if issue.message.starts_with("missing field") || !remove_path(&mut plain, &issue.path)
-                {
+                if !remove_path(&mut plain, &issue.path) {
                     return Err(diags);
                 }
-                changed_values = true;
+                removed.push(issue.path.clone());
             }
         }
     }
     Err(diags)
+}
+
+/// Paths of values that could not be represented (reported when the file was read).
+fn invalid_paths(table: &BTreeMap<String, Node>) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (key, node) in table {
+        match &node.value {
+            Value::Invalid => out.push(vec![key.clone()]),
+            Value::Table(t) => out.extend(invalid_paths(t).into_iter().map(|mut p| {
+                p.insert(0, key.clone());
+                p
+            })),
+            Value::Array(items) if items.iter().any(Node::has_invalid) => {
+                out.push(vec![key.clone()])
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Deserializes a plain table into `T` as `check_table` wants it.
@@ -247,17 +304,29 @@ fn unknown_key(
     table: &BTreeMap<String, Node>,
     path: &[String],
     candidates: &[String],
+    schema: &SchemaView,
     subject_of: &dyn Fn(&[String], &Node) -> Subject,
     sources: &Sources,
 ) -> Diagnostic {
     let target = lookup(node, table, path);
     let subject = subject_of(path, target);
     let name = path.last().map(String::as_str).unwrap_or_default();
-    let help = did_you_mean(name, candidates).unwrap_or_else(|| {
-        let mut sorted = candidates.to_vec();
-        sorted.sort();
-        format!("expected one of {}", list(&sorted))
-    });
+    let help = did_you_mean(name, candidates)
+        .or_else(|| {
+            // A key written at the wrong depth (`hidden_size` for `model.hidden_size`).
+            let elsewhere: Vec<String> = schema
+                .all_paths()
+                .into_iter()
+                .filter(|p| p.len() > 1 && p.last().is_some_and(|last| suggest(name, [last]).is_some() || last == name))
+                .map(|p| p.join("."))
+                .collect();
+            elsewhere.first().map(|p| format!("did you mean `{p}`?"))
+        })
+        .unwrap_or_else(|| {
+            let mut sorted = candidates.to_vec();
+            sorted.sort();
+            format!("expected one of {}", list(&sorted))
+        });
     Diagnostic::new(
         format!(
             "unknown {} `{}` {}",
@@ -278,7 +347,12 @@ fn issue_diagnostic(
     subject_of: &dyn Fn(&[String], &Node) -> Subject,
     sources: &Sources,
 ) -> Diagnostic {
-    let message = issue.message.as_str();
+    // toml's errors append "in `key`" on further lines; the location says that already.
+    let message = if is_serde_message(&issue.message) {
+        issue.message.lines().next().unwrap_or_default()
+    } else {
+        issue.message.as_str()
+    };
     if message.starts_with("unknown field") {
         let mut path = issue.path.clone();
         if let Some(name) = quoted_name(message) {
@@ -291,7 +365,7 @@ fn issue_diagnostic(
         } else {
             Vec::new()
         };
-        return unknown_key(node, table, &path, &candidates, subject_of, sources);
+        return unknown_key(node, table, &path, &candidates, schema, subject_of, sources);
     }
     if message.starts_with("missing field") {
         let (parent, depth) = deepest(node, table, &issue.path);
