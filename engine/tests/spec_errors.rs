@@ -19,7 +19,7 @@ fn render(relative: &Path) -> String {
     match spec::load(relative, &overrides, &spec_support::registry()) {
         Ok(_) => panic!("{} should not load", relative.display()),
         Err(diagnostics) => {
-            assert!(diagnostics.len() >= 1);
+            assert!(!diagnostics.is_empty());
             format!(
                 "$ itera validate {}{sets}\n{diagnostics}\n",
                 relative.display()
@@ -32,33 +32,43 @@ fn render(relative: &Path) -> String {
 fn invalid_pipelines_are_reported() {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     insta::glob!("fixtures/invalid/*.toml", |path| {
-        let relative = path.strip_prefix(crate_dir).expect("fixtures are inside the crate");
+        let relative = path
+            .strip_prefix(crate_dir)
+            .expect("fixtures are inside the crate");
         insta::assert_snapshot!(render(relative));
     });
 }
 
 #[test]
 fn the_corpus_is_large_enough() {
-    let count = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/invalid"))
-        .expect("fixtures folder")
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "toml"))
-        })
-        .count();
+    let count = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/invalid"
+    ))
+    .expect("fixtures folder")
+    .filter(|e| {
+        e.as_ref()
+            .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "toml"))
+    })
+    .count();
     assert!(count >= 35, "only {count} invalid fixtures");
 }
 
 #[test]
 fn one_pass_finds_every_problem() {
     let registry = spec_support::registry();
-    let load = |file: &str| {
-        spec::load(Path::new(file), &[], &registry).expect_err("fixture is invalid")
-    };
+    let load =
+        |file: &str| spec::load(Path::new(file), &[], &registry).expect_err("fixture is invalid");
     // Problems in four stages and the pipeline table, all in one report.
     assert_eq!(load("tests/fixtures/invalid/many_problems.toml").len(), 7);
     // Several type errors and unknown keys inside one stage.
-    assert_eq!(load("tests/fixtures/invalid/many_problems_one_stage.toml").len(), 6);
+    assert_eq!(
+        load("tests/fixtures/invalid/many_problems_one_stage.toml").len(),
+        6
+    );
     // Several `validate` issues of one stage.
-    assert_eq!(load("tests/fixtures/invalid/many_problems_range.toml").len(), 3);
+    assert_eq!(
+        load("tests/fixtures/invalid/many_problems_range.toml").len(),
+        3
+    );
 }

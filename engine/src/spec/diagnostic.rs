@@ -185,7 +185,10 @@ where
         } else {
             strsim::levenshtein(word, c)
         };
-        if d <= 2 && d < word.chars().count() && best.is_none_or(|(bd, bc)| d < bd || (d == bd && c < bc)) {
+        if d <= 2
+            && d < word.chars().count()
+            && best.is_none_or(|(bd, bc)| d < bd || (d == bd && c < bc))
+        {
             best = Some((d, c));
         }
     }
@@ -279,7 +282,10 @@ mod tests {
     #[test]
     fn suggestions() {
         let names = ["hidden_size", "steps", "seed", "lr"];
-        assert_eq!(suggest("hiden_size", &names).as_deref(), Some("hidden_size"));
+        assert_eq!(
+            suggest("hiden_size", &names).as_deref(),
+            Some("hidden_size")
+        );
         assert_eq!(suggest("setps", &names).as_deref(), Some("steps"));
         assert_eq!(suggest("Steps", &names).as_deref(), Some("steps"));
         assert_eq!(suggest("completely_else", &names), None);

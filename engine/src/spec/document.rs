@@ -77,7 +77,9 @@ fn load_link(
                     format!("cannot read `{name}`, the file this one extends: {e}"),
                     Some(sources.locate(&node.origin)),
                 )
-                .with_help("the `extends` path is relative to the folder of the file that names it"),
+                .with_help(
+                    "the `extends` path is relative to the folder of the file that names it",
+                ),
             };
             diags.push(d);
             return None;
@@ -204,7 +206,10 @@ fn syntax_diagnostics(
             }
             out.push(d.with_help("keep one definition and merge the keys into it"));
         } else {
-            out.push(Diagnostic::new(format!("invalid TOML: {message}"), location));
+            out.push(Diagnostic::new(
+                format!("invalid TOML: {message}"),
+                location,
+            ));
         }
     }
     out
@@ -330,7 +335,10 @@ mod tests {
     #[test]
     fn headers() {
         let text = "[pipeline]\nname = 1\n[stages.a]\nx = 1\n";
-        assert_eq!(current_header(text, text.len()).as_deref(), Some("stages.a"));
+        assert_eq!(
+            current_header(text, text.len()).as_deref(),
+            Some("stages.a")
+        );
         assert_eq!(current_header(text, 11).as_deref(), Some("pipeline"));
         assert_eq!(next_header(text, 11), 20);
     }

@@ -305,7 +305,10 @@ mod tests {
             "[a]\nx = 1\nlist = [1, 2]\n[a.inner]\np = 1\nq = 2\n[b]\ny = 1\n",
             0,
         );
-        let over = parse("[a]\nlist = [3]\n[a.inner]\nq = 20\n[b]\ny = { t = 1 }\n", 1);
+        let over = parse(
+            "[a]\nlist = [3]\n[a.inner]\nq = 20\n[b]\ny = { t = 1 }\n",
+            1,
+        );
         base.merge(over);
         let expected = parse(
             "[a]\nx = 1\nlist = [3]\n[a.inner]\np = 1\nq = 20\n[b]\ny = { t = 1 }\n",
@@ -313,9 +316,13 @@ mod tests {
         );
         assert_eq!(base.to_toml(), expected.to_toml());
         // Merged values keep the origin of the file that wrote them.
-        let q = base.get_path(&["a".into(), "inner".into(), "q".into()]).unwrap();
+        let q = base
+            .get_path(&["a".into(), "inner".into(), "q".into()])
+            .unwrap();
         assert!(matches!(q.origin, Origin::File { source: 1, .. }));
-        let p = base.get_path(&["a".into(), "inner".into(), "p".into()]).unwrap();
+        let p = base
+            .get_path(&["a".into(), "inner".into(), "p".into()])
+            .unwrap();
         assert!(matches!(p.origin, Origin::File { source: 0, .. }));
     }
 
@@ -330,7 +337,10 @@ mod tests {
         assert_eq!(loc.place, "f.toml:3:5");
         let name = node.get_path(&["a".into(), "name".into()]).unwrap();
         let snippet = sources.locate(&name.origin).snippet.unwrap();
-        assert_eq!((snippet.line, snippet.column, snippet.width), (Some(2), 7, 7));
+        assert_eq!(
+            (snippet.line, snippet.column, snippet.width),
+            (Some(2), 7, 7)
+        );
     }
 
     #[test]

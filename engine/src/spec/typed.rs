@@ -207,7 +207,15 @@ pub(crate) fn check_table(
         removed.push(path);
     }
     for (path, candidates) in schema.unknown_keys(table, extra_keys) {
-        diags.push(unknown_key(node, table, &path, &candidates, schema, subject_of, sources));
+        diags.push(unknown_key(
+            node,
+            table,
+            &path,
+            &candidates,
+            schema,
+            subject_of,
+            sources,
+        ));
         remove_path(&mut plain, &path);
     }
     // Each round removes one bad key, so this ends; the bound is a second guarantee.
@@ -276,8 +284,8 @@ fn invalid_paths(table: &BTreeMap<String, Node>) -> Vec<Vec<String>> {
 pub(crate) fn deserialize_check<T: DeserializeOwned + serde::Serialize>(
     table: &toml::Table,
 ) -> Result<Json, Vec<ParamIssue>> {
-    let typed: T = serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(
-        |e| {
+    let typed: T =
+        serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
             let path = e
                 .path()
                 .iter()
@@ -293,10 +301,13 @@ pub(crate) fn deserialize_check<T: DeserializeOwned + serde::Serialize>(
                 message: e.into_inner().to_string(),
                 help: None,
             }]
-        },
-    )?;
-    serde_json::to_value(&typed)
-        .map_err(|e| vec![ParamIssue::new("", format!("cannot be represented as JSON: {e}"))])
+        })?;
+    serde_json::to_value(&typed).map_err(|e| {
+        vec![ParamIssue::new(
+            "",
+            format!("cannot be represented as JSON: {e}"),
+        )]
+    })
 }
 
 fn unknown_key(
@@ -317,7 +328,11 @@ fn unknown_key(
             let elsewhere: Vec<String> = schema
                 .all_paths()
                 .into_iter()
-                .filter(|p| p.len() > 1 && p.last().is_some_and(|last| suggest(name, [last]).is_some() || last == name))
+                .filter(|p| {
+                    p.len() > 1
+                        && p.last()
+                            .is_some_and(|last| suggest(name, [last]).is_some() || last == name)
+                })
                 .map(|p| p.join("."))
                 .collect();
             elsewhere.first().map(|p| format!("did you mean `{p}`?"))
@@ -391,7 +406,11 @@ fn issue_diagnostic(
     }
     let (target, depth) = deepest(node, table, &issue.path);
     let subject = subject_of(&issue.path[..depth], target);
-    let origin = if depth == 0 { &target.key } else { &target.origin };
+    let origin = if depth == 0 {
+        &target.key
+    } else {
+        &target.origin
+    };
     let what = if issue.path.is_empty() {
         format!("invalid {}s {}", subject.noun, subject.owner)
     } else {

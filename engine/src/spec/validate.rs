@@ -71,9 +71,11 @@ pub(crate) fn validate(
                     format!("unknown top-level key `{key}`"),
                     Some(sources.locate(&node.key)),
                 )
-                .with_help(did_you_mean(key, &["pipeline", "stages", "extends"]).unwrap_or_else(
-                    || "the top level holds `extends`, `[pipeline]` and `[stages.NAME]`".into(),
-                )),
+                .with_help(
+                    did_you_mean(key, &["pipeline", "stages", "extends"]).unwrap_or_else(|| {
+                        "the top level holds `extends`, `[pipeline]` and `[stages.NAME]`".into()
+                    }),
+                ),
             );
         }
     }
@@ -279,7 +281,9 @@ fn check_stage<'a>(
                 format!("invalid stage name `{name}`"),
                 Some(sources.locate(&node.key)),
             )
-            .with_help("use letters, digits, `_` and `-` (the name is used in references and file names)"),
+            .with_help(
+                "use letters, digits, `_` and `-` (the name is used in references and file names)",
+            ),
         );
     }
     let Some(table) = node.as_table() else {
@@ -301,7 +305,10 @@ fn check_stage<'a>(
         Some(k) => match k.as_str() {
             None => diags.push(
                 Diagnostic::new(
-                    format!("`kind` of stage `{name}` must be a string, found {}", k.type_name()),
+                    format!(
+                        "`kind` of stage `{name}` must be a string, found {}",
+                        k.type_name()
+                    ),
                     Some(sources.locate(&k.origin)),
                 )
                 .with_help(format!("known kinds: {}", list(&known))),
