@@ -160,6 +160,16 @@ pub(crate) struct Subject {
     pub owner: String,
     /// The table's header without brackets, e.g. "stages.train", for help texts.
     pub header: String,
+    /// Leading key segments that `header` already names (1 for `[pipeline.slurm]` inside
+    /// `[pipeline]`), left out when a key path is shown.
+    pub strip: usize,
+}
+
+impl Subject {
+    /// A key path as shown in messages, relative to the named table.
+    fn show(&self, path: &[String]) -> String {
+        path[self.strip.min(path.len())..].join(".")
+    }
 }
 
 /// Serde's own error messages, as opposed to a `validate` hook's.
@@ -346,7 +356,7 @@ fn unknown_key(
         format!(
             "unknown {} `{}` {}",
             subject.noun,
-            path.join("."),
+            subject.show(path),
             subject.owner
         ),
         Some(sources.locate(&target.key)),
@@ -388,16 +398,17 @@ fn issue_diagnostic(
         let field = quoted_name(message).unwrap_or("?");
         let mut full = issue.path.clone();
         full.push(field.to_owned());
-        let header = if issue.path.is_empty() {
+        let inner = subject.show(&issue.path);
+        let header = if inner.is_empty() {
             subject.header.clone()
         } else {
-            format!("{}.{}", subject.header, issue.path.join("."))
+            format!("{}.{inner}", subject.header)
         };
         return Diagnostic::new(
             format!(
                 "missing required {} `{}` {}",
                 subject.noun,
-                full.join("."),
+                subject.show(&full),
                 subject.owner
             ),
             Some(sources.locate(&parent.key)),
@@ -417,7 +428,7 @@ fn issue_diagnostic(
         format!(
             "invalid {} `{}` {}",
             subject.noun,
-            issue.path.join("."),
+            subject.show(&issue.path),
             subject.owner
         )
     };

@@ -161,10 +161,32 @@ fn check_pipeline<'a>(
     };
     let mut rest = table.clone();
     rest.remove("defaults");
-    let subject = |_: &[String], _: &Node| Subject {
-        noun: "key",
-        owner: "in `[pipeline]`".into(),
-        header: "pipeline".into(),
+    // `stages.x = ...` written under `[pipeline]` lands inside it.
+    if let Some(misplaced) = rest.remove("stages") {
+        diags.push(
+            Diagnostic::new(
+                "`stages` is inside the `[pipeline]` table",
+                Some(sources.locate(&misplaced.key)),
+            )
+            .with_help("keys after a `[table]` header belong to that table: write each stage as its own `[stages.NAME]` table"),
+        );
+    }
+    let subject = |path: &[String], _: &Node| {
+        if path.len() > 1 && path[0] == "slurm" {
+            Subject {
+                noun: "key",
+                owner: "in `[pipeline.slurm]`".into(),
+                header: "pipeline.slurm".into(),
+                strip: 1,
+            }
+        } else {
+            Subject {
+                noun: "key",
+                owner: "in `[pipeline]`".into(),
+                header: "pipeline".into(),
+                strip: 0,
+            }
+        }
     };
     let header = match check_table(
         node,
@@ -364,12 +386,14 @@ fn check_stage<'a>(
                     noun: "parameter",
                     owner: format!("in `[pipeline.defaults.{kind}]`"),
                     header: format!("pipeline.defaults.{kind}"),
+                    strip: 0,
                 }
             } else {
                 Subject {
                     noun: "parameter",
                     owner: format!("for stage `{name}` (kind `{kind}`)"),
                     header: format!("stages.{name}"),
+                    strip: 0,
                 }
             }
         };
@@ -414,6 +438,7 @@ fn check_resources(
         noun: "key",
         owner: format!("in `[stages.{stage}.resources]`"),
         header: format!("stages.{stage}.resources"),
+        strip: 0,
     };
     match check_table(
         node,
