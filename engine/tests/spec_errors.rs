@@ -72,3 +72,50 @@ fn one_pass_finds_every_problem() {
         3
     );
 }
+
+#[test]
+fn an_unreadable_pipeline_file_is_one_problem_without_a_line() {
+    let err = spec::load(
+        Path::new("tests/fixtures/no-such-file.toml"),
+        &[],
+        &spec_support::registry(),
+    )
+    .expect_err("missing file");
+    assert_eq!(err.len(), 1);
+    let text = err.to_string();
+    assert!(
+        text.starts_with("error: cannot read pipeline file `tests/fixtures/no-such-file.toml`: "),
+        "{text}"
+    );
+    assert!(text
+        .ends_with("error: 1 problem found in tests/fixtures/no-such-file.toml; nothing was run"));
+    // Diagnostics travel as an ordinary error (the CLI wraps them in anyhow).
+    let wrapped = anyhow::Error::new(err);
+    assert!(wrapped.to_string().contains("no-such-file.toml"));
+}
+
+#[test]
+fn each_problem_is_listed_with_its_place() {
+    let err = spec::load(
+        Path::new("tests/fixtures/invalid/set_several.toml"),
+        &[
+            "train.steps=0".to_owned(),
+            "tokenize.scheme=wordpiece".to_owned(),
+        ],
+        &spec_support::registry(),
+    )
+    .expect_err("invalid");
+    let places: Vec<String> = err
+        .iter()
+        .map(|d| {
+            d.origin
+                .as_ref()
+                .map(|o| o.place.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        places,
+        ["--set tokenize.scheme=wordpiece", "--set train.steps=0"]
+    );
+}
