@@ -221,3 +221,9 @@ fn minimal_pipeline() {
         json!({ "outputs": {}, "run": "echo hi" })
     );
 }
+
+#[test]
+fn resolved_document_is_readable_toml() {
+    let p = load("tests/fixtures/valid/child.toml", &["train.steps=5"]);
+    insta::assert_snapshot!(p.resolved_toml);
+}

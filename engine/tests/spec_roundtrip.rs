@@ -148,3 +148,42 @@ proptest! {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Loading never panics, whatever the file and `--set` arguments hold: it yields a
+    /// pipeline or at least one rendered problem.
+    #[test]
+    fn mangled_files_and_overrides_never_panic(
+        cut in 0usize..2000,
+        cut_len in 0usize..40,
+        insert in "\\PC{0,12}",
+        set in "[a-z_.\"=\\[\\]{} 0-9-]{0,24}",
+    ) {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/valid/study.toml"
+        ))
+        .unwrap();
+        let mut start = cut.min(text.len());
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        let mut end = (start + cut_len).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mangled = format!("{}{insert}{}", &text[..start], &text[end..]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mangled.toml");
+        std::fs::write(&path, mangled).unwrap();
+        match spec::load(&path, &[set], &spec_support::registry()) {
+            Ok(p) => prop_assert!(!p.stages.is_empty()),
+            Err(e) => {
+                prop_assert!(!e.is_empty());
+                prop_assert!(e.to_string().contains("nothing was run"));
+            }
+        }
+    }
+}
