@@ -114,8 +114,9 @@ fn each_problem_is_listed_with_its_place() {
                 .unwrap_or_default()
         })
         .collect();
+    // In the order the arguments were given.
     assert_eq!(
         places,
-        ["--set tokenize.scheme=wordpiece", "--set train.steps=0"]
+        ["--set train.steps=0", "--set tokenize.scheme=wordpiece"]
     );
 }

@@ -12,6 +12,9 @@ pub struct Location {
     pub place: String,
     /// The line to show with a caret under the offending part, if there is one.
     pub snippet: Option<Snippet>,
+    /// Sorts problems in reading order: files in load order, each by offset, then the
+    /// `--set` arguments in order.
+    pub(crate) order: (usize, usize, usize),
 }
 
 /// A source line (or command-line argument) with the part a problem is about.
@@ -133,6 +136,12 @@ impl Diagnostics {
             self.push(d);
         }
     }
+    /// Puts the problems in reading order (problems without a place first); problems at
+    /// the same place keep the order they were found in.
+    pub(crate) fn sort(&mut self) {
+        self.items
+            .sort_by_key(|d| d.origin.as_ref().map(|o| o.order));
+    }
     /// Number of problems.
     pub fn len(&self) -> usize {
         self.items.len()
@@ -220,6 +229,7 @@ mod tests {
 
     fn at(line: usize, text: &str, column: usize, width: usize) -> Option<Location> {
         Some(Location {
+            order: (0, line, column),
             place: format!("pipelines/bad.toml:{line}:{}", column + 1),
             snippet: Some(Snippet {
                 line: Some(line),
@@ -264,6 +274,7 @@ mod tests {
         let d = Diagnostic::new(
             "x",
             Some(Location {
+                order: (1, 0, 0),
                 place: "--set train.steps=x".into(),
                 snippet: Some(Snippet {
                     line: None,

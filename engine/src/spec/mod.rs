@@ -116,6 +116,7 @@ fn finish(
 fn collect(file: String, diags: Vec<Diagnostic>) -> Diagnostics {
     let mut all = Diagnostics::new(file);
     all.extend(diags);
+    all.sort();
     all
 }
 

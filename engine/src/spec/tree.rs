@@ -56,6 +56,7 @@ impl Sources {
                 let width = text[start..end].chars().count().max(1);
                 let line = text[line_start..line_end].trim_end_matches('\r');
                 Location {
+                    order: (0, *source, start),
                     place: format!("{name}:{line_no}:{}", column + 1),
                     snippet: Some(Snippet {
                         line: Some(line_no),
@@ -72,6 +73,7 @@ impl Sources {
                 let start = span.start.min(arg_text.len());
                 let end = span.end.clamp(start, arg_text.len());
                 Location {
+                    order: (1, *arg, start),
                     place: text.clone(),
                     snippet: Some(Snippet {
                         line: None,
@@ -87,6 +89,8 @@ impl Sources {
     /// A location naming a whole file, without a line.
     pub fn whole_file(&self, source: usize) -> Location {
         Location {
+            // After the problems with a line in the same file.
+            order: (0, source, usize::MAX),
             place: self.files[source].0.clone(),
             snippet: None,
         }
