@@ -320,6 +320,24 @@ pub(crate) fn deserialize_check<T: DeserializeOwned + serde::Serialize>(
     })
 }
 
+/// A diagnostic for every key of `table` (inside `node`) that `schema` does not accept.
+pub(crate) fn unknown_key_diagnostics(
+    node: &Node,
+    table: &BTreeMap<String, Node>,
+    schema: &SchemaView,
+    extra_keys: &[&str],
+    subject_of: &dyn Fn(&[String], &Node) -> Subject,
+    sources: &Sources,
+) -> Vec<Diagnostic> {
+    schema
+        .unknown_keys(table, extra_keys)
+        .into_iter()
+        .map(|(path, candidates)| {
+            unknown_key(node, table, &path, &candidates, schema, subject_of, sources)
+        })
+        .collect()
+}
+
 fn unknown_key(
     node: &Node,
     table: &BTreeMap<String, Node>,

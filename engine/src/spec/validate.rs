@@ -13,7 +13,7 @@ use super::diagnostic::{did_you_mean, list, Diagnostic};
 use super::links::{self, SlotDraft};
 use super::model::{Resources, StageSpec};
 use super::tree::{Node, Sources, Value};
-use super::typed::{check_table, deserialize_check, SchemaView, Subject};
+use super::typed::{check_table, deserialize_check, unknown_key_diagnostics, SchemaView, Subject};
 use crate::stage::{Registry, Stage};
 
 /// Keys of a stage table that are not params.
@@ -248,35 +248,23 @@ fn check_defaults(
         ));
         return;
     };
+    // The same wording as when a stage inheriting the default is checked, so a problem
+    // is shown once however many stages inherit it.
     let schema = SchemaView::of_stage(stage.as_ref());
-    for (path, candidates) in schema.unknown_keys(table, &RESERVED) {
-        let target = node.get_path(&path).unwrap_or(node);
-        diags.push(unknown_default(kind, &path, target, &candidates, sources));
-    }
+    let subject = |_: &[String], _: &Node| defaults_subject(kind);
+    diags.extend(unknown_key_diagnostics(
+        node, table, &schema, &RESERVED, &subject, sources,
+    ));
 }
 
-/// The diagnostic for an unknown key in `[pipeline.defaults.KIND]` (the same whether found
-/// through the defaults table or through a stage that inherits it, so it is shown once).
-fn unknown_default(
-    kind: &str,
-    path: &[String],
-    target: &Node,
-    candidates: &[String],
-    sources: &Sources,
-) -> Diagnostic {
-    let name = path.last().map(String::as_str).unwrap_or_default();
-    let mut sorted = candidates.to_vec();
-    sorted.sort();
-    Diagnostic::new(
-        format!(
-            "unknown parameter `{}` in `[pipeline.defaults.{kind}]`",
-            path.join(".")
-        ),
-        Some(sources.locate(&target.key)),
-    )
-    .with_help(
-        did_you_mean(name, &sorted).unwrap_or_else(|| format!("expected one of {}", list(&sorted))),
-    )
+/// How problems in `[pipeline.defaults.KIND]` are named.
+fn defaults_subject(kind: &str) -> Subject {
+    Subject {
+        noun: "parameter",
+        owner: format!("in `[pipeline.defaults.{kind}]`"),
+        header: format!("pipeline.defaults.{kind}"),
+        strip: 0,
+    }
 }
 
 /// One `[stages.NAME]` table.
@@ -382,12 +370,7 @@ fn check_stage<'a>(
                     .and_then(|d| d.get_path(path))
                     .is_some_and(|d| d.origin == target.origin && d.key == target.key);
             if from_default {
-                Subject {
-                    noun: "parameter",
-                    owner: format!("in `[pipeline.defaults.{kind}]`"),
-                    header: format!("pipeline.defaults.{kind}"),
-                    strip: 0,
-                }
+                defaults_subject(kind)
             } else {
                 Subject {
                     noun: "parameter",
