@@ -209,8 +209,9 @@ pub(crate) fn check_table(
 ) -> Result<Json, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let mut plain = table_to_toml(table);
-    // Keys taken out before the typed check: unknown ones, unrepresentable values (both
-    // reported already) and, below, each value of the wrong type.
+    // Values taken out of the typed check because they are not what was written:
+    // unrepresentable ones (reported when read) and, below, each value of the wrong type.
+    // Unknown keys are taken out too, but they change no typed value.
     let mut removed: Vec<Vec<String>> = Vec::new();
     for path in invalid_paths(table) {
         remove_path(&mut plain, &path);
@@ -502,4 +503,99 @@ fn count_keys(table: &toml::Table) -> usize {
             _ => 1,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::tree::Origin;
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        count: u32,
+        #[serde(default)]
+        inner: Option<Inner>,
+        #[serde(default)]
+        free: BTreeMap<String, u32>,
+    }
+
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        width: u32,
+    }
+
+    fn table(src: &str) -> Node {
+        let doc = toml::de::DeTable::parse(src).expect("test document parses");
+        let at = |span| Origin::File { source: 0, span };
+        let mut errors = Vec::new();
+        let t = Node::table_from_de(doc.get_ref(), &at, &mut errors);
+        Node {
+            value: Value::Table(t),
+            origin: at(0..0),
+            key: at(0..0),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_found_at_every_depth_through_options() {
+        let schema = SchemaView::of::<Outer>();
+        let node =
+            table("count = 1\ncuont = 2\ninner = { width = 1, widht = 2 }\nfree = { any = 1 }\n");
+        let found = schema.unknown_keys(node.as_table().unwrap(), &["kind"]);
+        let paths: Vec<String> = found.iter().map(|(p, _)| p.join(".")).collect();
+        assert_eq!(paths, ["cuont", "inner.widht"]);
+        assert!(
+            found[0].1.contains(&"kind".to_owned()),
+            "extra keys are candidates"
+        );
+        assert_eq!(found[1].1, ["width"]);
+        assert_eq!(
+            schema
+                .all_paths()
+                .iter()
+                .map(|p| p.join("."))
+                .collect::<Vec<_>>(),
+            ["count", "free", "inner", "inner.width"]
+        );
+    }
+
+    #[test]
+    fn every_wrong_type_is_reported_and_its_missing_field_is_not() {
+        let mut sources = Sources::default();
+        let src = "count = \"x\"\ninner = { width = -1 }\n";
+        sources.add_file("t.toml".into(), src.into());
+        let node = table(src);
+        let subject = |_: &[String], _: &Node| Subject {
+            noun: "key",
+            owner: "in `[t]`".into(),
+            header: "t".into(),
+            strip: 0,
+        };
+        let diags = check_table(
+            &node,
+            node.as_table().unwrap(),
+            &SchemaView::of::<Outer>(),
+            &[],
+            &deserialize_check::<Outer>,
+            &subject,
+            &sources,
+        )
+        .expect_err("two bad values");
+        let messages: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "invalid key `count` in `[t]`",
+                "invalid key `inner.width` in `[t]`"
+            ]
+        );
+        assert_eq!(
+            diags[0].label.as_deref(),
+            Some("invalid type: string \"x\", expected u32")
+        );
+    }
 }
