@@ -90,7 +90,9 @@ impl fmt::Display for Diagnostic {
         if let Some(s) = snippet {
             writeln!(f, "{pad} |")?;
             let number = s.line.map(|n| n.to_string()).unwrap_or_default();
-            writeln!(f, "{number:>width$} | {}", s.text.trim_end())?;
+            // A tab is shown as one space so the caret (counted in characters) lines up.
+            let text = s.text.trim_end().replace('\t', " ");
+            writeln!(f, "{number:>width$} | {text}")?;
             let marks = format!("{}{}", " ".repeat(s.column), "^".repeat(s.width.max(1)));
             match &self.label {
                 Some(label) => writeln!(f, "{pad} | {marks} {label}")?,
@@ -288,6 +290,12 @@ mod tests {
             d.to_string(),
             "error: x\n  --> --set train.steps=x\n   |\n   | --set train.steps=x\n   |                   ^\n"
         );
+    }
+
+    #[test]
+    fn tabs_keep_the_caret_aligned() {
+        let d = Diagnostic::new("x", at(1, "\tsteps = 0", 9, 1));
+        assert!(d.to_string().contains(" 1 |  steps = 0\n   |          ^\n"));
     }
 
     #[test]
