@@ -27,7 +27,10 @@ pub enum DecodeError {
     EmptyPrompt,
     /// A sampling setting is out of range.
     #[error("invalid sampling setting {field}: {message}")]
-    InvalidSampling { field: &'static str, message: String },
+    InvalidSampling {
+        field: &'static str,
+        message: String,
+    },
 }
 
 /// How the decoder stores weights and computes matvecs.
@@ -54,7 +57,10 @@ struct Expert {
 
 enum FeedForward {
     Plain(Expert),
-    Moe { router: Linear, experts: Vec<Expert> },
+    Moe {
+        router: Linear,
+        experts: Vec<Expert>,
+    },
 }
 
 struct Layer {
@@ -161,7 +167,10 @@ impl Decoder {
             .map(|l| {
                 let p = |n: &str| format!("layers.{l}.{n}");
                 let lin = |n: &str, bias: bool| {
-                    linear(&p(&format!("{n}.weight")), bias.then(|| p(&format!("{n}.bias"))).as_deref())
+                    linear(
+                        &p(&format!("{n}.weight")),
+                        bias.then(|| p(&format!("{n}.bias"))).as_deref(),
+                    )
                 };
                 let expert = |prefix: String| Expert {
                     up: lin(&format!("{prefix}.up"), true),
@@ -199,7 +208,11 @@ impl Decoder {
                 }
             })
             .collect();
-        let head_name = if c.tie_embeddings { "embed.weight" } else { "lm_head.weight" };
+        let head_name = if c.tie_embeddings {
+            "embed.weight"
+        } else {
+            "lm_head.weight"
+        };
         Self {
             precision,
             isa: isa.or_supported(),
@@ -235,7 +248,11 @@ impl Decoder {
             total += match &layer.ffn {
                 FeedForward::Plain(e) => lin(&e.up) + lin(&e.down),
                 FeedForward::Moe { router, experts } => {
-                    lin(router) + experts.iter().map(|e| lin(&e.up) + lin(&e.down)).sum::<usize>()
+                    lin(router)
+                        + experts
+                            .iter()
+                            .map(|e| lin(&e.up) + lin(&e.down))
+                            .sum::<usize>()
                 }
             };
         }
@@ -367,11 +384,10 @@ impl Decoder {
         let eps = c.layer_norm_eps as f32;
         // e_t = embed[tok] + pos_embed[t]
         let t = s.position;
-        for ((e, &a), &b) in s
-            .e
-            .iter_mut()
-            .zip(&self.embed[token * d..(token + 1) * d])
-            .zip(&self.pos_embed[t * d..(t + 1) * d])
+        for ((e, &a), &b) in
+            s.e.iter_mut()
+                .zip(&self.embed[token * d..(token + 1) * d])
+                .zip(&self.pos_embed[t * d..(t + 1) * d])
         {
             *e = a + b;
         }
@@ -400,7 +416,10 @@ impl Decoder {
             }
             // dt = mean(softplus(dt_proj(u)))
             mv(&layer.dt_proj, &s.u, &mut s.dt);
-            let dt = s.dt.iter().map(|&z| fastmath::softplus(z)).sum::<f32>() / di as f32;
+            for z in s.dt.iter_mut() {
+                *z = fastmath::softplus(*z);
+            }
+            let dt = fastmath::sum(&s.dt) / di as f32;
             // h = exp(dt A) h + dt (B u)
             mv(&layer.b, &s.u, &mut s.bu);
             let h = &mut s.h[l];
@@ -422,7 +441,9 @@ impl Decoder {
                 FeedForward::Plain(ffn) => {
                     let hidden = &mut s.hidden[..ffn.up.w.rows()];
                     mv(&ffn.up, &s.normed, hidden);
-                    hidden.iter_mut().for_each(|v| *v = fastmath::gelu(*v));
+                    for v in hidden.iter_mut() {
+                        *v = fastmath::gelu(*v);
+                    }
                     mv(&ffn.down, hidden, &mut s.d_out);
                     for (e, &o) in s.e.iter_mut().zip(&s.d_out) {
                         *e += o;
@@ -439,7 +460,9 @@ impl Decoder {
                         let expert = &experts[ex];
                         let hidden = &mut s.hidden[..expert.up.w.rows()];
                         mv(&expert.up, &s.normed, hidden);
-                        hidden.iter_mut().for_each(|v| *v = fastmath::gelu(*v));
+                        for v in hidden.iter_mut() {
+                            *v = fastmath::gelu(*v);
+                        }
                         mv(&expert.down, hidden, &mut s.d_out);
                         for (acc, &o) in s.ffn_acc.iter_mut().zip(&s.d_out) {
                             *acc += gate * o;
@@ -479,8 +502,11 @@ fn top_k(values: &[f32], k: usize, out: &mut Vec<usize>) {
 #[inline(always)]
 fn layer_norm(x: &[f32], (w, b): &(Vec<f32>, Vec<f32>), eps: f32, out: &mut [f32]) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = fastmath::sum(x) / n;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v - mean) * (v - mean);
+    }
+    let var = fastmath::sum(out) / n;
     let inv = 1.0 / (var + eps).sqrt();
     for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(w).zip(b) {
         *o = (v - mean) * inv * w + b;

@@ -177,7 +177,10 @@ impl Sampler {
         } else {
             let total: f64 = self.weights.iter().map(|&w| w as f64).sum();
             let u = self.rng.gen::<f64>() * total;
-            draw(self.weights.iter().enumerate().map(|(i, &w)| (w, i as u32)), u)
+            draw(
+                self.weights.iter().enumerate().map(|(i, &w)| (w, i as u32)),
+                u,
+            )
         }
     }
 }
@@ -210,15 +213,22 @@ fn draw(candidates: impl Iterator<Item = (f32, u32)>, mut u: f64) -> u32 {
     last.unwrap_or(0)
 }
 
-/// The index of the largest logit (the first one on ties).
+/// The index of the largest logit (the first one on ties; NaN never wins).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
+    // Two passes that vectorize: the maximum in 16 lanes, then its first position.
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = logits.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l = if x > *l { x } else { *l };
         }
     }
-    best as u32
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    logits.iter().position(|&x| x == max).unwrap_or(0) as u32
 }
 
 /// Generates up to `max_new_tokens` after `prompt_ids` and returns them (without the

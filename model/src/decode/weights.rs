@@ -358,9 +358,9 @@ impl Weights {
 
     /// The tensor `name`; the name must be one of [`expected_tensors`] (validated on load).
     pub fn tensor(&self, name: &str) -> &Tensor {
-        self.tensors
-            .get(name)
-            .unwrap_or_else(|| panic!("weights were validated on construction; `{name}` is not a model tensor name"))
+        self.tensors.get(name).unwrap_or_else(|| {
+            panic!("weights were validated on construction; `{name}` is not a model tensor name")
+        })
     }
 
     /// The values of tensor `name` (see [`Weights::tensor`]).
