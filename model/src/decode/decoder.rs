@@ -154,7 +154,7 @@ impl Decoder {
             }
         };
         let mat = |name: &str| {
-            let t = weights.tensor(name);
+            let t = weights.required(name);
             PackedMatrix::pack(&t.data, t.shape[0], t.shape[1], half)
         };
         let linear = |w: &str, b: Option<&str>| Linear {

@@ -130,6 +130,9 @@ pub struct PackedMatrix {
 
 impl PackedMatrix {
     /// Packs row-major `w` (`rows * cols` values); `f16` stores the weights as IEEE half.
+    ///
+    /// # Panics
+    /// If `w.len() != rows * cols`.
     pub fn pack(w: &[f32], rows: usize, cols: usize, f16: bool) -> Self {
         assert_eq!(w.len(), rows * cols, "matrix values do not match its shape");
         let padded = rows.div_ceil(TILE) * TILE;
@@ -186,9 +189,16 @@ impl PackedMatrix {
     }
 
     /// `y = W x (+ bias)`. `x` has `cols` values, `y` and `bias` have `rows`.
+    ///
+    /// # Panics
+    /// If `x`, `y` or `bias` have other lengths.
     pub fn matvec(&self, isa: Isa, arith: Arith, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
         assert_eq!(x.len(), self.cols, "matvec input length");
         assert_eq!(y.len(), self.rows, "matvec output length");
+        assert!(
+            bias.is_none_or(|b| b.len() == self.rows),
+            "matvec bias length"
+        );
         let arith = if self.f16 { arith } else { Arith::F32 };
         let cols = self.cols;
         let mut acc = [0.0f32; GROUP];
