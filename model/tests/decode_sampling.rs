@@ -212,6 +212,22 @@ fn decode_sampled_frequencies_follow_the_distribution() {
 }
 
 #[test]
+fn decode_argmax_takes_the_first_of_ties_in_any_lane() {
+    assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
+    for len in [1, 15, 16, 17, 40, 100] {
+        for at in [0, len / 2, len - 1] {
+            let mut v: Vec<f32> = (0..len).map(|i| (i % 7) as f32 * 0.1).collect();
+            v[at] = 5.0;
+            if at + 3 < len {
+                v[at + 3] = 5.0; // a later tie in another lane loses
+            }
+            v[len - 1] = if at == len - 1 { 5.0 } else { f32::NAN };
+            assert_eq!(argmax(&v), at as u32, "len {len}, max at {at}");
+        }
+    }
+}
+
+#[test]
 fn decode_top_p_and_top_k_on_a_large_vocabulary() {
     // A vocabulary large enough that the nucleus search widens several times.
     let logits: Vec<f32> = (0..5000)

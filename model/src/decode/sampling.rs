@@ -224,12 +224,22 @@ impl Sampler {
             let u = self.rng.gen::<f64>() * total;
             draw(c.iter().map(|x| (x.0, x.1)), u)
         } else {
-            let total = sum_f64(&self.weights);
-            let u = self.rng.gen::<f64>() * total;
-            draw(
-                self.weights.iter().enumerate().map(|(i, &w)| (w, i as u32)),
-                u,
-            )
+            let w = &self.weights;
+            let mut u = self.rng.gen::<f64>() * sum_f64(w);
+            // Skip whole chunks by their (vectorized) sums, then walk the chunk that holds u.
+            const CHUNK: usize = 64;
+            let mut start = 0;
+            while start + CHUNK < w.len() {
+                let mass = sum_f64(&w[start..start + CHUNK]);
+                if u < mass {
+                    break;
+                }
+                u -= mass;
+                start += CHUNK;
+            }
+            let end = (start + CHUNK).min(w.len());
+            let chunk = w[start..end].iter().enumerate();
+            draw(chunk.map(|(i, &x)| (x, (start + i) as u32)), u)
         }
     }
 }
@@ -264,20 +274,30 @@ fn draw(candidates: impl Iterator<Item = (f32, u32)>, mut u: f64) -> u32 {
 
 /// The index of the largest logit (the first one on ties; NaN never wins).
 pub fn argmax(logits: &[f32]) -> u32 {
-    // Two passes that vectorize: the maximum in 16 lanes, then its first position.
-    let mut lanes = [f32::NEG_INFINITY; 16];
+    // One pass that vectorizes: per lane the largest value and where it was first seen.
+    let mut best = [f32::NEG_INFINITY; 16];
+    let mut at = [0u32; 16];
     let mut chunks = logits.chunks_exact(16);
-    for c in &mut chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            *l = if x > *l { x } else { *l };
+    for (c, chunk) in (&mut chunks).enumerate() {
+        for l in 0..16 {
+            let take = chunk[l] > best[l];
+            best[l] = if take { chunk[l] } else { best[l] };
+            at[l] = if take { (c * 16 + l) as u32 } else { at[l] };
         }
     }
-    let max = chunks
+    let base = logits.len() - chunks.remainder().len();
+    let tail = chunks
         .remainder()
         .iter()
-        .chain(&lanes)
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-    logits.iter().position(|&x| x == max).unwrap_or(0) as u32
+        .enumerate()
+        .map(|(i, &v)| (v, (base + i) as u32));
+    let mut winner = (f32::NEG_INFINITY, 0u32);
+    for (v, i) in best.iter().copied().zip(at).chain(tail) {
+        if v > winner.0 || (v == winner.0 && i < winner.1) {
+            winner = (v, i);
+        }
+    }
+    winner.1
 }
 
 /// Generates up to `max_new_tokens` after `prompt_ids` and returns them (without the
