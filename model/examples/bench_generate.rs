@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use itera_model::decode::{generate, Decoder, Precision, SamplingConfig, Weights};
+use itera_model::decode::{generate, Decoder, Isa, Precision, SamplingConfig, Weights};
 use itera_model::ModelConfig;
 
 const RUNS: usize = 7;
@@ -110,6 +110,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
         }
+        // The portable kernels (no AVX), for CPUs without them.
+        let decoder = Decoder::with_isa(&weights, Precision::F32, Isa::Portable);
+        let greedy = SamplingConfig::greedy();
+        let (wall, cpu) = measure(|| {
+            (0..SEQUENCES)
+                .map(|s| {
+                    generate(&decoder, &[s], new, &greedy, |_| true, None)
+                        .expect("valid prompt")
+                        .len()
+                })
+                .sum()
+        });
+        println!(
+            "V={vocab:>5} {:<11} {:<15} {wall:>8.0} {cpu:>8.0}   {:?} kernels",
+            "f32",
+            "greedy",
+            decoder.isa()
+        );
         // The seed's approach: re-run the whole prefix for every new token (greedy, f32).
         let decoder = Decoder::new(&weights, Precision::F32);
         let (wall, cpu) = measure(|| {

@@ -38,10 +38,13 @@ pub enum DecodeError {
 pub enum Precision {
     /// f32 weights, f32 arithmetic.
     F32,
-    /// f16 weights (half the memory traffic), upcast to f32 inside the matvec.
+    /// f16 weights (half the memory traffic), upcast to f32 inside the matvec. In both f16
+    /// modes every parameter takes its f16 value, exactly as in a half-converted checkpoint.
     F16,
     /// f16 weights with f16 arithmetic in the matvecs (f16 inputs and accumulators); the
-    /// rest of the step (norms, scan, activations) stays f32.
+    /// rest of the step (norms, scan, activations) stays f32. Without AVX512-FP16 (e.g. on
+    /// AMD Zen 4) the f16 rounding is emulated with F16C: this mode then shows the accuracy
+    /// of f16 arithmetic, and is slower than [`Precision::F16`].
     F16Native,
 }
 
@@ -92,7 +95,8 @@ pub struct Decoder {
     head: PackedMatrix,
 }
 
-/// The recurrent state of one sequence plus the step's scratch buffers.
+/// The recurrent state of one sequence plus the step's scratch buffers; made by
+/// [`Decoder::new_state`] and only valid with decoders of the same model config.
 pub struct State {
     position: usize,
     /// Per layer: the last K-1 conv inputs `[K-1][Di]`, oldest first.
@@ -331,6 +335,15 @@ impl Decoder {
 
     fn advance(&self, state: &mut State, token: u32, head: bool) -> Result<(), DecodeError> {
         let c = &self.config;
+        assert!(
+            state.logits.len() == c.vocab_size
+                && state.e.len() == c.hidden_size
+                && state.u.len() == c.d_inner()
+                && state.h.len() == c.num_layers
+                && state.h[0].len() == c.ssm_state_size
+                && state.conv[0].len() == (c.ssm_conv_kernel - 1) * c.d_inner(),
+            "the State was made by a decoder of another model: use this decoder's new_state()"
+        );
         if token as usize >= c.vocab_size {
             return Err(DecodeError::TokenOutOfRange {
                 token,
