@@ -2,7 +2,13 @@
 
 use itera_engine::stage::Registry;
 
+pub mod files;
+pub mod shell;
+
 /// Every built-in stage kind.
 pub fn registry() -> Registry {
-    Registry::new()
+    let mut registry = Registry::new();
+    registry.register::<files::Files>();
+    registry.register::<shell::Shell>();
+    registry
 }
