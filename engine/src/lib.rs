@@ -3,8 +3,10 @@
 
 pub mod exec;
 pub mod fs;
+pub mod graph;
 pub mod host;
 pub mod record;
+pub mod schema;
 pub mod spec;
 pub mod stage;
 pub mod store;
