@@ -11,8 +11,15 @@ fn first_run_executes_every_stage_and_an_identical_rerun_none() {
     assert!(first.stderr.contains("4 ran, 0 cached"), "{}", first.stderr);
 
     let second = t.run(&[]);
-    assert!(t.executions().is_empty(), "nothing executes the second time");
-    assert!(second.stderr.contains("0 ran, 4 cached"), "{}", second.stderr);
+    assert!(
+        t.executions().is_empty(),
+        "nothing executes the second time"
+    );
+    assert!(
+        second.stderr.contains("0 ran, 4 cached"),
+        "{}",
+        second.stderr
+    );
 
     // The result is the one the stages computed: d = b + C.
     let entries = t.store_entries();
@@ -37,17 +44,26 @@ fn changing_one_param_reruns_exactly_that_stage_and_its_downstream() {
     assert_eq!(t.executions(), ["c", "d"]);
     // The override is recorded in the run.
     let show = t.itera(&["show", "latest"], 0);
-    assert!(show.stdout.contains("--set:    c.env.LEVEL=\"2\""), "{}", show.stdout);
+    assert!(
+        show.stdout.contains("--set:    c.env.LEVEL=\"2\""),
+        "{}",
+        show.stdout
+    );
 
     // Editing the file itself (same change) reuses what the override computed.
-    t.write("pipeline.toml", &DIAMOND.replace("LEVEL = \"1\"", "LEVEL = \"2\""));
+    t.write(
+        "pipeline.toml",
+        &DIAMOND.replace("LEVEL = \"1\"", "LEVEL = \"2\""),
+    );
     t.run(&[]);
     assert!(t.executions().is_empty());
 
     // A change to b leaves c cached.
     t.write(
         "pipeline.toml",
-        &DIAMOND.replace("echo beta", "echo BETA").replace("LEVEL = \"1\"", "LEVEL = \"2\""),
+        &DIAMOND
+            .replace("echo beta", "echo BETA")
+            .replace("LEVEL = \"1\"", "LEVEL = \"2\""),
     );
     t.run(&[]);
     assert_eq!(t.executions(), ["b", "d"]);
@@ -94,7 +110,11 @@ fn editing_a_file_behind_a_files_stage_reruns_its_consumers() {
     // its key uses the whole artifact's digest, so both consumers rerun.
     assert_eq!(t.executions(), ["count", "list"]);
     let status = t.itera(&["status", "pipeline.toml"], 0);
-    assert!(status.stdout.contains("0 to run, 3 cached"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("0 to run, 3 cached"),
+        "{}",
+        status.stdout
+    );
 
     // A new file in a snapshotted folder is noticed too.
     t.write("notes/b.md", "b");
@@ -131,7 +151,11 @@ fn until_and_only_run_part_of_the_graph_and_force_recomputes() {
     assert_eq!(t.executions(), ["d"]);
 
     t.run(&["--force", "b"]);
-    assert_eq!(t.executions(), ["b"], "d's inputs did not change: b is deterministic");
+    assert_eq!(
+        t.executions(),
+        ["b"],
+        "d's inputs did not change: b is deterministic"
+    );
     t.run(&["--force-all", "--jobs", "2"]);
     assert_eq!(t.executions(), ["a", "b", "c", "d"]);
 }

@@ -6,11 +6,18 @@ use crate::test::{snapshot_settings, Test, DIAMOND};
 fn validate_and_dag() {
     let t = Test::with_pipeline(DIAMOND);
     let out = t.itera(&["validate", "pipeline.toml"], 0);
-    assert_eq!(out.stdout, "ok: pipeline `diamond` (pipeline.toml): 4 stage(s), seed 7\n");
+    assert_eq!(
+        out.stdout,
+        "ok: pipeline `diamond` (pipeline.toml): 4 stage(s), seed 7\n"
+    );
     let dot = t.itera(&["dag", "pipeline.toml", "--format", "dot"], 0);
     assert!(dot.stdout.contains("digraph"), "{}", dot.stdout);
     let mermaid = t.itera(&["dag", "pipeline.toml", "--format", "mermaid"], 0);
-    assert!(mermaid.stdout.contains("flowchart") || mermaid.stdout.contains("graph"), "{}", mermaid.stdout);
+    assert!(
+        mermaid.stdout.contains("flowchart") || mermaid.stdout.contains("graph"),
+        "{}",
+        mermaid.stdout
+    );
     assert!(!t.path("runs").exists(), "read-only commands write nothing");
 }
 
@@ -18,7 +25,13 @@ fn validate_and_dag() {
 fn status_and_explain_say_what_would_run_and_why() {
     let t = Test::with_pipeline(DIAMOND);
     let before = t.itera(&["status", "pipeline.toml"], 0);
-    assert!(before.stdout.starts_with("pipeline `diamond`: 4 to run, 0 cached"), "{}", before.stdout);
+    assert!(
+        before
+            .stdout
+            .starts_with("pipeline `diamond`: 4 to run, 0 cached"),
+        "{}",
+        before.stdout
+    );
     assert!(!t.path("runs/store").exists());
 
     t.run(&[]);
@@ -55,7 +68,10 @@ fn runs_and_show_list_recorded_runs() {
     let record: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(record["format"], 1);
     assert_eq!(record["stages"]["d"]["status"], "cached");
-    assert!(record["pipeline"]["resolved_toml"].as_str().unwrap().contains("[stages.d]"));
+    assert!(record["pipeline"]["resolved_toml"]
+        .as_str()
+        .unwrap()
+        .contains("[stages.d]"));
     let err = t.itera(&["show", "nope"], 2);
     assert!(err.stderr.contains("no run `nope`"), "{}", err.stderr);
 }

@@ -45,11 +45,19 @@ fn two_concurrent_runs_compute_each_stage_once_and_both_succeed() {
     let b = second.wait_with_output().unwrap();
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
     assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
-    assert_eq!(t.executions(), ["first", "second", "side"], "each stage ran once");
+    assert_eq!(
+        t.executions(),
+        ["first", "second", "side"],
+        "each stage ran once"
+    );
     assert_eq!(t.store_entries().len(), 3);
     let runs = t.itera(&["runs"], 0);
     assert_eq!(runs.stdout.lines().count(), 2, "{}", runs.stdout);
-    assert!(runs.stdout.lines().all(|l| l.contains("succeeded")), "{}", runs.stdout);
+    assert!(
+        runs.stdout.lines().all(|l| l.contains("succeeded")),
+        "{}",
+        runs.stdout
+    );
 }
 
 #[test]
@@ -91,7 +99,11 @@ outputs = ["r"]
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert!(entries[0].join("meta.json").exists());
     let verify = t.itera(&["verify"], 0);
-    assert!(verify.stdout.contains("1 entry checked, 0 changed"), "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains("1 entry checked, 0 changed"),
+        "{}",
+        verify.stdout
+    );
 
     let out = t.run(&[]);
     assert!(out.stderr.contains("1 ran, 1 cached"), "{}", out.stderr);
@@ -99,5 +111,8 @@ outputs = ["r"]
     // The killed attempt's staging folder was cleaned up under the key's lock.
     assert_eq!(std::fs::read_dir(t.path("runs/tmp")).unwrap().count(), 0);
     let killed = t.itera(&["runs"], 0).stdout;
-    assert!(killed.lines().next().unwrap().contains("running"), "{killed}");
+    assert!(
+        killed.lines().next().unwrap().contains("running"),
+        "{killed}"
+    );
 }

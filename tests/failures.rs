@@ -11,7 +11,11 @@ fn a_failing_stage_stops_its_dependents_and_reports_its_log() {
     );
     let t = Test::with_pipeline(&failing);
     let out = t.itera(&["run", "pipeline.toml"], 1);
-    assert_eq!(t.executions(), ["a", "b", "c"], "c is independent of b and still runs");
+    assert_eq!(
+        t.executions(),
+        ["a", "b", "c"],
+        "c is independent of b and still runs"
+    );
     snapshot_settings().bind(|| {
         insta::assert_snapshot!("failing_stage_stderr", t.redact(&out.stderr));
     });
@@ -47,8 +51,9 @@ outputs = ["result.txt"]
     );
     let out = t.itera(&["run", "pipeline.toml"], 1);
     assert!(
-        out.stderr
-            .contains("stage `gen` declares output `result.txt` at `result.txt` but did not create it"),
+        out.stderr.contains(
+            "stage `gen` declares output `result.txt` at `result.txt` but did not create it"
+        ),
         "{}",
         out.stderr
     );
@@ -65,7 +70,11 @@ fn an_invalid_pipeline_exits_2_and_writes_nothing() {
 
     let t = Test::with_pipeline(DIAMOND);
     let out = t.itera(&["run", "pipeline.toml", "--until", "nope"], 2);
-    assert!(out.stderr.contains("unknown stage `nope`"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("unknown stage `nope`"),
+        "{}",
+        out.stderr
+    );
     let out = t.itera(&["run", "pipeline.toml", "--force", "bb"], 2);
     assert!(out.stderr.contains("did you mean `b`?"), "{}", out.stderr);
     let out = t.itera(&["run", "missing.toml"], 2);

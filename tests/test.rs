@@ -80,10 +80,6 @@ impl Test {
         self
     }
 
-    pub fn read(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
-    }
-
     /// A command running `itera args...` in the test folder.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(ITERA);
@@ -143,7 +139,9 @@ impl Test {
         let canonical = std::fs::canonicalize(self.root())
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| root.clone());
-        text.replace(&canonical, "[DIR]").replace(&root, "[DIR]")
+        text.replace(ITERA, "itera")
+            .replace(&canonical, "[DIR]")
+            .replace(&root, "[DIR]")
     }
 }
 
@@ -157,9 +155,13 @@ pub fn snapshot_settings() -> insta::Settings {
     s.add_filter(r"\b[0-9a-f]{12}\b", "[SHORT]");
     s.add_filter(r"\b\d+\.\ds\b", "[DUR]");
     s.add_filter(r"\[\d{2}:\d{2}:\d{2}\]", "[TIME]");
-    s.add_filter(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z", "[TIMESTAMP]");
+    s.add_filter(
+        r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z",
+        "[TIMESTAMP]",
+    );
     s.add_filter(r"pid \d+ on [^)\s]+", "pid [PID] on [HOST]");
     s.add_filter(r"on \d+ cores", "on [N] cores");
+    s.add_filter(r"host:( +)\S+ \(\d+ cores\)", "host:$1[HOST] ([N] cores)");
     s.add_filter(r"\d+ thread\(s\)|\d+ threads?\b", "[N] threads");
     s
 }

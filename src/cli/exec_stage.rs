@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use itera_engine::exec::{execute_stage, thread_budget, upstream_of, Force, Mode, Resolved, RunJob, StageRequest};
 use itera_engine::exec::NullEvents;
+use itera_engine::exec::{
+    execute_stage, thread_budget, upstream_of, Force, Mode, Resolved, RunJob, StageRequest,
+};
 use itera_engine::record::RunDir;
 use itera_engine::store::{Lookup, Reuse, Store};
 
@@ -37,17 +39,28 @@ pub fn main(g: &Global, args: ExecStageArgs) -> anyhow::Result<u8> {
     let record = run.load()?;
     let pipeline = record.pipeline.clone();
     if !pipeline.stages.contains_key(&args.stage) {
-        return Err(invalid(format!("run {} has no stage `{}`", record.id, args.stage)));
+        return Err(invalid(format!(
+            "run {} has no stage `{}`",
+            record.id, args.stage
+        )));
     }
     // The store is the run folder's parent: `runs/<id>` -> `runs/`.
-    let runs_dir = run.path().parent().map(PathBuf::from).unwrap_or_else(|| g.runs_dir.clone());
+    let runs_dir = run
+        .path()
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| g.runs_dir.clone());
     let store = Store::new(&runs_dir);
     let mut resolved = BTreeMap::new();
     for up in upstream_of(&pipeline, &args.stage) {
         let rec = record.stages.get(&up);
-        let key = rec.filter(|r| r.status.succeeded()).and_then(|r| r.key.clone());
+        let key = rec
+            .filter(|r| r.status.succeeded())
+            .and_then(|r| r.key.clone());
         let Some(key) = key else {
-            let status = rec.map(|r| r.status.to_string()).unwrap_or_else(|| "absent".into());
+            let status = rec
+                .map(|r| r.status.to_string())
+                .unwrap_or_else(|| "absent".into());
             return Err(invalid(format!(
                 "stage `{}` needs upstream stage `{up}`, which has no result in run {} (status: {status})",
                 args.stage, record.id
@@ -67,8 +80,13 @@ pub fn main(g: &Global, args: ExecStageArgs) -> anyhow::Result<u8> {
     }
     let cores = itera_engine::host::cores();
     let threads = args.threads.unwrap_or_else(|| {
-        let slurm = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|v| v.parse().ok());
-        let from_spec = pipeline.stages[&args.stage].resources.or(&pipeline.slurm).cpus;
+        let slurm = std::env::var("SLURM_CPUS_PER_TASK")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let from_spec = pipeline.stages[&args.stage]
+            .resources
+            .or(&pipeline.slurm)
+            .cpus;
         match (from_spec, slurm) {
             (Some(c), _) => c as usize,
             (None, Some(s)) => s,
@@ -93,10 +111,18 @@ pub fn main(g: &Global, args: ExecStageArgs) -> anyhow::Result<u8> {
     };
     let req = StageRequest {
         stage: args.stage.clone(),
-        reuse: if args.force { Reuse::Recompute } else { Reuse::Allow },
+        reuse: if args.force {
+            Reuse::Recompute
+        } else {
+            Reuse::Allow
+        },
         verify_against: None,
         threads: threads.max(1),
     };
     let (rec, _) = execute_stage(&job, &req, &resolved);
-    Ok(if rec.status.succeeded() { exit::OK } else { exit::FAILED })
+    Ok(if rec.status.succeeded() {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
 }

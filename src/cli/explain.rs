@@ -41,7 +41,9 @@ pub fn main(g: &Global, args: ExplainArgs) -> anyhow::Result<u8> {
             reason,
             ..
         } => text.push_str(&format!("key:    {key}\nstatus: would run ({reason})\n")),
-        Fate::Runs { key: None, reason, .. } => text.push_str(&format!(
+        Fate::Runs {
+            key: None, reason, ..
+        } => text.push_str(&format!(
             "key:    not yet known: {reason}; it depends on their results\n"
         )),
         Fate::Unavailable { reason } => text.push_str(&format!("status: {reason}\n")),

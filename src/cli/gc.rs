@@ -37,7 +37,11 @@ pub fn main(g: &Global, args: GcArgs) -> anyhow::Result<u8> {
         GcMode::Delete
     };
     let report = gc(&Store::new(&g.runs_dir), &keep, mode)?;
-    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     let mut text = String::new();
     for item in &report.removed {
         let what = match item.kind {
@@ -57,7 +61,10 @@ pub fn main(g: &Global, args: GcArgs) -> anyhow::Result<u8> {
         ));
     }
     for path in &report.busy {
-        text.push_str(&format!("kept {} (in use by a running stage)\n", path.display()));
+        text.push_str(&format!(
+            "kept {} (in use by a running stage)\n",
+            path.display()
+        ));
     }
     let bytes: u64 = report.removed.iter().map(|i| i.bytes).sum();
     text.push_str(&format!(

@@ -9,7 +9,9 @@ use std::time::{Instant, SystemTime};
 use clap::{Args, ValueEnum};
 use itera_engine::exec::{self, Executor, Force, LocalExecutor, Mode, RunJob};
 use itera_engine::host;
-use itera_engine::record::{RunDir, RunId, RunRecord, RunStatus, StageRecord, StageStatus, RUN_FORMAT};
+use itera_engine::record::{
+    RunDir, RunId, RunRecord, RunStatus, StageRecord, StageStatus, RUN_FORMAT,
+};
 use itera_engine::spec::StageName;
 use itera_engine::store::Store;
 
@@ -69,13 +71,17 @@ pub fn main(g: &Global, args: RunArgs) -> anyhow::Result<u8> {
     if args.dry_run {
         return super::status::print_preview(g, &loaded, &registry, &selected, &force);
     }
-    execute(g, loaded, Plan {
-        selected,
-        force,
-        mode: Mode::Run,
-        rerun_of: None,
-        exec: args.exec,
-    })
+    execute(
+        g,
+        loaded,
+        Plan {
+            selected,
+            force,
+            mode: Mode::Run,
+            rerun_of: None,
+            exec: args.exec,
+        },
+    )
 }
 
 /// What to execute.
@@ -104,7 +110,11 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
         format: RUN_FORMAT,
         id: run.id().clone(),
         status: RunStatus::Running,
-        selected: order.iter().filter(|s| plan.selected.contains(*s)).cloned().collect(),
+        selected: order
+            .iter()
+            .filter(|s| plan.selected.contains(*s))
+            .cloned()
+            .collect(),
         executor: executor.name().to_owned(),
         jobs: plan.exec.jobs as usize,
         command: std::env::args().collect(),

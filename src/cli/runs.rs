@@ -19,8 +19,7 @@ pub fn main(g: &Global, args: RunsArgs) -> anyhow::Result<u8> {
     for run in runs.into_iter().skip(skip) {
         match run.load() {
             Ok(r) => {
-                let count =
-                    |s: StageStatus| r.stages.values().filter(|x| x.status == s).count();
+                let count = |s: StageStatus| r.stages.values().filter(|x| x.status == s).count();
                 text.push_str(&format!(
                     "{}  {:<11}  {} ran, {} cached, {} failed, {} skipped{}\n",
                     r.id,

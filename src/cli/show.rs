@@ -58,7 +58,11 @@ pub fn print_run(run: &RunDir) -> anyhow::Result<u8> {
     text.push_str("stages:\n");
     let width = r.stages.keys().map(String::len).max().unwrap_or(0);
     for (name, s) in &r.stages {
-        let digest = s.digest.as_ref().map(|d| d.short().to_owned()).unwrap_or_else(|| "-".into());
+        let digest = s
+            .digest
+            .as_ref()
+            .map(|d| d.short().to_owned())
+            .unwrap_or_else(|| "-".into());
         let time = s
             .duration_ms
             .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
@@ -68,7 +72,11 @@ pub fn print_run(run: &RunDir) -> anyhow::Result<u8> {
             s.status.to_string()
         ));
         if let Some(v) = &s.verify {
-            text.push_str(if v.matches { "  reproduced" } else { "  NOT REPRODUCED" });
+            text.push_str(if v.matches {
+                "  reproduced"
+            } else {
+                "  NOT REPRODUCED"
+            });
         }
         if let Some(e) = &s.error {
             text.push_str(&format!("  error: {e}"));
@@ -76,7 +84,11 @@ pub fn print_run(run: &RunDir) -> anyhow::Result<u8> {
             text.push_str(&format!("  {reason}"));
         }
         if let Some(log) = &s.log {
-            text.push_str(&format!("\n  {:width$}  log: {}", "", run.path().join(log).display()));
+            text.push_str(&format!(
+                "\n  {:width$}  log: {}",
+                "",
+                run.path().join(log).display()
+            ));
         }
         text.push('\n');
     }

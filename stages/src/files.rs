@@ -51,16 +51,22 @@ impl StageKind for Files {
         let mut seen = BTreeMap::new();
         for (i, path) in p.paths.iter().enumerate() {
             match name_of(path) {
-                None => issues.push(ParamIssue::new(
-                    &format!("paths.{i}"),
-                    format!("`{path}` has no file name to store it under"),
-                ).with_help("name the file or folder itself, not `.` or `..`")),
+                None => issues.push(
+                    ParamIssue::new(
+                        &format!("paths.{i}"),
+                        format!("`{path}` has no file name to store it under"),
+                    )
+                    .with_help("name the file or folder itself, not `.` or `..`"),
+                ),
                 Some(name) => {
                     if let Some(first) = seen.insert(name, path) {
-                        issues.push(ParamIssue::new(
-                            &format!("paths.{i}"),
-                            format!("`{first}` and `{path}` would both be stored as `{name}`"),
-                        ).with_help("use a separate `files` stage for one of them"));
+                        issues.push(
+                            ParamIssue::new(
+                                &format!("paths.{i}"),
+                                format!("`{first}` and `{path}` would both be stored as `{name}`"),
+                            )
+                            .with_help("use a separate `files` stage for one of them"),
+                        );
                     }
                 }
             }
@@ -116,7 +122,10 @@ mod tests {
             (&["a.txt", "dir"], None),
             (&[], Some("list at least one file or folder")),
             (&[".."], Some("`..` has no file name")),
-            (&["x/a.txt", "y/a.txt"], Some("would both be stored as `a.txt`")),
+            (
+                &["x/a.txt", "y/a.txt"],
+                Some("would both be stored as `a.txt`"),
+            ),
         ];
         for (paths, expected) in cases {
             let p = FilesParams {
@@ -163,7 +172,10 @@ mod tests {
             cancel: CancelToken::default(),
         };
         Files::run(&p, &ctx).unwrap();
-        assert_eq!(std::fs::read_to_string(out.join("data/sub/x")).unwrap(), "2");
+        assert_eq!(
+            std::fs::read_to_string(out.join("data/sub/x")).unwrap(),
+            "2"
+        );
         assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "n");
 
         let missing = FilesParams {

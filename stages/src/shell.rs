@@ -92,10 +92,16 @@ impl StageKind for Shell {
                     format!("output `{out}` must not leave {{out}} (no `..`)"),
                 ));
             } else if let Some(first) = names.insert(output_name(out), out) {
-                issues.push(ParamIssue::new(
-                    &at,
-                    format!("outputs `{first}` and `{out}` have the same name `{}`", output_name(out)),
-                ).with_help("outputs are referenced by file name, so file names must differ"));
+                issues.push(
+                    ParamIssue::new(
+                        &at,
+                        format!(
+                            "outputs `{first}` and `{out}` have the same name `{}`",
+                            output_name(out)
+                        ),
+                    )
+                    .with_help("outputs are referenced by file name, so file names must differ"),
+                );
             }
         }
         for key in p.env.keys() {
@@ -148,9 +154,10 @@ impl StageKind for Shell {
             .env("RAYON_NUM_THREADS", &threads)
             .envs(&p.env);
         die_with_parent(&mut cmd);
-        let shown = p.command.clone().unwrap_or_else(|| {
-            p.argv.clone().unwrap_or_default().join(" ")
-        });
+        let shown = p
+            .command
+            .clone()
+            .unwrap_or_else(|| p.argv.clone().unwrap_or_default().join(" "));
         ctx.log.line(format!("$ {shown}"));
         let mut child = cmd
             .spawn()
@@ -235,17 +242,18 @@ fn expand(text: &str, ctx: &StageContext) -> anyhow::Result<String> {
             return Ok(out);
         };
         let name = &after[..close];
-        let value = match name {
-            "out" => Some(ctx.out_dir.display().to_string()),
-            "work" => Some(ctx.work_dir.display().to_string()),
-            "threads" => Some(ctx.threads.to_string()),
-            "seed" => Some(ctx.seed.to_string()),
-            _ => match name.strip_prefix("inputs.") {
-                Some(input) => {
-                    let list = ctx.inputs_of(input);
-                    if list.is_empty() {
-                        let known: Vec<&String> = ctx.inputs.keys().collect();
-                        bail!(
+        let value =
+            match name {
+                "out" => Some(ctx.out_dir.display().to_string()),
+                "work" => Some(ctx.work_dir.display().to_string()),
+                "threads" => Some(ctx.threads.to_string()),
+                "seed" => Some(ctx.seed.to_string()),
+                _ => match name.strip_prefix("inputs.") {
+                    Some(input) => {
+                        let list = ctx.inputs_of(input);
+                        if list.is_empty() {
+                            let known: Vec<&String> = ctx.inputs.keys().collect();
+                            bail!(
                             "`{{inputs.{input}}}` names no input of stage `{}` (its inputs: {})",
                             ctx.stage,
                             if known.is_empty() {
@@ -254,17 +262,17 @@ fn expand(text: &str, ctx: &StageContext) -> anyhow::Result<String> {
                                 known.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
                             }
                         );
+                        }
+                        Some(
+                            list.iter()
+                                .map(|a| a.path.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                        )
                     }
-                    Some(
-                        list.iter()
-                            .map(|a| a.path.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(" "),
-                    )
-                }
-                None => None,
-            },
-        };
+                    None => None,
+                },
+            };
         match value {
             Some(v) => out.push_str(&v),
             None => {
@@ -310,9 +318,8 @@ mod tests {
     }
 
     fn params(toml_text: &str) -> Result<ShellParams, Vec<ParamIssue>> {
-        let p: ShellParams = toml::from_str(toml_text).map_err(|e| {
-            vec![ParamIssue::new("", e.to_string())]
-        })?;
+        let p: ShellParams =
+            toml::from_str(toml_text).map_err(|e| vec![ParamIssue::new("", e.to_string())])?;
         let issues = Shell::validate(&p);
         if issues.is_empty() {
             Ok(p)
@@ -327,18 +334,33 @@ mod tests {
             (r#"command = "true""#, None),
             (r#"argv = ["true"]"#, None),
             ("", Some("a shell stage needs `command` or `argv`")),
-            (r#"command = "x"
-argv = ["x"]"#, Some("give either `command` or `argv`, not both")),
+            (
+                r#"command = "x"
+argv = ["x"]"#,
+                Some("give either `command` or `argv`, not both"),
+            ),
             (r#"command = "  ""#, Some("the command is empty")),
             ("argv = []", Some("argv needs at least the program to run")),
-            (r#"command = "x"
-outputs = ["/abs"]"#, Some("output `/abs` must be a relative path inside {out}")),
-            (r#"command = "x"
-outputs = ["../up"]"#, Some("output `../up` must not leave {out} (no `..`)")),
-            (r#"command = "x"
-outputs = ["a/r.txt", "b/r.txt"]"#, Some("outputs `a/r.txt` and `b/r.txt` have the same name `r.txt`")),
-            (r#"command = "x"
-cmd = 1"#, Some("unknown field `cmd`")),
+            (
+                r#"command = "x"
+outputs = ["/abs"]"#,
+                Some("output `/abs` must be a relative path inside {out}"),
+            ),
+            (
+                r#"command = "x"
+outputs = ["../up"]"#,
+                Some("output `../up` must not leave {out} (no `..`)"),
+            ),
+            (
+                r#"command = "x"
+outputs = ["a/r.txt", "b/r.txt"]"#,
+                Some("outputs `a/r.txt` and `b/r.txt` have the same name `r.txt`"),
+            ),
+            (
+                r#"command = "x"
+cmd = 1"#,
+                Some("unknown field `cmd`"),
+            ),
         ];
         for (text, expected) in cases {
             let got = params(text).err().map(|i| i[0].message.clone());
@@ -353,8 +375,11 @@ cmd = 1"#, Some("unknown field `cmd`")),
     fn placeholders_expand_and_other_braces_stay() {
         let dir = tempfile::tempdir().unwrap();
         let c = ctx(dir.path());
-        let s = expand("cp {inputs.data}/x {out}/y; awk '{print $1}' {threads} {seed} {work}", &c)
-            .unwrap();
+        let s = expand(
+            "cp {inputs.data}/x {out}/y; awk '{print $1}' {threads} {seed} {work}",
+            &c,
+        )
+        .unwrap();
         let d = dir.path().display();
         assert_eq!(
             s,
@@ -375,7 +400,10 @@ outputs = ["r.txt"]"#,
         )
         .unwrap();
         Shell::run(&ok, &c).unwrap();
-        assert_eq!(std::fs::read_to_string(c.out_dir.join("r.txt")).unwrap(), "hi 3\n");
+        assert_eq!(
+            std::fs::read_to_string(c.out_dir.join("r.txt")).unwrap(),
+            "hi 3\n"
+        );
         let log = std::fs::read_to_string(dir.path().join("s.log")).unwrap();
         assert!(log.contains("hello\n") && log.contains("oops\n"), "{log}");
         assert_eq!(Shell::outputs(&ok), [OutputDecl::new("r.txt", "r.txt")]);

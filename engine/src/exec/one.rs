@@ -130,11 +130,8 @@ fn cached(
     rec.reason = Some(match why {
         Some(w) => w.to_owned(),
         None => match &entry.meta.run {
-            Some(run) => format!(
-                "cached: produced by run {run} (stage `{}`)",
-                entry.meta.stage
-            ),
-            None => format!("cached: produced by stage `{}`", entry.meta.stage),
+            Some(run) => format!("produced by run {run} (stage `{}`)", entry.meta.stage),
+            None => format!("produced by stage `{}`", entry.meta.stage),
         },
     });
     job.events.event(Event::Cached {

@@ -52,7 +52,8 @@ pub fn last_recorded_parts(runs_dir: &Path) -> BTreeMap<StageName, (RunId, KeyPa
         let Ok(record) = run.load() else { continue };
         for (name, stage) in record.stages {
             if let Some(parts) = stage.parts {
-                out.entry(name).or_insert_with(|| (record.id.clone(), parts));
+                out.entry(name)
+                    .or_insert_with(|| (record.id.clone(), parts));
             }
         }
     }
@@ -76,7 +77,11 @@ pub fn preview(
     while !waiting.is_empty() {
         let ready: Vec<StageName> = waiting
             .iter()
-            .filter(|s| upstream_of(pipeline, s).iter().all(|u| done.contains_key(u)))
+            .filter(|s| {
+                upstream_of(pipeline, s)
+                    .iter()
+                    .all(|u| done.contains_key(u))
+            })
             .cloned()
             .collect();
         if ready.is_empty() {
@@ -84,7 +89,9 @@ pub fn preview(
         }
         for name in ready {
             waiting.remove(&name);
-            let p = predict(pipeline, registry, store, selected, force, &history, &resolved, &name);
+            let p = predict(
+                pipeline, registry, store, selected, force, &history, &resolved, &name,
+            );
             if let Fate::Cached { key, .. } = &p.fate {
                 if let Lookup::Hit(entry) = store.lookup(key) {
                     resolved.insert(name.clone(), Resolved::from_entry(&entry));
@@ -94,10 +101,7 @@ pub fn preview(
             done.insert(name, p);
         }
     }
-    order
-        .into_iter()
-        .filter_map(|n| done.remove(&n))
-        .collect()
+    order.into_iter().filter_map(|n| done.remove(&n)).collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -135,7 +139,7 @@ fn predict(
         preview.fate = if is_selected {
             Fate::Runs {
                 key: None,
-                reason: format!("upstream {list} will run first (unless it reproduces its stored result exactly)"),
+                reason: format!("waits for upstream {list}; runs if that result changes"),
                 changes: Vec::new(),
             }
         } else {
@@ -185,9 +189,9 @@ fn predict(
         Lookup::Miss => {
             let reason = match history.get(name) {
                 None => "never run before".to_owned(),
-                Some((run, _)) if changes.is_empty() => format!(
-                    "no stored result (same key as in run {run}; the entry was removed)"
-                ),
+                Some((run, _)) if changes.is_empty() => {
+                    format!("no stored result (same key as in run {run}; the entry was removed)")
+                }
                 Some((run, _)) => format!("changed since run {run}"),
             };
             Fate::Runs {
