@@ -226,7 +226,7 @@ fn run_claimed(
     // `rerun --verify` keeps the stored result when one exists (its digest is what the
     // record says) and only compares; otherwise the fresh result is published.
     let existing = match job.store.lookup(claimed.key()) {
-        Lookup::Hit(e) => Some(e),
+        Lookup::Hit(e) => Some(*e),
         _ => None,
     };
     let mode = match (&req.verify_against, &existing) {
