@@ -2,12 +2,16 @@
 
 use itera_engine::stage::Registry;
 
+pub mod fetch;
 pub mod files;
 pub mod shell;
+pub mod tokenize;
 
 /// Every built-in stage kind.
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
+    registry.register::<fetch::HfFetch>();
+    registry.register::<tokenize::Tokenize>();
     registry.register::<files::Files>();
     registry.register::<shell::Shell>();
     registry
