@@ -3,6 +3,8 @@
 
 mod test;
 
+/// `exec-stage` (what batch jobs run) and Ctrl-C.
+mod batch;
 /// First run, cached rerun, param/file changes, renames.
 mod caching;
 /// `validate`, `dag`, `status`, `explain`, `show`, `runs` output.

@@ -13,7 +13,7 @@ use itera_engine::stage::ProgressEvent;
 
 use super::ProgressMode;
 
-/// How often a line-mode display repeats a stage's position.
+/// How often a line-mode display repeats a stage's position or status message.
 const LINE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Renders executor events.
@@ -33,6 +33,8 @@ struct State {
     bars: HashMap<String, ProgressBar>,
     /// Line mode: last time a stage's position was printed, and its phase.
     phases: HashMap<String, (String, Option<u64>, String, Instant)>,
+    /// Line mode: last time a stage's status message was printed.
+    messages: HashMap<String, Instant>,
 }
 
 impl Display {
@@ -139,6 +141,7 @@ impl EventSink for Display {
                     bar.finish_and_clear();
                 }
                 state.phases.remove(&stage);
+                state.messages.remove(&stage);
                 if !self.quiet() {
                     let check = match verified {
                         Some(true) => ", reproduced the recorded digest",
@@ -224,7 +227,16 @@ impl Display {
                     }
                 }
             }
-            ProgressEvent::Message(m) => self.stamped(stage, &m),
+            ProgressEvent::Message(m) => {
+                let due = state
+                    .messages
+                    .get(stage)
+                    .is_none_or(|last| last.elapsed() >= LINE_INTERVAL);
+                if due {
+                    state.messages.insert(stage.to_owned(), Instant::now());
+                    self.stamped(stage, &m);
+                }
+            }
         }
     }
 }

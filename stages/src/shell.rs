@@ -153,7 +153,7 @@ impl StageKind for Shell {
             .env("OMP_NUM_THREADS", &threads)
             .env("RAYON_NUM_THREADS", &threads)
             .envs(&p.env);
-        die_with_parent(&mut cmd);
+        contain(&mut cmd);
         let shown = p
             .command
             .clone()
@@ -184,27 +184,36 @@ fn wait(child: &mut std::process::Child, ctx: &StageContext) -> anyhow::Result<E
     }
 }
 
-/// SIGTERM, then SIGKILL after a grace period.
+/// SIGTERM to the command's process group (the command and everything it started), then
+/// SIGKILL after a grace period.
 fn terminate(child: &mut std::process::Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
+    let group = i32::try_from(child.id()).ok().map(|pid| -pid);
+    let signal_group = |sig: libc::c_int| {
+        if let Some(g) = group {
+            // SAFETY: kill(2) on the process group our child leads.
+            unsafe { libc::kill(g, sig) };
+        }
+    };
+    signal_group(libc::SIGTERM);
     for _ in 0..50 {
         if matches!(child.try_wait(), Ok(Some(_))) {
+            signal_group(libc::SIGKILL);
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    signal_group(libc::SIGKILL);
     let _ = child.kill();
 }
 
-/// On Linux, the command is killed if the itera thread that started it dies (e.g. the
-/// run is `kill -9`ed), so no stray process keeps writing.
-fn die_with_parent(cmd: &mut Command) {
+/// The command leads its own process group, so cancelling reaches everything it started;
+/// on Linux it is also killed if the itera thread that started it dies (e.g. the run is
+/// `kill -9`ed), so no stray command keeps writing.
+fn contain(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
     #[cfg(target_os = "linux")]
     {
-        use std::os::unix::process::CommandExt;
         // SAFETY: prctl is async-signal-safe and touches only the child's own state.
         unsafe {
             cmd.pre_exec(|| {
@@ -213,8 +222,6 @@ fn die_with_parent(cmd: &mut Command) {
             });
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
 }
 
 fn check_status(status: ExitStatus) -> anyhow::Result<()> {
