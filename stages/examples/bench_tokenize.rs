@@ -60,20 +60,14 @@ fn main() -> anyhow::Result<()> {
         }
         f.flush()?;
     }
-    std::fs::copy(
-        data.join("valid-part-00.txt"),
-        corpus.join("TinyStories-valid.txt"),
-    )?;
+    std::fs::copy(data.join("valid-part-00.txt"), corpus.join("TinyStories-valid.txt"))?;
     let train_bytes = std::fs::metadata(&train)?.len();
     println!(
         "corpus: {:.1} MB train (the shared sample repeated), scheme {scheme}, {threads} threads",
         train_bytes as f64 / 1e6
     );
 
-    let stage = itera_stages::registry()
-        .get("tokenize")
-        .expect("registered")
-        .clone();
+    let stage = itera_stages::registry().get("tokenize").expect("registered").clone();
     let table: toml::Table = toml::from_str(&format!("scheme = \"{scheme}\""))?;
     let params = stage
         .check_params(&table)

@@ -59,10 +59,7 @@ fn is_punctuation(c: char) -> bool {
 pub fn word_pieces(text: &str, lowercase: bool, mut f: impl FnMut(&str)) {
     let lowered;
     let text = if lowercase {
-        lowered = text
-            .chars()
-            .flat_map(char::to_lowercase)
-            .collect::<String>();
+        lowered = text.chars().flat_map(char::to_lowercase).collect::<String>();
         lowered.as_str()
     } else {
         text
@@ -143,21 +140,13 @@ impl<'t> FastEncoder<'t> {
     }
 
     fn slow(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
-        let encoding = self
-            .tokenizer
-            .encode_fast(text, false)
-            .map_err(TokenizeError::tokenizer)?;
+        let encoding = self.tokenizer.encode_fast(text, false).map_err(TokenizeError::tokenizer)?;
         Ok(encoding.get_ids().to_vec())
     }
 
     /// Appends the ids of `story` (no `<eos>`) to `out`; `local` caches pieces the shared
     /// cache lacks.
-    pub fn encode_into(
-        &self,
-        story: &str,
-        out: &mut Vec<u32>,
-        local: &mut PieceCache,
-    ) -> Result<(), TokenizeError> {
+    pub fn encode_into(&self, story: &str, out: &mut Vec<u32>, local: &mut PieceCache) -> Result<(), TokenizeError> {
         // A special token's text inside a story is matched by the tokenizer itself.
         if story.contains('<') && SPECIALS.iter().any(|s| story.contains(s)) {
             out.extend(self.slow(story)?);

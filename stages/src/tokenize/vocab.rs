@@ -15,9 +15,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::punctuation::Punctuation;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
-use tokenizers::{
-    AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
-};
+use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
 use super::encoder::word_pieces;
 use super::{Scheme, TokenizeError};
@@ -47,10 +45,7 @@ fn separator_to_eos() -> NormalizerWrapper {
 
 /// The GPT-2 byte -> printable char table of byte-level BPE.
 pub fn byte_chars() -> [char; 256] {
-    let mut printable: Vec<u8> = (b'!'..=b'~')
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
+    let mut printable: Vec<u8> = (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut chars: Vec<u32> = printable.iter().map(|&b| u32::from(b)).collect();
     let mut n = 0;
     for b in 0..=255u8 {
@@ -99,11 +94,7 @@ pub fn byte_tokenizer() -> Result<Tokenizer, TokenizeError> {
 }
 
 /// The `bpe` scheme: byte-level BPE trained on `stories`.
-pub fn bpe_tokenizer(
-    stories: &[&str],
-    vocab_size: usize,
-    min_frequency: u64,
-) -> Result<Tokenizer, TokenizeError> {
+pub fn bpe_tokenizer(stories: &[&str], vocab_size: usize, min_frequency: u64) -> Result<Tokenizer, TokenizeError> {
     let trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(min_frequency)
