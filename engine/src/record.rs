@@ -354,8 +354,25 @@ pub fn list_runs(runs_dir: &Path) -> Vec<RunDir> {
             id: RunId(e.file_name().to_string_lossy().into_owned()),
         })
         .collect();
-    runs.sort_by(|a, b| a.id.cmp(&b.id));
+    // Ids sort by start second; within a second, the recorded start time decides.
+    runs.sort_by_cached_key(|r| {
+        let second = r.id.0.get(..15).unwrap_or(&r.id.0).to_owned();
+        (second, started_of(&r.dir), r.id.0.clone())
+    });
     runs
+}
+
+/// The `started` field of a run folder's `run.json` (empty if unreadable).
+fn started_of(dir: &Path) -> String {
+    #[derive(Deserialize)]
+    struct Started {
+        started: String,
+    }
+    std::fs::read_to_string(dir.join("run.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Started>(&t).ok())
+        .map(|s| s.started)
+        .unwrap_or_default()
 }
 
 /// Finds a run by `latest`, full id, unique id prefix or suffix, or path to its folder.

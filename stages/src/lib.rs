@@ -1,13 +1,14 @@
 //! itera-stages: the built-in stage kinds, one module each, and [`registry`] listing them.
 
-pub mod fetch;
-pub mod tokenize;
-
 use itera_engine::stage::Registry;
 
+pub mod fetch;
+pub mod files;
 pub mod half;
 pub mod records;
 pub mod report;
+pub mod shell;
+pub mod tokenize;
 
 /// Every built-in stage kind.
 pub fn registry() -> Registry {
@@ -16,5 +17,7 @@ pub fn registry() -> Registry {
     registry.register::<tokenize::Tokenize>();
     registry.register::<half::HalfConvert>();
     registry.register::<report::Report>();
+    registry.register::<files::Files>();
+    registry.register::<shell::Shell>();
     registry
 }

@@ -7,6 +7,7 @@
 pub mod inputs;
 pub mod local;
 pub mod one;
+pub mod preview;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

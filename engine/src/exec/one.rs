@@ -130,11 +130,8 @@ fn cached(
     rec.reason = Some(match why {
         Some(w) => w.to_owned(),
         None => match &entry.meta.run {
-            Some(run) => format!(
-                "cached: produced by run {run} (stage `{}`)",
-                entry.meta.stage
-            ),
-            None => format!("cached: produced by stage `{}`", entry.meta.stage),
+            Some(run) => format!("produced by run {run} (stage `{}`)", entry.meta.stage),
+            None => format!("produced by stage `{}`", entry.meta.stage),
         },
     });
     job.events.event(Event::Cached {
@@ -229,7 +226,7 @@ fn run_claimed(
     // `rerun --verify` keeps the stored result when one exists (its digest is what the
     // record says) and only compares; otherwise the fresh result is published.
     let existing = match job.store.lookup(claimed.key()) {
-        Lookup::Hit(e) => Some(e),
+        Lookup::Hit(e) => Some(*e),
         _ => None,
     };
     let mode = match (&req.verify_against, &existing) {

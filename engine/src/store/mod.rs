@@ -42,7 +42,7 @@ pub enum StoreError {
 /// The result of looking a key up.
 #[derive(Debug)]
 pub enum Lookup {
-    Hit(Entry),
+    Hit(Box<Entry>),
     Miss,
     /// Something is there but it is not a usable result (it will be recomputed).
     Damaged(EntryProblem),
@@ -52,7 +52,7 @@ pub enum Lookup {
 #[derive(Debug)]
 pub enum Claim {
     /// Published (possibly by another run while we waited for the lock).
-    Hit(Entry),
+    Hit(Box<Entry>),
     /// Ours to compute.
     Miss(Claimed),
 }
@@ -106,7 +106,7 @@ impl Store {
             return Lookup::Miss;
         }
         match entry::check(&dir, key) {
-            Ok(e) => Lookup::Hit(e),
+            Ok(e) => Lookup::Hit(Box::new(e)),
             Err(problem) => Lookup::Damaged(problem),
         }
     }

@@ -1,0 +1,128 @@
+//! `itera exec-stage --run DIR --stage NAME` (hidden): executes one stage of a recorded
+//! run, as a batch job does. Upstream results come from the run's stage records and the
+//! store; the stage runs under its key's lock and its status is written into the run
+//! folder (`stages/NAME.json`). Exit 0 when the stage has a result, 1 otherwise.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use itera_engine::exec::NullEvents;
+use itera_engine::exec::{
+    execute_stage, thread_budget, upstream_of, Force, Mode, Resolved, RunJob, StageRequest,
+};
+use itera_engine::record::RunDir;
+use itera_engine::store::{Lookup, Reuse, Store};
+
+use super::progress::Display;
+use super::{exit, invalid, Global};
+
+#[derive(Debug, Args)]
+pub struct ExecStageArgs {
+    /// The run folder (`runs/<run-id>`).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// The stage to execute.
+    #[arg(long)]
+    pub stage: String,
+    /// Recompute even if the result is stored.
+    #[arg(long)]
+    pub force: bool,
+    /// Thread budget (default: `resources.cpus`, else `SLURM_CPUS_PER_TASK`, else all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+pub fn main(g: &Global, args: ExecStageArgs) -> anyhow::Result<u8> {
+    let run = RunDir::open(&args.run).map_err(|e| invalid(e.to_string()))?;
+    let record = run.load()?;
+    let pipeline = record.pipeline.clone();
+    if !pipeline.stages.contains_key(&args.stage) {
+        return Err(invalid(format!(
+            "run {} has no stage `{}`",
+            record.id, args.stage
+        )));
+    }
+    // The store is the run folder's parent: `runs/<id>` -> `runs/`.
+    let runs_dir = run
+        .path()
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| g.runs_dir.clone());
+    let store = Store::new(&runs_dir);
+    let mut resolved = BTreeMap::new();
+    for up in upstream_of(&pipeline, &args.stage) {
+        let rec = record.stages.get(&up);
+        let key = rec
+            .filter(|r| r.status.succeeded())
+            .and_then(|r| r.key.clone());
+        let Some(key) = key else {
+            let status = rec
+                .map(|r| r.status.to_string())
+                .unwrap_or_else(|| "absent".into());
+            return Err(invalid(format!(
+                "stage `{}` needs upstream stage `{up}`, which has no result in run {} (status: {status})",
+                args.stage, record.id
+            )));
+        };
+        match store.lookup(&key) {
+            Lookup::Hit(entry) => {
+                resolved.insert(up, Resolved::from_entry(&entry));
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "the result of upstream stage `{up}` (key {key}) is not in the store {}",
+                    store.entries_dir().display()
+                )))
+            }
+        }
+    }
+    let cores = itera_engine::host::cores();
+    let threads = args.threads.unwrap_or_else(|| {
+        let slurm = std::env::var("SLURM_CPUS_PER_TASK")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let from_spec = pipeline.stages[&args.stage]
+            .resources
+            .or(&pipeline.slurm)
+            .cpus;
+        match (from_spec, slurm) {
+            (Some(c), _) => c as usize,
+            (None, Some(s)) => s,
+            (None, None) => thread_budget(&pipeline, &args.stage, cores, 1),
+        }
+    });
+    let events: Arc<dyn itera_engine::exec::EventSink> = match g.progress {
+        super::ProgressMode::Quiet => Arc::new(NullEvents),
+        _ => Arc::new(Display::new(super::ProgressMode::Lines)),
+    };
+    let job = RunJob {
+        selected: [args.stage.clone()].into_iter().collect(),
+        pipeline: Arc::new(pipeline),
+        registry: itera_stages::registry(),
+        store,
+        run,
+        force: if args.force { Force::All } else { Force::None },
+        mode: Mode::Run,
+        cancel: super::interrupt::cancel_on_signal(),
+        events,
+        cores,
+    };
+    let req = StageRequest {
+        stage: args.stage.clone(),
+        reuse: if args.force {
+            Reuse::Recompute
+        } else {
+            Reuse::Allow
+        },
+        verify_against: None,
+        threads: threads.max(1),
+    };
+    let (rec, _) = execute_stage(&job, &req, &resolved);
+    Ok(if rec.status.succeeded() {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}

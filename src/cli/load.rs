@@ -1,0 +1,97 @@
+//! Loading a pipeline file for a subcommand: spec diagnostics and graph errors become
+//! exit code 2 with every problem shown; stage selections (`--until`, `--only`,
+//! `--force`) are checked against the pipeline's stages.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use clap::Args;
+use itera_engine::graph::Dag;
+use itera_engine::spec::{self, Pipeline, StageName};
+use itera_engine::stage::Registry;
+
+use super::{exit, invalid, Reported};
+
+/// `FILE` and `--set` overrides.
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// The pipeline file.
+    pub file: std::path::PathBuf,
+    /// Override a value: `--set stage.key=value` (TOML value syntax; repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+/// `--until` / `--only`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SelectArgs {
+    /// Run this stage and everything it needs.
+    #[arg(long, value_name = "STAGE", conflicts_with = "only")]
+    pub until: Option<String>,
+    /// Run exactly these stages; their inputs must already be stored.
+    #[arg(long, value_name = "STAGE", num_args = 1..)]
+    pub only: Vec<String>,
+}
+
+/// A loaded, validated pipeline with its graph.
+pub struct Loaded {
+    pub pipeline: Pipeline,
+    pub dag: Dag,
+}
+
+/// Loads and validates `args.file` with its overrides.
+pub fn load(args: &PipelineArgs, registry: &Registry) -> anyhow::Result<Loaded> {
+    let pipeline = spec::load(&args.file, &args.sets, registry).map_err(|d| {
+        anyhow::Error::new(Reported {
+            code: exit::INVALID,
+            text: d.to_string(),
+        })
+    })?;
+    graph(pipeline)
+}
+
+/// Loads a recorded resolved pipeline again.
+pub fn load_resolved(
+    toml: &str,
+    source: &Path,
+    base_dir: &Path,
+    registry: &Registry,
+) -> anyhow::Result<Loaded> {
+    let pipeline = spec::load_resolved(toml, source, base_dir, registry).map_err(|d| {
+        anyhow::Error::new(Reported {
+            code: exit::INVALID,
+            text: d.to_string(),
+        })
+    })?;
+    graph(pipeline)
+}
+
+fn graph(pipeline: Pipeline) -> anyhow::Result<Loaded> {
+    let dag = Dag::new(&pipeline).map_err(|e| invalid(e.to_string()))?;
+    Ok(Loaded { pipeline, dag })
+}
+
+impl Loaded {
+    /// The stages a selection picks.
+    pub fn select(&self, sel: &SelectArgs) -> anyhow::Result<BTreeSet<StageName>> {
+        self.dag
+            .select(sel.until.as_deref(), &sel.only)
+            .map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Checks that every named stage exists.
+    pub fn check_stages(&self, names: &[String], flag: &str) -> anyhow::Result<()> {
+        for name in names {
+            if !self.pipeline.stages.contains_key(name) {
+                let hint = spec::suggest(name, self.pipeline.stages.keys())
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                return Err(invalid(format!(
+                    "{flag} names stage `{name}`, which pipeline `{}` does not have{hint}",
+                    self.pipeline.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}

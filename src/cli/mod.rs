@@ -1,0 +1,201 @@
+//! The `itera` command line: flags (clap derive), one module per subcommand, logging
+//! setup, and the mapping from outcomes to the documented [`exit`] codes.
+
+mod dag;
+mod exec_stage;
+mod explain;
+mod gc;
+mod interrupt;
+mod load;
+mod progress;
+mod rerun;
+mod run;
+mod runs;
+mod schema;
+mod show;
+mod status;
+mod validate;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit codes of `itera`.
+pub mod exit {
+    /// Everything succeeded.
+    pub const OK: u8 = 0;
+    /// A stage failed (or was skipped because one failed), a `rerun --verify` found a
+    /// stage that did not reproduce, `verify` found a damaged entry, or `schema --check`
+    /// found drift.
+    pub const FAILED: u8 = 1;
+    /// Invalid input: a bad pipeline file, flag or run id. Nothing was executed and
+    /// nothing was written under the runs folder.
+    pub const INVALID: u8 = 2;
+    /// Interrupted (Ctrl-C).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// Declarative, reproducible pipeline runner for small language-model studies.
+#[derive(Debug, Parser)]
+#[command(name = "itera", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Folder holding the store and the run records.
+    #[arg(long, global = true, env = "ITERA_RUNS_DIR", default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// Format of diagnostic logs on stderr (`RUST_LOG` filters them).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// How to show progress: bars on a terminal, timestamped lines otherwise.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// More logging (-v: info, -vv: debug, -vvv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// Bars when stderr is a terminal, lines otherwise.
+    Auto,
+    Bars,
+    Lines,
+    /// Only the summary.
+    Quiet,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline, reusing stored results.
+    Run(run::RunArgs),
+    /// Show what `run` would do and why, without running anything.
+    Status(status::StatusArgs),
+    /// Print the stage graph.
+    Dag(dag::DagArgs),
+    /// Explain a stage's cache key and what changed since its last run.
+    Explain(explain::ExplainArgs),
+    /// Check a pipeline file without running it.
+    Validate(validate::ValidateArgs),
+    /// Write (or check) the JSON schema of pipeline files.
+    Schema(schema::SchemaArgs),
+    /// List recorded runs.
+    Runs(runs::RunsArgs),
+    /// Show one recorded run.
+    Show(show::ShowArgs),
+    /// Re-execute a recorded run from its resolved pipeline.
+    Rerun(rerun::RerunArgs),
+    /// Remove store entries no recent run refers to.
+    Gc(gc::GcArgs),
+    /// Re-hash every store entry and report those that changed on disk.
+    Verify(verify::VerifyArgs),
+    /// Execute one stage of a recorded run (used by batch jobs).
+    #[command(hide = true)]
+    ExecStage(exec_stage::ExecStageArgs),
+}
+
+/// An error already shown to the user in full (e.g. rendered diagnostics), with its exit code.
+#[derive(Debug)]
+pub struct Reported {
+    pub code: u8,
+    pub text: String,
+}
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+impl std::error::Error for Reported {}
+
+/// An invalid-input error (exit code 2) with a message.
+pub fn invalid(text: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Reported {
+        code: exit::INVALID,
+        text: format!("error: {}", text.into()),
+    })
+}
+
+/// Parses the command line, runs the subcommand and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.global);
+    let g = &cli.global;
+    let result = match cli.command {
+        Command::Run(a) => run::main(g, a),
+        Command::Status(a) => status::main(g, a),
+        Command::Dag(a) => dag::main(g, a),
+        Command::Explain(a) => explain::main(g, a),
+        Command::Validate(a) => validate::main(g, a),
+        Command::Schema(a) => schema::main(g, a),
+        Command::Runs(a) => runs::main(g, a),
+        Command::Show(a) => show::main(g, a),
+        Command::Rerun(a) => rerun::main(g, a),
+        Command::Gc(a) => gc::main(g, a),
+        Command::Verify(a) => verify::main(g, a),
+        Command::ExecStage(a) => exec_stage::main(g, a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            if let Some(r) = err.downcast_ref::<Reported>() {
+                eprintln!("{}", r.text.trim_end());
+                return ExitCode::from(r.code);
+            }
+            if is_broken_pipe(&err) {
+                return ExitCode::from(exit::OK);
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit::INVALID)
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_logging(g: &Global) {
+    use tracing_subscriber::EnvFilter;
+    let default = match g.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match g.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Writes to stdout; a closed pipe ends quietly.
+pub fn out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! `itera run FILE`: load and validate the pipeline (nothing is written if it is
+//! invalid), create the run record, execute the selected stages, write the final record
+//! and summarize. [`execute`] is shared with `itera rerun`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use clap::{Args, ValueEnum};
+use itera_engine::exec::{self, Executor, Force, LocalExecutor, Mode, RunJob};
+use itera_engine::host;
+use itera_engine::record::{
+    RunDir, RunId, RunRecord, RunStatus, StageRecord, StageStatus, RUN_FORMAT,
+};
+use itera_engine::spec::StageName;
+use itera_engine::store::Store;
+
+use super::load::{load, Loaded, PipelineArgs, SelectArgs};
+use super::progress::Display;
+use super::{exit, Global};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+    /// Recompute this stage even if its result is stored (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub force: Vec<String>,
+    /// Recompute every selected stage.
+    #[arg(long, conflicts_with = "force")]
+    pub force_all: bool,
+    /// Only show what would run (same as `itera status`).
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Where and how wide to execute.
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    /// Stages that may run at once. Each gets `resources.cpus` threads, or an equal share
+    /// of the cores (default 1: one stage at a time with every core).
+    #[arg(long, short = 'j', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: u32,
+    /// Where stages execute.
+    #[arg(long, value_enum, default_value_t = ExecutorKind::Local)]
+    pub executor: ExecutorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorKind {
+    /// Threads of this process.
+    Local,
+}
+
+pub fn main(g: &Global, args: RunArgs) -> anyhow::Result<u8> {
+    let registry = itera_stages::registry();
+    let loaded = load(&args.pipeline, &registry)?;
+    let selected = loaded.select(&args.select)?;
+    loaded.check_stages(&args.force, "--force")?;
+    let force = if args.force_all {
+        Force::All
+    } else if args.force.is_empty() {
+        Force::None
+    } else {
+        Force::Stages(args.force.iter().cloned().collect())
+    };
+    if args.dry_run {
+        return super::status::print_preview(g, &loaded, &registry, &selected, &force);
+    }
+    execute(
+        g,
+        loaded,
+        Plan {
+            selected,
+            force,
+            mode: Mode::Run,
+            rerun_of: None,
+            exec: args.exec,
+        },
+    )
+}
+
+/// What to execute.
+pub struct Plan {
+    pub selected: BTreeSet<StageName>,
+    pub force: Force,
+    pub mode: Mode,
+    pub rerun_of: Option<RunId>,
+    pub exec: ExecArgs,
+}
+
+/// Creates the run record, executes, records the outcome and prints a summary.
+pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
+    let registry = itera_stages::registry();
+    let Loaded { pipeline, dag } = loaded;
+    let executor: Box<dyn Executor> = match plan.exec.executor {
+        ExecutorKind::Local => Box::new(LocalExecutor {
+            jobs: plan.exec.jobs as usize,
+        }),
+    };
+    let cores = host::cores();
+    let run = RunDir::create(&g.runs_dir, &pipeline.name)?;
+    let needed = exec::with_ancestors(&pipeline, &plan.selected);
+    let order = dag.topo_order();
+    let mut record = RunRecord {
+        format: RUN_FORMAT,
+        id: run.id().clone(),
+        status: RunStatus::Running,
+        selected: order
+            .iter()
+            .filter(|s| plan.selected.contains(*s))
+            .cloned()
+            .collect(),
+        executor: executor.name().to_owned(),
+        jobs: plan.exec.jobs as usize,
+        command: std::env::args().collect(),
+        rerun_of: plan.rerun_of.clone(),
+        verify: matches!(plan.mode, Mode::Verify(_)),
+        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+        git_commit: host::git_commit(&pipeline.base_dir),
+        host: host::hostname(),
+        cores,
+        started: host::timestamp(SystemTime::now()),
+        finished: None,
+        stages: needed
+            .iter()
+            .map(|s| (s.clone(), StageRecord::pending(&pipeline.stages[s].kind)))
+            .collect(),
+        pipeline: pipeline.clone(),
+    };
+    run.write_record(&record)?;
+    run.mark_latest(&g.runs_dir)?;
+
+    let display = Arc::new(Display::new(g.progress));
+    display.line(&format!(
+        "run {} of `{}`: {} stage(s), {} executor, {} job(s) on {cores} cores",
+        run.id(),
+        pipeline.name,
+        needed.len(),
+        executor.name(),
+        plan.exec.jobs
+    ));
+    let clock = Instant::now();
+    let job = RunJob {
+        pipeline: Arc::new(pipeline),
+        registry,
+        store: Store::new(&g.runs_dir),
+        run: run.clone(),
+        selected: plan.selected,
+        force: plan.force,
+        mode: plan.mode,
+        cancel: super::interrupt::cancel_on_signal(),
+        events: display.clone(),
+        cores,
+    };
+    let outcome = executor.execute(&job)?;
+
+    record.stages.extend(outcome.stages.clone());
+    record.finished = Some(host::timestamp(SystemTime::now()));
+    record.status = if outcome.interrupted {
+        RunStatus::Interrupted
+    } else if outcome.succeeded() {
+        RunStatus::Succeeded
+    } else {
+        RunStatus::Failed
+    };
+    run.write_record(&record)?;
+
+    let count = |s: StageStatus| outcome.with_status(s).len();
+    display.line(&format!(
+        "run {} {}: {} ran, {} cached, {} failed, {} skipped in {:.1}s",
+        run.id(),
+        record.status,
+        count(StageStatus::Ran),
+        count(StageStatus::Cached),
+        count(StageStatus::Failed),
+        count(StageStatus::Skipped),
+        clock.elapsed().as_secs_f64()
+    ));
+    report_failures(&display, &outcome.stages, &run);
+    let mismatches = outcome.verify_mismatches();
+    if !mismatches.is_empty() {
+        let mut text = format!(
+            "error: NOT REPRODUCIBLE: {} stage(s) produced a different result than recorded:",
+            mismatches.len()
+        );
+        for name in &mismatches {
+            let rec = &outcome.stages[*name];
+            if let (Some(v), Some(now)) = (&rec.verify, &rec.digest) {
+                text.push_str(&format!(
+                    "\n  {name}: recorded {}, now {}",
+                    v.recorded.short(),
+                    now.short()
+                ));
+            }
+        }
+        display.line(&text);
+    }
+    Ok(if outcome.interrupted {
+        exit::INTERRUPTED
+    } else if outcome.succeeded() {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}
+
+fn report_failures(display: &Display, stages: &BTreeMap<StageName, StageRecord>, run: &RunDir) {
+    for (name, rec) in stages {
+        if rec.status == StageStatus::Failed {
+            let log = rec
+                .log
+                .as_ref()
+                .map(|l| format!(" (log: {})", run.path().join(l).display()))
+                .unwrap_or_default();
+            display.line(&format!(
+                "error: stage `{name}` failed: {}{log}",
+                rec.error.as_deref().unwrap_or("unknown error")
+            ));
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! `itera runs`: lists recorded runs, oldest first, with their status and stage counts.
+
+use clap::Args;
+use itera_engine::record::{list_runs, StageStatus};
+
+use super::{exit, out, Global};
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Show only the newest N runs.
+    #[arg(long, short = 'n')]
+    pub last: Option<usize>,
+}
+
+pub fn main(g: &Global, args: RunsArgs) -> anyhow::Result<u8> {
+    let runs = list_runs(&g.runs_dir);
+    let skip = args.last.map_or(0, |n| runs.len().saturating_sub(n));
+    let mut text = String::new();
+    for run in runs.into_iter().skip(skip) {
+        match run.load() {
+            Ok(r) => {
+                let count = |s: StageStatus| r.stages.values().filter(|x| x.status == s).count();
+                text.push_str(&format!(
+                    "{}  {:<11}  {} ran, {} cached, {} failed, {} skipped{}\n",
+                    r.id,
+                    r.status.to_string(),
+                    count(StageStatus::Ran),
+                    count(StageStatus::Cached),
+                    count(StageStatus::Failed),
+                    count(StageStatus::Skipped),
+                    if r.verify { "  (verify)" } else { "" }
+                ));
+            }
+            Err(e) => text.push_str(&format!("{}  unreadable: {e}\n", run.id())),
+        }
+    }
+    if text.is_empty() {
+        text = format!("no runs in {}\n", g.runs_dir.display());
+    }
+    out(&text)?;
+    Ok(exit::OK)
+}

@@ -1,0 +1,97 @@
+//! `itera show RUN`: one run's record: pipeline, command, machine, and every stage's
+//! status, digest, duration and log.
+
+use clap::Args;
+use itera_engine::record::{find_run, RunDir};
+
+use super::{exit, invalid, out, Global};
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Run id (or unique prefix/suffix), `latest`, or a run folder.
+    #[arg(default_value = "latest")]
+    pub run: String,
+    /// Print the raw merged record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn main(g: &Global, args: ShowArgs) -> anyhow::Result<u8> {
+    let run = find_run(&g.runs_dir, &args.run).map_err(|e| invalid(e.to_string()))?;
+    if args.json {
+        let record = run.load()?;
+        out(&format!("{}\n", serde_json::to_string_pretty(&record)?))?;
+        return Ok(exit::OK);
+    }
+    print_run(&run)
+}
+
+/// Prints a run's record (merged with its stage files).
+pub fn print_run(run: &RunDir) -> anyhow::Result<u8> {
+    let r = run.load()?;
+    let mut text = format!(
+        "run {}: {}\n  pipeline: {} ({})\n  started:  {}{}\n  command:  {}\n  host:     {} ({} cores), {} executor, {} job(s)\n",
+        r.id,
+        r.status,
+        r.pipeline.name,
+        r.pipeline.source.display(),
+        r.started,
+        r.finished.as_ref().map(|f| format!(", finished {f}")).unwrap_or_default(),
+        r.command.join(" "),
+        r.host,
+        r.cores,
+        r.executor,
+        r.jobs,
+    );
+    if let Some(commit) = &r.git_commit {
+        text.push_str(&format!("  git:      {commit}\n"));
+    }
+    if !r.pipeline.overrides.is_empty() {
+        text.push_str(&format!("  --set:    {}\n", r.pipeline.overrides.join(" ")));
+    }
+    if let Some(of) = &r.rerun_of {
+        text.push_str(&format!(
+            "  rerun of: {of}{}\n",
+            if r.verify { " (verify)" } else { "" }
+        ));
+    }
+    text.push_str("stages:\n");
+    let width = r.stages.keys().map(String::len).max().unwrap_or(0);
+    for (name, s) in &r.stages {
+        let digest = s
+            .digest
+            .as_ref()
+            .map(|d| d.short().to_owned())
+            .unwrap_or_else(|| "-".into());
+        let time = s
+            .duration_ms
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "  {name:width$}  {:<8} {digest:<12} {time:>7}",
+            s.status.to_string()
+        ));
+        if let Some(v) = &s.verify {
+            text.push_str(if v.matches {
+                "  reproduced"
+            } else {
+                "  NOT REPRODUCED"
+            });
+        }
+        if let Some(e) = &s.error {
+            text.push_str(&format!("  error: {e}"));
+        } else if let Some(reason) = &s.reason {
+            text.push_str(&format!("  {reason}"));
+        }
+        if let Some(log) = &s.log {
+            text.push_str(&format!(
+                "\n  {:width$}  log: {}",
+                "",
+                run.path().join(log).display()
+            ));
+        }
+        text.push('\n');
+    }
+    out(&text)?;
+    Ok(exit::OK)
+}

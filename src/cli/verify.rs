@@ -1,0 +1,47 @@
+//! `itera verify`: re-hashes every store entry and reports those whose files changed on
+//! disk since they were published (exit 1 if any).
+
+use clap::Args;
+use itera_engine::store::maintain::verify;
+use itera_engine::store::Store;
+
+use super::{exit, out, Global};
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {}
+
+pub fn main(g: &Global, _: VerifyArgs) -> anyhow::Result<u8> {
+    let results = verify(&Store::new(&g.runs_dir));
+    let mut text = String::new();
+    let mut bad = 0;
+    for r in &results {
+        if r.is_ok() {
+            continue;
+        }
+        bad += 1;
+        let stage = r
+            .stage
+            .as_ref()
+            .map(|s| format!(" (stage `{s}`)"))
+            .unwrap_or_default();
+        text.push_str(&format!("CHANGED {}{stage}\n", r.dir.display()));
+        match &r.outcome {
+            Ok(changes) => {
+                for c in changes {
+                    text.push_str(&format!("  {c}\n"));
+                }
+            }
+            Err(problem) => text.push_str(&format!("  {problem}\n")),
+        }
+    }
+    text.push_str(&format!(
+        "verify: {} entr{} checked, {bad} changed\n",
+        results.len(),
+        if results.len() == 1 { "y" } else { "ies" }
+    ));
+    if bad > 0 {
+        text.push_str("changed entries are never reused; `itera gc` removes them, or the next run recomputes them\n");
+    }
+    out(&text)?;
+    Ok(if bad > 0 { exit::FAILED } else { exit::OK })
+}

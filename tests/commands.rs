@@ -1,0 +1,77 @@
+//! Read-only commands: `validate`, `dag`, `status`, `explain`, `runs`, `show`.
+
+use crate::test::{snapshot_settings, Test, DIAMOND};
+
+#[test]
+fn validate_and_dag() {
+    let t = Test::with_pipeline(DIAMOND);
+    let out = t.itera(&["validate", "pipeline.toml"], 0);
+    assert_eq!(
+        out.stdout,
+        "ok: pipeline `diamond` (pipeline.toml): 4 stage(s), seed 7\n"
+    );
+    let dot = t.itera(&["dag", "pipeline.toml", "--format", "dot"], 0);
+    assert!(dot.stdout.contains("digraph"), "{}", dot.stdout);
+    let mermaid = t.itera(&["dag", "pipeline.toml", "--format", "mermaid"], 0);
+    assert!(
+        mermaid.stdout.contains("flowchart") || mermaid.stdout.contains("graph"),
+        "{}",
+        mermaid.stdout
+    );
+    assert!(!t.path("runs").exists(), "read-only commands write nothing");
+}
+
+#[test]
+fn status_and_explain_say_what_would_run_and_why() {
+    let t = Test::with_pipeline(DIAMOND);
+    let before = t.itera(&["status", "pipeline.toml"], 0);
+    assert!(
+        before
+            .stdout
+            .starts_with("pipeline `diamond`: 4 to run, 0 cached"),
+        "{}",
+        before.stdout
+    );
+    assert!(!t.path("runs/store").exists());
+
+    t.run(&[]);
+    let changed = DIAMOND.replace("LEVEL = \"1\"", "LEVEL = \"3\"");
+    t.write("pipeline.toml", &changed);
+    let status = t.itera(&["status", "pipeline.toml"], 0);
+    snapshot_settings().bind(|| {
+        insta::assert_snapshot!("status_after_param_change", t.redact(&status.stdout));
+    });
+    let explain = t.itera(&["explain", "pipeline.toml", "c"], 0);
+    snapshot_settings().bind(|| {
+        insta::assert_snapshot!("explain_changed_param", t.redact(&explain.stdout));
+    });
+    let dry = t.itera(&["run", "pipeline.toml", "--dry-run"], 0);
+    assert_eq!(dry.stdout, status.stdout);
+    assert!(t.executions().len() == 4, "the dry run executed nothing");
+}
+
+#[test]
+fn runs_and_show_list_recorded_runs() {
+    let t = Test::with_pipeline(DIAMOND);
+    assert!(t.itera(&["runs"], 0).stdout.starts_with("no runs in"));
+    t.run(&[]);
+    t.run(&[]);
+    let runs = t.itera(&["runs"], 0);
+    snapshot_settings().bind(|| {
+        insta::assert_snapshot!("runs_list", t.redact(&runs.stdout));
+    });
+    let show = t.itera(&["show"], 0);
+    snapshot_settings().bind(|| {
+        insta::assert_snapshot!("show_cached_run", t.redact(&show.stdout));
+    });
+    let json = t.itera(&["show", "latest", "--json"], 0);
+    let record: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(record["format"], 1);
+    assert_eq!(record["stages"]["d"]["status"], "cached");
+    assert!(record["pipeline"]["resolved_toml"]
+        .as_str()
+        .unwrap()
+        .contains("[stages.d]"));
+    let err = t.itera(&["show", "nope"], 2);
+    assert!(err.stderr.contains("no run `nope`"), "{}", err.stderr);
+}

@@ -1,0 +1,19 @@
+//! End-to-end tests of the `itera` binary: each test writes a pipeline into a temporary
+//! folder and runs the real binary there (see `test.rs` for the `Test` builder).
+
+mod test;
+
+/// `exec-stage` (what batch jobs run) and Ctrl-C.
+mod batch;
+/// First run, cached rerun, param/file changes, renames.
+mod caching;
+/// `validate`, `dag`, `status`, `explain`, `show`, `runs` output.
+mod commands;
+/// Two runs at once; a run killed with SIGKILL mid-stage.
+mod concurrency;
+/// Failing stages and invalid pipelines: exit codes, reports, nothing half-written.
+mod failures;
+/// `gc` and `verify`.
+mod maintenance;
+/// `rerun` and `rerun --verify`.
+mod rerun;
