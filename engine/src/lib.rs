@@ -1,5 +1,6 @@
 //! itera-engine: the pipeline engine. It knows pipelines, DAGs, the content-addressed
 //! store, executors and run records, and nothing about machine learning.
 
+pub mod exec;
 pub mod spec;
 pub mod stage;

@@ -1,0 +1,3 @@
+//! Executors: how the stages of a resolved pipeline get run.
+
+pub mod slurm;
