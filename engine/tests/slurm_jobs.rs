@@ -38,7 +38,9 @@ fn slurm_available(test: &str) -> bool {
 
 fn base_resources() -> Resources {
     Resources {
-        partition: std::env::var("SLURM_TEST_PARTITION").ok().filter(|p| !p.is_empty()),
+        partition: std::env::var("SLURM_TEST_PARTITION")
+            .ok()
+            .filter(|p| !p.is_empty()),
         time: Some("00:05:00".into()),
         ..Resources::default()
     }
@@ -100,7 +102,12 @@ date +%s.%N > "$run/out/$stage"
     }
 
     /// Writes and submits `stage` after `after` (stage names already submitted).
-    fn submit(&mut self, stage: &str, after: &[&str], res: &Resources) -> Result<JobId, SbatchError> {
+    fn submit(
+        &mut self,
+        stage: &str,
+        after: &[&str],
+        res: &Resources,
+    ) -> Result<JobId, SbatchError> {
         std::fs::write(self.run_dir.join("deps").join(stage), after.join(" ")).unwrap();
         let text = script::render(&ScriptSpec {
             pipeline: "testdag",
@@ -167,7 +174,10 @@ date +%s.%N > "$run/out/$stage"
             if s.values().all(JobStatus::is_terminal) {
                 return s;
             }
-            assert!(start.elapsed() < limit, "jobs did not end within {limit:?}: {s:?}");
+            assert!(
+                start.elapsed() < limit,
+                "jobs did not end within {limit:?}: {s:?}"
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
     }
@@ -192,7 +202,15 @@ fn still_queued(ids: &[&JobId]) -> Vec<String> {
     let list: Vec<&str> = ids.iter().map(|j| j.id.as_str()).collect();
     let out = command::run(
         "squeue",
-        &["-h".into(), "-t".into(), "pending,running".into(), "-j".into(), list.join(","), "-o".into(), "%i".into()],
+        &[
+            "-h".into(),
+            "-t".into(),
+            "pending,running".into(),
+            "-j".into(),
+            list.join(","),
+            "-o".into(),
+            "%i".into(),
+        ],
         None,
         Duration::from_secs(30),
     )
@@ -263,9 +281,16 @@ fn failing_job_cancels_its_dependents() {
     assert_eq!(end["prepare"], JobStatus::Completed);
     assert_eq!(end["side"], JobStatus::Completed);
     assert_eq!(end["fail_train"], JobStatus::Ended(Failure::ExitCode(3)));
-    assert_eq!(end["evaluate"], JobStatus::Ended(Failure::DependencyNeverSatisfied));
-    assert_eq!(end["report"], JobStatus::Ended(Failure::DependencyNeverSatisfied));
-    let err = std::fs::read_to_string(StageFiles::new(&slurm_dir(&f.run_dir), "fail_train").stderr).unwrap();
+    assert_eq!(
+        end["evaluate"],
+        JobStatus::Ended(Failure::DependencyNeverSatisfied)
+    );
+    assert_eq!(
+        end["report"],
+        JobStatus::Ended(Failure::DependencyNeverSatisfied)
+    );
+    let err = std::fs::read_to_string(StageFiles::new(&slurm_dir(&f.run_dir), "fail_train").stderr)
+        .unwrap();
     assert!(err.contains("failing on purpose"), "{err}");
     assert!(!f.run_dir.join("out/evaluate").exists());
 }
@@ -283,7 +308,10 @@ fn setup_failure_is_recorded_as_the_exit_code() {
     f.submit("train", &[], &res).unwrap();
     let end = f.wait(Duration::from_secs(60));
     assert_eq!(end["train"], JobStatus::Ended(Failure::ExitCode(1)));
-    assert!(!f.run_dir.join("out/train").exists(), "the command must not run after a failed setup line");
+    assert!(
+        !f.run_dir.join("out/train").exists(),
+        "the command must not run after a failed setup line"
+    );
 }
 
 #[test]
@@ -297,14 +325,23 @@ fn cancel_stops_a_running_dag() {
     let after = f.submit("evaluate", &["slow_train"], &res).unwrap();
     let start = Instant::now();
     while f.poll()["slow_train"] != JobStatus::Running {
-        assert!(start.elapsed() < Duration::from_secs(30), "slow_train never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "slow_train never started"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let cancelled = f.cancel_all();
     assert_eq!(cancelled.len(), 2, "{cancelled:?}");
     let end = f.wait(Duration::from_secs(30));
     assert_eq!(end["slow_train"], JobStatus::Ended(Failure::Cancelled));
-    assert!(matches!(end["evaluate"], JobStatus::Ended(Failure::Cancelled | Failure::DependencyNeverSatisfied)), "{end:?}");
+    assert!(
+        matches!(
+            end["evaluate"],
+            JobStatus::Ended(Failure::Cancelled | Failure::DependencyNeverSatisfied)
+        ),
+        "{end:?}"
+    );
     assert!(still_queued(&[&slow, &after]).is_empty());
     // Nothing left to cancel the second time.
     assert!(f.cancel_all().is_empty());
@@ -316,7 +353,14 @@ fn invalid_partition_is_refused_with_the_schedulers_message() {
         return;
     }
     let mut f = Fixture::new("badpart");
-    let good = f.submit("prepare", &[], &Resources { time: Some("00:05:00".into()), ..base_resources() });
+    let good = f.submit(
+        "prepare",
+        &[],
+        &Resources {
+            time: Some("00:05:00".into()),
+            ..base_resources()
+        },
+    );
     let good = good.unwrap();
     let bad = Resources {
         partition: Some("no_such_partition".into()),
@@ -325,12 +369,15 @@ fn invalid_partition_is_refused_with_the_schedulers_message() {
     let err = f.submit("train", &["prepare"], &bad).unwrap_err();
     match &err {
         SbatchError::Rejected { message, hint, .. } => {
-            assert!(message.contains("Invalid partition name specified"), "{message}");
+            assert!(
+                message.contains("Invalid partition name specified"),
+                "{message}"
+            );
             assert!(hint.unwrap().contains("sinfo"));
         }
         other => panic!("expected a rejection, got {other}"),
     }
-    cancel::cancel(&[good.clone()]).unwrap();
+    cancel::cancel(std::slice::from_ref(&good)).unwrap();
     let start = Instant::now();
     while !still_queued(&[&good]).is_empty() {
         assert!(start.elapsed() < Duration::from_secs(20));
@@ -349,7 +396,11 @@ fn impossible_memory_is_refused() {
         ..base_resources()
     };
     let err = f.submit("train", &[], &res).unwrap_err();
-    assert!(err.to_string().contains("Requested node configuration is not available"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("Requested node configuration is not available"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -367,7 +418,7 @@ fn requested_resources_reach_the_scheduler() {
     };
     let job = f.submit("train", &[], &res).unwrap();
     let shown = scontrol(&job);
-    cancel::cancel(&[job.clone()]).unwrap();
+    cancel::cancel(std::slice::from_ref(&job)).unwrap();
     for expected in [
         "JobName=itera-testdag-train",
         "TimeLimit=00:07:00",
@@ -379,7 +430,10 @@ fn requested_resources_reach_the_scheduler() {
         assert!(shown.contains(expected), "`{expected}` not in {shown}");
     }
     let out = StageFiles::new(&slurm_dir(&f.run_dir), "train").stdout;
-    assert!(shown.contains(&format!("StdOut={}", out.display())), "{shown}");
+    assert!(
+        shown.contains(&format!("StdOut={}", out.display())),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -21,11 +21,7 @@ pub fn cancel_unfinished(jobs: &[Tracked<'_>]) -> Result<Vec<JobId>, CancelError
     let statuses = state::poll(jobs);
     let open: Vec<JobId> = jobs
         .iter()
-        .filter(|t| {
-            !statuses
-                .get(t.job)
-                .is_some_and(JobStatus::is_terminal)
-        })
+        .filter(|t| !statuses.get(t.job).is_some_and(JobStatus::is_terminal))
         .map(|t| t.job.clone())
         .collect();
     cancel(&open)?;

@@ -163,13 +163,7 @@ mod tests {
     #[test]
     fn slow_program_is_stopped() {
         let start = Instant::now();
-        let err = run(
-            "sleep",
-            &["30".into()],
-            None,
-            Duration::from_millis(200),
-        )
-        .unwrap_err();
+        let err = run("sleep", &["30".into()], None, Duration::from_millis(200)).unwrap_err();
         assert!(matches!(err, CommandError::TimedOut { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10));
     }

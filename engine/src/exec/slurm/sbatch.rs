@@ -139,7 +139,10 @@ pub fn hint(message: &str) -> Option<&'static str> {
         || m.contains("memory specification can not be satisfied")
     {
         Some("no node of the partition has that much memory/CPUs/GPUs; `sinfo -o '%P %c %m %G'` shows what nodes offer")
-    } else if m.contains("invalid account") || m.contains("invalid qos") || m.contains("association") {
+    } else if m.contains("invalid account")
+        || m.contains("invalid qos")
+        || m.contains("association")
+    {
         Some("`sacctmgr show assoc user=$USER` lists the accounts and QOS you may use")
     } else if m.contains("gres") {
         Some("`sinfo -o '%P %G'` shows the generic resources per partition (e.g. gres = \"gpu:1\")")
@@ -267,7 +270,10 @@ mod tests {
     fn parses_parsable_output() {
         assert_eq!(JobId::parse("1234\n").unwrap().to_string(), "1234");
         let j = JobId::parse("77;cluster2\n").unwrap();
-        assert_eq!((j.id.as_str(), j.cluster.as_deref()), ("77", Some("cluster2")));
+        assert_eq!(
+            (j.id.as_str(), j.cluster.as_deref()),
+            ("77", Some("cluster2"))
+        );
         // Site banners may precede the id.
         assert_eq!(JobId::parse("Submitted to gpu\n42\n").unwrap().id, "42");
         assert!(JobId::parse("").is_none());
@@ -305,9 +311,15 @@ mod tests {
 
     #[test]
     fn hints_for_common_refusals() {
-        assert!(hint("Invalid partition name specified").unwrap().contains("sinfo"));
+        assert!(hint("Invalid partition name specified")
+            .unwrap()
+            .contains("sinfo"));
         assert!(hint("Requested node configuration is not available").is_some());
-        assert!(hint("Invalid account or account/partition combination specified").unwrap().contains("sacctmgr"));
+        assert!(
+            hint("Invalid account or account/partition combination specified")
+                .unwrap()
+                .contains("sacctmgr")
+        );
         assert!(hint("something new").is_none());
     }
 

@@ -99,10 +99,7 @@ pub fn render(spec: &ScriptSpec<'_>) -> Result<String, ScriptError> {
     let res = spec.resources;
 
     let mut headers: Vec<String> = vec![
-        format!(
-            "--job-name={}",
-            job_name(spec.pipeline, spec.stage)
-        ),
+        format!("--job-name={}", job_name(spec.pipeline, spec.stage)),
         format!("--output={}", output_pattern(stdout)),
         format!("--error={}", output_pattern(stderr)),
         format!("--chdir={workdir}"),
@@ -219,7 +216,11 @@ pub fn job_name(pipeline: &str, stage: &str) -> String {
 pub fn shell_quote(s: &str) -> Cow<'_, str> {
     let safe = !s.is_empty()
         && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':' | b'=' | b',' | b'+' | b'@')
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'_' | b'.' | b'/' | b':' | b'=' | b',' | b'+' | b'@'
+                )
         });
     if safe {
         Cow::Borrowed(s)
@@ -300,7 +301,10 @@ mod tests {
             qos: Some("normal".into()),
             gpus: Some(1),
             sbatch_args: vec!["--constraint=a100".into()],
-            setup: vec!["module load cuda/12.1".into(), "source .venv/bin/activate".into()],
+            setup: vec![
+                "module load cuda/12.1".into(),
+                "source .venv/bin/activate".into(),
+            ],
             local: None,
         };
         let run = Path::new("/shared/runs/r1");
@@ -348,19 +352,24 @@ mod tests {
         let res = Resources::default();
         let run = Path::new("/tmp/it's a \"run\" $HOME `x` 100%");
         let s = render(&spec(&res, run, "st'age")).unwrap();
-        assert!(s.contains(r#"#SBATCH '--job-name=itera-phase8-st'\''age'"#), "{s}");
         assert!(
-            s.contains(r#"#SBATCH '--output=/tmp/it'\''s a "run" $HOME `x` 100%%/slurm/st'\''age.out'"#),
+            s.contains(r#"#SBATCH '--job-name=itera-phase8-st'\''age'"#),
             "{s}"
         );
-        assert!(s.contains(
-            r#"--run '/tmp/it'\''s a "run" $HOME `x` 100%' --stage 'st'\''age'"#
-        ));
+        assert!(
+            s.contains(
+                r#"#SBATCH '--output=/tmp/it'\''s a "run" $HOME `x` 100%%/slurm/st'\''age.out'"#
+            ),
+            "{s}"
+        );
+        assert!(s.contains(r#"--run '/tmp/it'\''s a "run" $HOME `x` 100%' --stage 'st'\''age'"#));
     }
 
     #[test]
     fn quote_round_trips_through_sh() {
-        for word in ["plain", "", "a b", "it's", "$HOME", "`id`", "a\nb", "100%", "\\", "'"] {
+        for word in [
+            "plain", "", "a b", "it's", "$HOME", "`id`", "a\nb", "100%", "\\", "'",
+        ] {
             let out = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(format!("printf %s {}", shell_quote(word)))
@@ -377,7 +386,13 @@ mod tests {
             ..Resources::default()
         };
         let err = render(&spec(&res, Path::new("/r"), "train")).unwrap_err();
-        assert!(matches!(err, ScriptError::InvalidResource { field: "partition", .. }));
+        assert!(matches!(
+            err,
+            ScriptError::InvalidResource {
+                field: "partition",
+                ..
+            }
+        ));
         let res = Resources {
             sbatch_args: vec!["constraint=a100".into()],
             ..Resources::default()

@@ -80,7 +80,9 @@ pub enum Failure {
     /// The stage's command exited with this code (from the exit-code file).
     ExitCode(i32),
     /// SLURM says FAILED; `exit_code` as it reported it.
-    Failed { exit_code: Option<(i32, i32)> },
+    Failed {
+        exit_code: Option<(i32, i32)>,
+    },
     /// Cancelled because an upstream job failed (`afterok` can never be satisfied).
     DependencyNeverSatisfied,
     /// Cancelled (by `scancel`, an administrator, or the scheduler).
@@ -106,7 +108,9 @@ impl std::fmt::Display for Failure {
             }
             Failure::Cancelled => f.write_str("CANCELLED"),
             Failure::Timeout => f.write_str("TIMEOUT: the job hit its time limit (raise `time`)"),
-            Failure::OutOfMemory => f.write_str("OUT_OF_MEMORY: the job exceeded its memory (raise `mem`)"),
+            Failure::OutOfMemory => {
+                f.write_str("OUT_OF_MEMORY: the job exceeded its memory (raise `mem`)")
+            }
             Failure::NodeFail => f.write_str("NODE_FAIL: its node failed"),
             Failure::Preempted => f.write_str("PREEMPTED by a higher-priority job"),
             Failure::BootFail => f.write_str("BOOT_FAIL: its node did not boot"),
@@ -118,13 +122,17 @@ impl std::fmt::Display for Failure {
 /// What the submitting side knows about one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobStatus {
-    Pending { reason: Option<String> },
+    Pending {
+        reason: Option<String>,
+    },
     Running,
     /// The wrapper recorded exit code 0.
     Completed,
     Ended(Failure),
     /// Nothing established the state; `detail` says what was tried.
-    Unknown { detail: String },
+    Unknown {
+        detail: String,
+    },
 }
 
 impl JobStatus {
@@ -143,11 +151,13 @@ pub struct Tracked<'a> {
 /// Reads an exit-code file: `Ok(None)` when the wrapper has not written it (yet).
 pub fn read_exitcode(path: &Path) -> Result<Option<i32>, String> {
     match std::fs::read_to_string(path) {
-        Ok(text) => text
-            .trim()
-            .parse::<i32>()
-            .map(Some)
-            .map_err(|_| format!("exit-code file {} holds {:?}, not a number", path.display(), text.trim())),
+        Ok(text) => text.trim().parse::<i32>().map(Some).map_err(|_| {
+            format!(
+                "exit-code file {} holds {:?}, not a number",
+                path.display(),
+                text.trim()
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
@@ -174,7 +184,10 @@ pub fn poll(jobs: &[Tracked<'_>]) -> BTreeMap<JobId, JobStatus> {
     }
     let mut by_cluster: BTreeMap<Option<&str>, Vec<&Tracked<'_>>> = BTreeMap::new();
     for t in ask {
-        by_cluster.entry(t.job.cluster.as_deref()).or_default().push(t);
+        by_cluster
+            .entry(t.job.cluster.as_deref())
+            .or_default()
+            .push(t);
     }
     for (cluster, group) in by_cluster {
         let ids: Vec<&str> = group.iter().map(|t| t.job.id.as_str()).collect();
@@ -288,10 +301,12 @@ fn fallback(id: &str, cluster: Option<&str>) -> Result<SchedReport, String> {
         .collect();
     args.extend(cluster_args(cluster));
     let sacct_problem = match run("sacct", &args) {
-        Ok(out) if out.success() => match parse_sacct(&out.stdout).into_iter().rfind(|r| r.id == id) {
-            Some(r) => return Ok(r),
-            None => format!("sacct has no record of job {id}"),
-        },
+        Ok(out) if out.success() => {
+            match parse_sacct(&out.stdout).into_iter().rfind(|r| r.id == id) {
+                Some(r) => return Ok(r),
+                None => format!("sacct has no record of job {id}"),
+            }
+        }
         Ok(out) => format!("sacct: {}", out.message()),
         Err(e) => e,
     };

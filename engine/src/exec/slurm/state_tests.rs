@@ -49,7 +49,11 @@ fn squeue_states_and_reasons() {
         [
             ("1", &SchedState::Completed, None),
             ("2", &SchedState::Failed, Some("NonZeroExitCode")),
-            ("3", &SchedState::Cancelled, Some("DependencyNeverSatisfied")),
+            (
+                "3",
+                &SchedState::Cancelled,
+                Some("DependencyNeverSatisfied")
+            ),
             ("4", &SchedState::Pending, Some("DependencyNeverSatisfied")),
             ("8", &SchedState::Pending, Some("PartitionConfig")),
             ("10", &SchedState::Timeout, Some("TimeLimit")),
@@ -61,11 +65,23 @@ fn squeue_states_and_reasons() {
 #[test]
 fn squeue_reports_become_statuses() {
     let statuses: Vec<JobStatus> = parse_squeue(SQUEUE_ALL).iter().map(status_of).collect();
-    assert!(matches!(&statuses[0], JobStatus::Unknown { detail } if detail.contains("COMPLETED") && detail.contains("no exit code")),
-        "COMPLETED without the wrapper's exit code must not count as success: {:?}", statuses[0]);
-    assert_eq!(statuses[1], JobStatus::Ended(Failure::Failed { exit_code: None }));
-    assert_eq!(statuses[2], JobStatus::Ended(Failure::DependencyNeverSatisfied));
-    assert_eq!(statuses[3], JobStatus::Ended(Failure::DependencyNeverSatisfied));
+    assert!(
+        matches!(&statuses[0], JobStatus::Unknown { detail } if detail.contains("COMPLETED") && detail.contains("no exit code")),
+        "COMPLETED without the wrapper's exit code must not count as success: {:?}",
+        statuses[0]
+    );
+    assert_eq!(
+        statuses[1],
+        JobStatus::Ended(Failure::Failed { exit_code: None })
+    );
+    assert_eq!(
+        statuses[2],
+        JobStatus::Ended(Failure::DependencyNeverSatisfied)
+    );
+    assert_eq!(
+        statuses[3],
+        JobStatus::Ended(Failure::DependencyNeverSatisfied)
+    );
     assert_eq!(
         statuses[4],
         JobStatus::Pending {
@@ -99,7 +115,10 @@ fn scontrol_lines() {
         })
     );
     let r = parse_scontrol(SCONTROL_DEP_PENDING).unwrap();
-    assert_eq!((r.state.clone(), r.reason.as_deref()), (SchedState::Pending, Some("Dependency")));
+    assert_eq!(
+        (r.state.clone(), r.reason.as_deref()),
+        (SchedState::Pending, Some("Dependency"))
+    );
     let r = parse_scontrol(SCONTROL_TIMEOUT).unwrap();
     assert_eq!(r.exit_code, Some((143, 0)));
     assert_eq!(status_of(&r), JobStatus::Ended(Failure::Timeout));
@@ -114,7 +133,11 @@ fn sacct_lines() {
     assert_eq!(r[2].state, SchedState::Timeout);
     let r = parse_sacct(SACCT_DBD);
     assert_eq!(r[2].id, "7");
-    assert_eq!(r[2].state, SchedState::Cancelled, "`CANCELLED by <uid>` is a prefix match");
+    assert_eq!(
+        r[2].state,
+        SchedState::Cancelled,
+        "`CANCELLED by <uid>` is a prefix match"
+    );
     assert!(parse_sacct("").is_empty());
 }
 
@@ -142,14 +165,32 @@ fn every_terminal_state_is_recognised() {
             reason: None,
             exit_code: None,
         });
-        assert_ne!(status, JobStatus::Completed, "{text} without exit code file");
+        assert_ne!(
+            status,
+            JobStatus::Completed,
+            "{text} without exit code file"
+        );
     }
-    for text in ["PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "REQUEUED"] {
+    for text in [
+        "PENDING",
+        "RUNNING",
+        "COMPLETING",
+        "CONFIGURING",
+        "SUSPENDED",
+        "REQUEUED",
+    ] {
         assert!(!SchedState::parse(text).is_terminal(), "{text}");
     }
     let odd = SchedState::parse("REVOKED_SOMEHOW");
-    assert!(matches!(status_of(&SchedReport { id: "9".into(), state: odd, reason: None, exit_code: None }),
-        JobStatus::Unknown { .. }));
+    assert!(matches!(
+        status_of(&SchedReport {
+            id: "9".into(),
+            state: odd,
+            reason: None,
+            exit_code: None
+        }),
+        JobStatus::Unknown { .. }
+    ));
 }
 
 #[test]
@@ -160,7 +201,10 @@ fn exit_code_file_is_the_first_witness() {
     std::fs::write(&file, "0\n").unwrap();
     assert_eq!(from_report(completed_report, &file), JobStatus::Completed);
     std::fs::write(&file, "3\n").unwrap();
-    assert_eq!(from_report(completed_report, &file), JobStatus::Ended(Failure::ExitCode(3)));
+    assert_eq!(
+        from_report(completed_report, &file),
+        JobStatus::Ended(Failure::ExitCode(3))
+    );
     assert_eq!(read_exitcode(&file), Ok(Some(3)));
     std::fs::write(&file, "garbage").unwrap();
     assert!(read_exitcode(&file).unwrap_err().contains("not a number"));
