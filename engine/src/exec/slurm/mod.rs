@@ -11,6 +11,7 @@ pub mod command;
 pub mod jobs;
 pub mod sbatch;
 pub mod script;
+pub mod shared_fs;
 pub mod state;
 
 pub use sbatch::JobId;
