@@ -174,7 +174,13 @@ impl Coordinator<'_> {
                         self.job.events.event(Event::Started {
                             stage: name.clone(),
                             reason: format!("SLURM job {} is running", q.job),
-                            threads: 0,
+                            threads: self
+                                .job
+                                .pipeline
+                                .stages
+                                .get(&name)
+                                .and_then(|s| s.resources.or(&self.job.pipeline.slurm).cpus)
+                                .map_or(1, |c| c as usize),
                         });
                     }
                     self.slots.insert(name, Slot::Queued(q));
