@@ -73,10 +73,17 @@ impl Fixture {
         std::fs::write(
             &program,
             r#"#!/bin/sh
-# usage: fake-itera exec-stage --run RUN --stage NAME
-[ "$1" = exec-stage ] || exit 64
-run=$2; [ "$2" = --run ] && run=$3
-stage=$5
+# usage: fake-itera --runs-dir RUNS exec-stage --run RUN --stage NAME
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs-dir) runs=$2; shift 2 ;;
+    exec-stage) sub=$1; shift ;;
+    --run) run=$2; shift 2 ;;
+    --stage) stage=$2; shift 2 ;;
+    *) echo "unexpected argument $1" >&2; exit 64 ;;
+  esac
+done
+[ "$sub" = exec-stage ] && [ -d "$runs" ] || exit 64
 for dep in $(cat "$run/deps/$stage" 2>/dev/null); do
   [ -f "$run/out/$dep" ] || { echo "upstream $dep missing" >&2; exit 7; }
 done
@@ -113,6 +120,7 @@ date +%s.%N > "$run/out/$stage"
             pipeline: "testdag",
             stage,
             run_id: &self.jobs.run_id,
+            runs_dir: self.run_dir.parent().unwrap(),
             run_dir: &self.run_dir,
             workdir: &self.run_dir,
             itera_bin: &self.program,

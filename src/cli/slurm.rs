@@ -99,7 +99,12 @@ pub fn print_submitted(run: &RunDir) -> anyhow::Result<()> {
     if jobs.jobs.is_empty() {
         let _ = writeln!(s, "nothing to submit: every stage is cached");
     } else {
-        let _ = writeln!(s, "submitted {} job(s) for run {}:", jobs.jobs.len(), run.id());
+        let _ = writeln!(
+            s,
+            "submitted {} job(s) for run {}:",
+            jobs.jobs.len(),
+            run.id()
+        );
         for (stage, rec) in &jobs.jobs {
             let after = if rec.after.is_empty() {
                 String::new()
@@ -124,13 +129,17 @@ pub fn status_main(g: &Global, query: &str) -> anyhow::Result<u8> {
     let run = find_run(&g.runs_dir, query).map_err(|e| super::invalid(e.to_string()))?;
     let view = status::status(&run).with_context(|| format!("reading run {}", run.id()))?;
     out(&render_view(&run, &view))?;
-    Ok(if view.stages.iter().any(|s| {
-        matches!(s.status, StageStatus::Failed | StageStatus::Skipped)
-    }) {
-        exit::FAILED
-    } else {
-        exit::OK
-    })
+    Ok(
+        if view
+            .stages
+            .iter()
+            .any(|s| matches!(s.status, StageStatus::Failed | StageStatus::Skipped))
+        {
+            exit::FAILED
+        } else {
+            exit::OK
+        },
+    )
 }
 
 /// Arguments of `itera cancel`.
@@ -143,7 +152,8 @@ pub struct CancelArgs {
 /// `itera cancel RUN`: scancel every pending or running job of the run.
 pub fn cancel_main(g: &Global, args: CancelArgs) -> anyhow::Result<u8> {
     let run = find_run(&g.runs_dir, &args.run).map_err(|e| super::invalid(e.to_string()))?;
-    let cancelled = status::cancel_run(&run).with_context(|| format!("cancelling run {}", run.id()))?;
+    let cancelled =
+        status::cancel_run(&run).with_context(|| format!("cancelling run {}", run.id()))?;
     let mut s = String::new();
     if cancelled.is_empty() {
         let _ = writeln!(s, "run {}: no pending or running jobs", run.id());
@@ -165,7 +175,8 @@ fn render_view(run: &RunDir, view: &RunView) -> String {
         "run {}: {} ({done} of {} stages ended)",
         run.id(),
         match view.status {
-            RunStatus::Submitted | RunStatus::Running if done < view.stages.len() => "in progress".to_owned(),
+            RunStatus::Submitted | RunStatus::Running if done < view.stages.len() =>
+                "in progress".to_owned(),
             other => other.to_string(),
         },
         view.stages.len()

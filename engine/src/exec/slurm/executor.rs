@@ -71,7 +71,9 @@ impl SlurmExecutor {
         let workdir = std::env::current_dir()
             .map_err(|e| ExecError::Backend(format!("cannot tell the current folder: {e}")))?;
         let itera_bin = script::itera_bin().map_err(|e| {
-            ExecError::Backend(format!("cannot tell which itera binary is running: {e}; set ITERA_BIN"))
+            ExecError::Backend(format!(
+                "cannot tell which itera binary is running: {e}; set ITERA_BIN"
+            ))
         })?;
         Ok(Self {
             follow,
@@ -88,7 +90,7 @@ impl SlurmExecutor {
 pub(super) enum Slot {
     Waiting,
     /// Final: cached, ran, failed or skipped.
-    Done(StageRecord, Option<Resolved>),
+    Done(Box<StageRecord>, Option<Resolved>),
     Queued(Queued),
 }
 
@@ -141,9 +143,8 @@ impl Executor for SlurmExecutor {
                 .into_iter()
                 .map(|s| (s, Slot::Waiting))
                 .collect(),
-            jobs: JobsFile::load(job.run.path()).unwrap_or_else(|_| {
-                JobsFile::new(job.run.id().as_str(), &job.pipeline.name)
-            }),
+            jobs: JobsFile::load(job.run.path())
+                .unwrap_or_else(|_| JobsFile::new(job.run.id().as_str(), &job.pipeline.name)),
             queued_now: Vec::new(),
         };
         c.run()?;
@@ -219,10 +220,12 @@ impl Coordinator<'_> {
             return Next::Skip("the run was interrupted before this stage was submitted".into());
         }
         let resolved = |u: &StageName| matches!(self.slots.get(u), Some(Slot::Done(_, Some(_))));
-        let placed = |u: &StageName| resolved(u) || matches!(self.slots.get(u), Some(Slot::Queued(_)));
+        let placed =
+            |u: &StageName| resolved(u) || matches!(self.slots.get(u), Some(Slot::Queued(_)));
         if ups.iter().all(resolved) {
             Next::Resolve
-        } else if ups.iter().all(placed) && !self.is_local(name) && self.job.selected.contains(name) {
+        } else if ups.iter().all(placed) && !self.is_local(name) && self.job.selected.contains(name)
+        {
             Next::SubmitAfter
         } else {
             Next::Wait
@@ -230,9 +233,11 @@ impl Coordinator<'_> {
     }
 
     fn is_local(&self, name: &str) -> bool {
-        self.job.pipeline.stages.get(name).is_some_and(|s| {
-            s.resources.or(&self.job.pipeline.slurm).local == Some(true)
-        })
+        self.job
+            .pipeline
+            .stages
+            .get(name)
+            .is_some_and(|s| s.resources.or(&self.job.pipeline.slurm).local == Some(true))
     }
 
     fn resolved_map(&self) -> BTreeMap<StageName, Resolved> {
@@ -285,7 +290,7 @@ impl Coordinator<'_> {
                         self.write_stage(name, &rec);
                         self.slots.insert(
                             name.to_owned(),
-                            Slot::Done(rec, Some(Resolved::from_entry(&entry))),
+                            Slot::Done(Box::new(rec), Some(Resolved::from_entry(&entry))),
                         );
                         return Ok(());
                     }
@@ -334,7 +339,8 @@ impl Coordinator<'_> {
             self.save_jobs();
         }
         let (rec, res) = execute_stage(job, &req, resolved);
-        self.slots.insert(name.to_owned(), Slot::Done(rec, res));
+        self.slots
+            .insert(name.to_owned(), Slot::Done(Box::new(rec), res));
     }
 
     /// Writes the stage's script and queues it after its queued upstream jobs.
@@ -342,18 +348,19 @@ impl Coordinator<'_> {
         let job = self.job;
         let spec = &job.pipeline.stages[name];
         let resources = spec.resources.or(&job.pipeline.slurm);
-        let run_dir = job.run.path();
+        let (runs_dir, run_dir) = absolute_dirs(job).map_err(|e| self.abort(name, e))?;
         let text = script::render(&ScriptSpec {
             pipeline: &job.pipeline.name,
             stage: name,
             run_id: job.run.id().as_str(),
-            run_dir,
+            runs_dir: &runs_dir,
+            run_dir: &run_dir,
             workdir: &self.exec.workdir,
             itera_bin: &self.exec.itera_bin,
             resources: &resources,
         })
         .map_err(|e| self.abort(name, e.to_string()))?;
-        let files = StageFiles::new(&slurm_dir(run_dir), name);
+        let files = StageFiles::new(&slurm_dir(&run_dir), name);
         crate::fs::write_atomic(&files.script, text.as_bytes(), crate::fs::Durability::Fsync)
             .map_err(|e| self.abort(name, e.to_string()))?;
         // Remove what an earlier attempt of this run left, so it is not taken for this job's.
@@ -419,18 +426,21 @@ impl Coordinator<'_> {
     /// the error to report.
     fn abort(&mut self, name: &str, message: String) -> ExecError {
         let cancelled = std::mem::take(&mut self.queued_now);
-        let cancel_note = if cancelled.is_empty() {
-            String::new()
-        } else {
-            match cancel::cancel(&cancelled) {
-                Ok(()) => format!(
+        let cancel_note =
+            if cancelled.is_empty() {
+                String::new()
+            } else {
+                match cancel::cancel(&cancelled) {
+                    Ok(()) => {
+                        format!(
                     "\n  the {} job(s) already queued by this submission were cancelled ({})",
                     cancelled.len(),
                     cancelled.iter().map(|j| j.to_string()).collect::<Vec<_>>().join(", ")
-                ),
-                Err(e) => format!("\n  cancelling the jobs already queued failed too: {e}"),
-            }
-        };
+                )
+                    }
+                    Err(e) => format!("\n  cancelling the jobs already queued failed too: {e}"),
+                }
+            };
         let queued: Vec<StageName> = self
             .slots
             .iter()
@@ -440,9 +450,11 @@ impl Coordinator<'_> {
         for q in queued {
             let mut rec = StageRecord::pending(&self.kind_of(&q));
             rec.status = StageStatus::Skipped;
-            rec.reason = Some(format!("submission aborted: stage `{name}` could not be submitted"));
+            rec.reason = Some(format!(
+                "submission aborted: stage `{name}` could not be submitted"
+            ));
             self.write_stage(&q, &rec);
-            self.slots.insert(q, Slot::Done(rec, None));
+            self.slots.insert(q, Slot::Done(Box::new(rec), None));
         }
         let rec = StageRecord::pending(&self.kind_of(name));
         self.fail(name, rec, message.clone(), Vec::new(), None);
@@ -466,7 +478,8 @@ impl Coordinator<'_> {
             log_tail,
             log,
         });
-        self.slots.insert(name.to_owned(), Slot::Done(rec, None));
+        self.slots
+            .insert(name.to_owned(), Slot::Done(Box::new(rec), None));
     }
 
     pub(super) fn skip(&mut self, name: &str, why: String) {
@@ -478,7 +491,8 @@ impl Coordinator<'_> {
             stage: name.to_owned(),
             reason: why,
         });
-        self.slots.insert(name.to_owned(), Slot::Done(rec, None));
+        self.slots
+            .insert(name.to_owned(), Slot::Done(Box::new(rec), None));
     }
 
     fn write_stage(&self, name: &str, rec: &StageRecord) {
@@ -500,17 +514,29 @@ impl Coordinator<'_> {
             .into_iter()
             .map(|(name, slot)| {
                 let rec = match slot {
-                    Slot::Done(rec, _) => rec,
+                    Slot::Done(rec, _) => *rec,
                     Slot::Queued(q) => {
                         let mut rec = StageRecord::pending(
-                            &self.job.pipeline.stages.get(&name).map(|s| s.kind.clone()).unwrap_or_default(),
+                            &self
+                                .job
+                                .pipeline
+                                .stages
+                                .get(&name)
+                                .map(|s| s.kind.clone())
+                                .unwrap_or_default(),
                         );
                         rec.reason = Some(format!("queued as SLURM job {}", q.job));
                         rec
                     }
                     Slot::Waiting => {
                         let mut rec = StageRecord::pending(
-                            &self.job.pipeline.stages.get(&name).map(|s| s.kind.clone()).unwrap_or_default(),
+                            &self
+                                .job
+                                .pipeline
+                                .stages
+                                .get(&name)
+                                .map(|s| s.kind.clone())
+                                .unwrap_or_default(),
                         );
                         rec.status = StageStatus::Skipped;
                         rec.reason = Some("not submitted".to_owned());
@@ -525,6 +551,14 @@ impl Coordinator<'_> {
             interrupted,
         }
     }
+}
+
+/// The runs folder and the run's folder as absolute paths (jobs start elsewhere).
+pub(super) fn absolute_dirs(job: &RunJob) -> Result<(PathBuf, PathBuf), String> {
+    let abs = |p: &std::path::Path| {
+        std::path::absolute(p).map_err(|e| format!("cannot make `{}` absolute: {e}", p.display()))
+    };
+    Ok((abs(job.store.runs_dir())?, abs(job.run.path())?))
 }
 
 fn sleep_unless_cancelled(cancel: &crate::stage::CancelToken, total: Duration) {

@@ -27,7 +27,9 @@ pub const TAIL_LINES: usize = 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobEnd {
     /// Still queued or running.
-    Open { running: bool },
+    Open {
+        running: bool,
+    },
     /// The wrapper recorded exit code 0.
     Succeeded,
     /// SLURM cancelled it because an upstream job failed.
@@ -84,7 +86,10 @@ pub fn result_of(job: &RunJob, stage: &str) -> Result<(StageRecord, Resolved), S
         return Err(format!(
             "the job exited 0 but the stage's status is `{}`{}",
             rec.status,
-            rec.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            rec.error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
         ));
     }
     let key = rec
@@ -159,7 +164,13 @@ impl Coordinator<'_> {
                 _ => None,
             })
             .collect();
-        let statuses = poll_stages(self.job.run.path(), &queued.iter().map(|(n, q)| (n.clone(), q.job.clone())).collect::<Vec<_>>());
+        let statuses = poll_stages(
+            self.job.run.path(),
+            &queued
+                .iter()
+                .map(|(n, q)| (n.clone(), q.job.clone()))
+                .collect::<Vec<_>>(),
+        );
         let mut changed = false;
         for (name, mut q) in queued {
             let Some(status) = statuses.get(&name) else {
@@ -217,7 +228,9 @@ impl Coordinator<'_> {
             .into_iter()
             .find(|u| matches!(self.slots.get(u), Some(Slot::Done(_, None))))
             .map(|u| format!("upstream stage `{u}` did not succeed; SLURM cancelled the job"))
-            .unwrap_or_else(|| "an upstream job did not succeed; SLURM cancelled the job".to_owned())
+            .unwrap_or_else(|| {
+                "an upstream job did not succeed; SLURM cancelled the job".to_owned()
+            })
     }
 
     fn job_succeeded(&mut self, name: &str, q: &Queued) {
@@ -232,7 +245,8 @@ impl Coordinator<'_> {
                         .unwrap_or_else(|| q.since.elapsed()),
                     verified: rec.verify.as_ref().map(|v| v.matches),
                 });
-                self.slots.insert(name.to_owned(), Slot::Done(rec, Some(resolved)));
+                self.slots
+                    .insert(name.to_owned(), Slot::Done(Box::new(rec), Some(resolved)));
             }
             Err(problem) => self.job_failed(name, &q.job, problem),
         }
@@ -272,5 +286,4 @@ impl Coordinator<'_> {
         }
         false
     }
-
 }

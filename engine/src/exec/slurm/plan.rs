@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::executor::SlurmExecutor;
+use super::executor::{absolute_dirs, SlurmExecutor};
 use super::sbatch;
 use super::script::{self, slurm_dir, ScriptSpec, StageFiles};
 use crate::exec::inputs::{key_parts, Resolved};
@@ -38,11 +38,18 @@ pub fn plan(exec: &SlurmExecutor, job: &RunJob) -> Result<Vec<(StageName, Planne
     let mut resolved: BTreeMap<StageName, Resolved> = BTreeMap::new();
     let mut out: Vec<(StageName, Planned)> = Vec::new();
     let mut placed: BTreeMap<StageName, bool> = BTreeMap::new(); // stage -> is a job
+    let (runs_dir, run_dir) = absolute_dirs(job).map_err(ExecError::Backend)?;
     while !todo.is_empty() {
         let ready = todo
             .iter()
-            .position(|s| upstream_of(&job.pipeline, s).iter().all(|u| placed.contains_key(u)))
-            .ok_or_else(|| ExecError::Backend("the pipeline's stages depend on each other in a cycle".into()))?;
+            .position(|s| {
+                upstream_of(&job.pipeline, s)
+                    .iter()
+                    .all(|u| placed.contains_key(u))
+            })
+            .ok_or_else(|| {
+                ExecError::Backend("the pipeline's stages depend on each other in a cycle".into())
+            })?;
         let name = todo.remove(ready);
         let ups = upstream_of(&job.pipeline, &name);
         let recompute = job.force.applies_to(&name) || matches!(job.mode, Mode::Verify(_));
@@ -52,7 +59,12 @@ pub fn plan(exec: &SlurmExecutor, job: &RunJob) -> Result<Vec<(StageName, Planne
                 if let Lookup::Hit(entry) = job.store.lookup(&key) {
                     resolved.insert(name.clone(), Resolved::from_entry(&entry));
                     placed.insert(name.clone(), false);
-                    out.push((name, Planned::Cached { key: key.to_string() }));
+                    out.push((
+                        name,
+                        Planned::Cached {
+                            key: key.to_string(),
+                        },
+                    ));
                     continue;
                 }
             }
@@ -68,7 +80,8 @@ pub fn plan(exec: &SlurmExecutor, job: &RunJob) -> Result<Vec<(StageName, Planne
             pipeline: &job.pipeline.name,
             stage: &name,
             run_id: job.run.id().as_str(),
-            run_dir: job.run.path(),
+            runs_dir: &runs_dir,
+            run_dir: &run_dir,
             workdir: &exec.workdir,
             itera_bin: &exec.itera_bin,
             resources: &resources,
@@ -78,7 +91,7 @@ pub fn plan(exec: &SlurmExecutor, job: &RunJob) -> Result<Vec<(StageName, Planne
             .into_iter()
             .filter(|u| placed.get(u) == Some(&true))
             .collect();
-        let script_path = StageFiles::new(&slurm_dir(job.run.path()), &name).script;
+        let script_path = StageFiles::new(&slurm_dir(&run_dir), &name).script;
         let mut args = sbatch::arguments(&script_path, &[]);
         if !after.is_empty() {
             let ids: Vec<String> = after.iter().map(|u| format!("<job of {u}>")).collect();

@@ -49,6 +49,8 @@ pub struct ScriptSpec<'a> {
     pub pipeline: &'a str,
     pub stage: &'a str,
     pub run_id: &'a str,
+    /// The runs folder holding the store (absolute; shared with the compute nodes).
+    pub runs_dir: &'a Path,
     /// The run's folder (absolute; on a filesystem the compute nodes share).
     pub run_dir: &'a Path,
     /// The job's working directory (absolute): where `itera run` was started, as with a
@@ -90,6 +92,7 @@ pub fn itera_bin() -> std::io::Result<PathBuf> {
 /// Renders the batch script of one stage.
 pub fn render(spec: &ScriptSpec<'_>) -> Result<String, ScriptError> {
     let files = StageFiles::new(&slurm_dir(spec.run_dir), spec.stage);
+    let runs_dir = abs_utf8("runs folder", spec.runs_dir)?;
     let run_dir = abs_utf8("run folder", spec.run_dir)?;
     let workdir = abs_utf8("job working directory", spec.workdir)?;
     let bin = abs_utf8("itera binary", spec.itera_bin)?;
@@ -192,8 +195,9 @@ pub fn render(spec: &ScriptSpec<'_>) -> Result<String, ScriptError> {
     }
     let _ = writeln!(
         s,
-        "  exec {} exec-stage --run {} --stage {}",
+        "  exec {} --runs-dir {} exec-stage --run {} --stage {}",
         shell_quote(bin),
+        shell_quote(runs_dir),
         shell_quote(run_dir),
         shell_quote(spec.stage)
     );
@@ -282,6 +286,7 @@ mod tests {
             pipeline: "phase8",
             stage,
             run_id: "20261126-1200-abcd",
+            runs_dir: run_dir.parent().unwrap_or(run_dir),
             run_dir,
             workdir: Path::new("/home/me/study"),
             itera_bin: Path::new("/opt/itera/bin/itera"),
@@ -331,7 +336,7 @@ mod tests {
         let cuda = s.find("  module load cuda/12.1\n").unwrap();
         let venv = s.find("  source .venv/bin/activate\n").unwrap();
         let exec = s
-            .find("  exec /opt/itera/bin/itera exec-stage --run /shared/runs/r1 --stage train\n")
+            .find("  exec /opt/itera/bin/itera --runs-dir /shared/runs exec-stage --run /shared/runs/r1 --stage train\n")
             .unwrap();
         assert!(s.find("set -e").unwrap() < cuda && cuda < venv && venv < exec);
         assert!(s.contains("itera_exitcode_file=/shared/runs/r1/slurm/train.exitcode\n"));

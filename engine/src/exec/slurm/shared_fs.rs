@@ -6,7 +6,14 @@
 use std::path::{Path, PathBuf};
 
 /// Folders that are private to one node on practically every cluster.
-const NODE_LOCAL: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run/user", "/scratch/local", "/local"];
+const NODE_LOCAL: &[&str] = &[
+    "/tmp",
+    "/var/tmp",
+    "/dev/shm",
+    "/run/user",
+    "/scratch/local",
+    "/local",
+];
 
 /// Filesystem types that live in one machine's memory.
 const MEMORY_FS: &[&str] = &["tmpfs", "ramfs"];
@@ -19,7 +26,10 @@ pub fn node_local_warning(path: &Path) -> Option<String> {
         prefixes.push(std::fs::canonicalize(&tmp).unwrap_or_else(|_| PathBuf::from(tmp)));
     }
     if let Some(p) = prefixes.iter().find(|p| abs.starts_with(p)) {
-        return Some(warning(&abs, &format!("it is under {}, which is local to each node", p.display())));
+        return Some(warning(
+            &abs,
+            &format!("it is under {}, which is local to each node", p.display()),
+        ));
     }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     match mount_fs_type(&mounts, &abs) {
@@ -84,9 +94,21 @@ server:/export/home /home nfs4 rw 0 0
 tmpfs /home/me/ram tmpfs rw 0 0
 lustre@o2ib:/proj /proj\\040space lustre rw 0 0
 ";
-        assert_eq!(mount_fs_type(mounts, Path::new("/home/me/runs")).as_deref(), Some("nfs4"));
-        assert_eq!(mount_fs_type(mounts, Path::new("/home/me/ram/runs")).as_deref(), Some("tmpfs"));
-        assert_eq!(mount_fs_type(mounts, Path::new("/proj space/x")).as_deref(), Some("lustre"));
-        assert_eq!(mount_fs_type(mounts, Path::new("/opt/x")).as_deref(), Some("overlay"));
+        assert_eq!(
+            mount_fs_type(mounts, Path::new("/home/me/runs")).as_deref(),
+            Some("nfs4")
+        );
+        assert_eq!(
+            mount_fs_type(mounts, Path::new("/home/me/ram/runs")).as_deref(),
+            Some("tmpfs")
+        );
+        assert_eq!(
+            mount_fs_type(mounts, Path::new("/proj space/x")).as_deref(),
+            Some("lustre")
+        );
+        assert_eq!(
+            mount_fs_type(mounts, Path::new("/opt/x")).as_deref(),
+            Some("overlay")
+        );
     }
 }

@@ -108,10 +108,7 @@ pub fn status(run: &RunDir) -> Result<RunView, StatusError> {
     }
     let all_final = record.stages.values().all(|r| r.status.is_final());
     if all_final && matches!(record.status, RunStatus::Submitted | RunStatus::Running) {
-        let failed = record
-            .stages
-            .values()
-            .any(|r| !r.status.succeeded());
+        let failed = record.stages.values().any(|r| !r.status.succeeded());
         record.status = if failed {
             RunStatus::Failed
         } else {
