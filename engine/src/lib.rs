@@ -2,5 +2,7 @@
 //! store, executors and run records, and nothing about machine learning.
 
 pub mod exec;
+pub mod graph;
+pub mod schema;
 pub mod spec;
 pub mod stage;
