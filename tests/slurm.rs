@@ -255,11 +255,7 @@ fn invalid_partition_fails_cleanly_with_nothing_left_queued() {
     if !slurm_available("invalid_partition_fails_cleanly_with_nothing_left_queued") {
         return;
     }
-    let toml = on_cluster(DIAMOND, "")
-        .replace(
-            "[stages.d]\n",
-            "[stages.d.resources]\npartition = \"no_such_partition\"\n\n[stages.d]\n",
-        );
+    let toml = on_cluster(DIAMOND, "") + "\n[stages.d.resources]\npartition = \"no_such_partition\"\n";
     let t = Test::with_pipeline(&toml);
     let out = t.itera(&["run", "pipeline.toml", "--executor", "slurm"], 1);
     assert!(out.stderr.contains("Invalid partition name specified"), "{}", out.stderr);
@@ -318,10 +314,8 @@ fn dry_run_prints_scripts_and_submits_nothing() {
     if !slurm_available("dry_run_prints_scripts_and_submits_nothing") {
         return;
     }
-    let toml = on_cluster(DIAMOND, "setup = [\"echo preparing\"]\n").replace(
-        "[stages.b]\n",
-        "[stages.a.resources]\nlocal = true\n\n[stages.b]\n",
-    );
+    let toml = on_cluster(DIAMOND, "setup = [\"echo preparing\"]\n")
+        + "\n[stages.a.resources]\nlocal = true\n";
     let t = Test::with_pipeline(&toml);
     let out = t.itera(&["run", "pipeline.toml", "--executor", "slurm", "--dry-run"], 0);
     assert!(out.stdout.contains("3 batch job(s) would be submitted"), "{}", out.stdout);
@@ -338,10 +332,7 @@ fn local_stage_runs_on_the_submit_host_before_its_dependents_are_queued() {
     if !slurm_available("local_stage_runs_on_the_submit_host_before_its_dependents_are_queued") {
         return;
     }
-    let toml = on_cluster(DIAMOND, "").replace(
-        "[stages.b]\n",
-        "[stages.a.resources]\nlocal = true\n\n[stages.b]\n",
-    );
+    let toml = on_cluster(DIAMOND, "") + "\n[stages.a.resources]\nlocal = true\n";
     let t = Test::with_pipeline(&toml);
     t.itera(SUBMIT_WAIT, 0);
     assert_eq!(t.executions(), ["a", "b", "c", "d"]);
