@@ -2,18 +2,23 @@
 //! `--dry-run` plan and the submitted job ids, `itera status RUN` for a submitted run and
 //! `itera cancel RUN`.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use itera_engine::exec::slurm::executor::{Follow, PollPolicy, SlurmExecutor};
 use itera_engine::exec::slurm::jobs::JobsFile;
-use itera_engine::exec::slurm::plan::Planned;
+use itera_engine::exec::slurm::plan::{self, Planned};
+use itera_engine::exec::{Force, Mode, NullEvents, RunJob};
 use itera_engine::exec::slurm::state::JobStatus;
 use itera_engine::exec::slurm::status::{self, RunView};
 use itera_engine::record::{find_run, RunDir, RunStatus, StageStatus};
-use itera_engine::spec::StageName;
+use itera_engine::spec::{Pipeline, StageName};
+use itera_engine::stage::CancelToken;
+use itera_engine::store::Store;
 
 use super::{exit, out, Global};
 
@@ -52,6 +57,39 @@ impl SlurmRunArgs {
         };
         Ok(exec)
     }
+}
+
+/// `itera run --executor slurm --dry-run`: prints the scripts that would be submitted.
+/// Writes nothing (the run folder the scripts name is not created).
+pub fn dry_run(
+    g: &Global,
+    pipeline: Pipeline,
+    selected: BTreeSet<StageName>,
+    force: Force,
+    args: &SlurmRunArgs,
+) -> anyhow::Result<u8> {
+    let exec = args.executor()?;
+    let runs_existed = g.runs_dir.exists();
+    let run = RunDir::create(&g.runs_dir, &pipeline.name)?;
+    let job = RunJob {
+        pipeline: Arc::new(pipeline),
+        registry: itera_stages::registry(),
+        store: Store::new(&g.runs_dir),
+        run: run.clone(),
+        selected,
+        force,
+        mode: Mode::Run,
+        cancel: CancelToken::default(),
+        events: Arc::new(NullEvents),
+        cores: itera_engine::host::cores(),
+    };
+    let planned = plan::plan(&exec, &job);
+    let _ = std::fs::remove_dir(run.path());
+    if !runs_existed {
+        let _ = std::fs::remove_dir(&g.runs_dir);
+    }
+    print_plan(&planned?)?;
+    Ok(exit::OK)
 }
 
 /// Prints what `--dry-run` found: per stage cached / local / the script it would submit.
