@@ -358,6 +358,7 @@ impl Coordinator<'_> {
             workdir: &self.exec.workdir,
             itera_bin: &self.exec.itera_bin,
             resources: &resources,
+            force: self.recompute(name),
         })
         .map_err(|e| self.abort(name, e.to_string()))?;
         let files = StageFiles::new(&slurm_dir(&run_dir), name);

@@ -85,6 +85,7 @@ pub fn plan(exec: &SlurmExecutor, job: &RunJob) -> Result<Vec<(StageName, Planne
             workdir: &exec.workdir,
             itera_bin: &exec.itera_bin,
             resources: &resources,
+            force: recompute,
         })
         .map_err(|e| ExecError::Backend(e.to_string()))?;
         let after: Vec<StageName> = ups

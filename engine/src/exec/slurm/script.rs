@@ -60,6 +60,8 @@ pub struct ScriptSpec<'a> {
     pub itera_bin: &'a Path,
     /// The stage's resources, already merged over `[pipeline.slurm]` (see [`Resources::or`]).
     pub resources: &'a Resources,
+    /// Recompute even if the result is stored (`--force`).
+    pub force: bool,
 }
 
 /// A value that cannot be put into a batch script.
@@ -195,11 +197,12 @@ pub fn render(spec: &ScriptSpec<'_>) -> Result<String, ScriptError> {
     }
     let _ = writeln!(
         s,
-        "  exec {} --runs-dir {} exec-stage --run {} --stage {}",
+        "  exec {} --runs-dir {} exec-stage --run {} --stage {}{}",
         shell_quote(bin),
         shell_quote(runs_dir),
         shell_quote(run_dir),
-        shell_quote(spec.stage)
+        shell_quote(spec.stage),
+        if spec.force { " --force" } else { "" }
     );
     s.push_str(")\n");
     s.push_str(concat!(
@@ -291,6 +294,7 @@ mod tests {
             workdir: Path::new("/home/me/study"),
             itera_bin: Path::new("/opt/itera/bin/itera"),
             resources: res,
+            force: false,
         }
     }
 
