@@ -164,7 +164,15 @@ impl Coordinator<'_> {
                 // Local stages downstream of a job can only run once it has finished.
                 Follow::Return => waiting > 0 && queued > 0,
             };
-            if !must_follow || self.job.cancel.is_cancelled() {
+            if !must_follow {
+                return Ok(());
+            }
+            if self.job.cancel.is_cancelled() {
+                tracing::warn!(
+                    "stopped following; {queued} job(s) stay queued on SLURM: \
+                     `itera status {run}` shows them, `itera cancel {run}` stops them",
+                    run = self.job.run.id()
+                );
                 return Ok(());
             }
             let changed = self.follow_once();
