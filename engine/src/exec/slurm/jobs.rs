@@ -100,7 +100,12 @@ impl JobsFile {
         let path = Self::path(run_dir);
         let mut text = serde_json::to_string_pretty(self).expect("jobs record serialises");
         text.push('\n');
-        write_atomic(&path, text.as_bytes()).map_err(|source| JobsError::Write { path, source })
+        crate::fs::write_atomic(&path, text.as_bytes(), crate::fs::Durability::Fsync).map_err(
+            |e| JobsError::Write {
+                path,
+                source: e.source,
+            },
+        )
     }
 
     /// The exit-code file of each job (for [`super::state::poll`]).
@@ -111,16 +116,6 @@ impl JobsFile {
             .map(|stage| (stage.clone(), StageFiles::new(&dir, stage).exitcode))
             .collect()
     }
-}
-
-// TODO(merge): use crate::fs::write_atomic once core's fs module is on main.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("json.tmp.{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Seconds since the Unix epoch, now.

@@ -8,10 +8,14 @@
 
 pub mod cancel;
 pub mod command;
+pub mod executor;
+pub mod follow;
 pub mod jobs;
+pub mod plan;
 pub mod sbatch;
 pub mod script;
 pub mod shared_fs;
 pub mod state;
+pub mod status;
 
 pub use sbatch::JobId;
