@@ -147,6 +147,8 @@ impl Executor for SlurmExecutor {
                 .unwrap_or_else(|_| JobsFile::new(job.run.id().as_str(), &job.pipeline.name)),
             queued_now: Vec::new(),
         };
+        // Recorded from the start (even with nothing to submit), for `status` and `cancel`.
+        c.save_jobs();
         c.run()?;
         Ok(c.outcome())
     }

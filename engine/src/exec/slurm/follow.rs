@@ -138,7 +138,14 @@ pub fn failure_of(
     if let Some(log) = &stage_log {
         tail.extend(log_tail(log, TAIL_LINES));
     }
-    let err_tail = log_tail(&files.stderr, TAIL_LINES);
+    // When the stage recorded its own failure its log says it all; otherwise (setup
+    // lines, time or memory limits, a lost node) the job's stderr has the story.
+    let stage_reported = rec.status == StageStatus::Failed && rec.error.is_some();
+    let err_tail = if stage_reported && !tail.is_empty() {
+        Vec::new()
+    } else {
+        log_tail(&files.stderr, TAIL_LINES)
+    };
     if !err_tail.is_empty() {
         if !tail.is_empty() {
             tail.push(format!("--- {} ---", files.stderr.display()));
@@ -173,6 +180,10 @@ impl Coordinator<'_> {
         );
         let mut changed = false;
         for (name, mut q) in queued {
+            // An earlier entry of this poll may have settled it (a failed upstream).
+            if !matches!(self.slots.get(&name), Some(Slot::Queued(_))) {
+                continue;
+            }
             let Some(status) = statuses.get(&name) else {
                 continue;
             };
@@ -257,18 +268,28 @@ impl Coordinator<'_> {
     fn job_failed(&mut self, name: &str, id: &JobId, why: String) {
         let (rec, error, tail, log) = failure_of(self.job, name, id, &why);
         self.fail(name, rec, error, tail, log);
-        let dependents: Vec<JobId> = self
+        // SLURM cancels them too when it saw the failure (`--kill-on-invalid-dep`), but
+        // not when only we did (a job it calls COMPLETED that left no result).
+        let dependents: Vec<(StageName, JobId)> = self
             .slots
             .iter()
             .filter_map(|(n, s)| match s {
-                Slot::Queued(q) if self.depends_on(n, name) => Some(q.job.clone()),
+                Slot::Queued(q) if self.depends_on(n, name) => Some((n.clone(), q.job.clone())),
                 _ => None,
             })
             .collect();
-        if !dependents.is_empty() {
-            if let Err(e) = cancel::cancel(&dependents) {
-                tracing::warn!("cannot cancel the jobs that depend on `{name}`: {e}");
-            }
+        if dependents.is_empty() {
+            return;
+        }
+        let ids: Vec<JobId> = dependents.iter().map(|(_, j)| j.clone()).collect();
+        if let Err(e) = cancel::cancel(&ids) {
+            tracing::warn!("cannot cancel the jobs that depend on `{name}`: {e}");
+        }
+        for (stage, job) in dependents {
+            self.skip(
+                &stage,
+                format!("upstream stage `{name}` did not succeed; its SLURM job {job} was cancelled"),
+            );
         }
     }
 
