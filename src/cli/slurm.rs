@@ -252,7 +252,13 @@ fn render_view(run: &RunDir, view: &RunView) -> String {
         .map(|v| v.stage.as_str())
         .collect();
     for stage in failed {
-        let log = run.path().join("slurm").join(format!("{stage}.err"));
+        // The stage's own log when it ran; the job's stderr when it never got that far.
+        let stage_log = run.log_path(stage);
+        let log = if stage_log.exists() {
+            stage_log
+        } else {
+            run.path().join("slurm").join(format!("{stage}.err"))
+        };
         let tail = itera_engine::exec::log_tail(&log, 10);
         if !tail.is_empty() {
             let _ = writeln!(s, "\n{stage}: last lines of {}:", log.display());
