@@ -15,7 +15,10 @@ fn slurm_available(test: &str) -> bool {
     let answer = Command::new("sinfo").arg("-h").output();
     let problem = match answer {
         Ok(out) if out.status.success() => return true,
-        Ok(out) => format!("`sinfo` failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        Ok(out) => format!(
+            "`sinfo` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
         Err(e) => format!("cannot run `sinfo`: {e}"),
     };
     if std::env::var("ITERA_SLURM_TESTS").as_deref() == Ok("required") {
@@ -105,7 +108,15 @@ fn digests(t: &Test) -> Vec<(String, String)> {
 /// Job ids among `ids` that SLURM still has pending or running.
 fn still_queued(ids: &[String]) -> Vec<String> {
     let out = Command::new("squeue")
-        .args(["-h", "-t", "pending,running", "-o", "%i", "-j", &ids.join(",")])
+        .args([
+            "-h",
+            "-t",
+            "pending,running",
+            "-o",
+            "%i",
+            "-j",
+            &ids.join(","),
+        ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -141,11 +152,18 @@ fn fan_out_fan_in_dag_completes_via_afterok_with_local_digests() {
     let jobs = jobs_json(&t);
     assert_eq!(jobs["jobs"]["d"]["after"], serde_json::json!(["b", "c"]));
     assert_eq!(jobs["jobs"]["b"]["after"], serde_json::json!(["a"]));
-    assert!(statuses(&t).iter().all(|(_, s)| s == "ran"), "{:?}", statuses(&t));
+    assert!(
+        statuses(&t).iter().all(|(_, s)| s == "ran"),
+        "{:?}",
+        statuses(&t)
+    );
     assert_eq!(run_json(&t)["status"], "succeeded");
     assert_eq!(run_json(&t)["executor"], "slurm");
     let script = t.read("runs/latest/slurm/d.sbatch");
-    assert!(script.contains("#SBATCH --job-name=itera-diamond-d"), "{script}");
+    assert!(
+        script.contains("#SBATCH --job-name=itera-diamond-d"),
+        "{script}"
+    );
     // Every job really ran under SLURM (its own output file, its exit code).
     assert_eq!(t.read("runs/latest/slurm/d.exitcode"), "0\n");
     let slurm_digests = digests(&t);
@@ -180,7 +198,11 @@ fn failing_stage_cancels_dependents_and_resubmission_submits_the_rest() {
     assert_eq!(status_of(&st, "c"), "ran");
     assert_eq!(status_of(&st, "d"), "skipped", "{st:?}");
     assert_eq!(run_json(&t)["status"], "failed");
-    assert!(out.stderr.contains("boom: no such token"), "log tail shown:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains("boom: no such token"),
+        "log tail shown:\n{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("stage `b` failed"), "{}", out.stderr);
     // SLURM itself cancelled d (afterok can never be satisfied).
     let d = job_id(&t, "d");
@@ -230,7 +252,10 @@ outputs = ["y.txt"]
     assert_eq!(run_json(&t)["status"], "submitted");
     let start = Instant::now();
     while !t.path("started.txt").exists() {
-        assert!(start.elapsed() < Duration::from_secs(30), "train never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "train never started"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let status = t.itera(&["status", "latest"], 0);
@@ -238,10 +263,18 @@ outputs = ["y.txt"]
     assert!(status.stdout.contains("PENDING"), "{}", status.stdout);
 
     let cancel = t.itera(&["cancel", "latest"], 0);
-    assert!(cancel.stdout.contains("cancelled 2 job(s)"), "{}", cancel.stdout);
+    assert!(
+        cancel.stdout.contains("cancelled 2 job(s)"),
+        "{}",
+        cancel.stdout
+    );
     let start = Instant::now();
     while !still_queued(&ids).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(30), "jobs still queued: {:?}", still_queued(&ids));
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "jobs still queued: {:?}",
+            still_queued(&ids)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let status = t.itera(&["status", "latest"], 1);
@@ -255,16 +288,25 @@ fn invalid_partition_fails_cleanly_with_nothing_left_queued() {
     if !slurm_available("invalid_partition_fails_cleanly_with_nothing_left_queued") {
         return;
     }
-    let toml = on_cluster(DIAMOND, "") + "\n[stages.d.resources]\npartition = \"no_such_partition\"\n";
+    let toml =
+        on_cluster(DIAMOND, "") + "\n[stages.d.resources]\npartition = \"no_such_partition\"\n";
     let t = Test::with_pipeline(&toml);
     let out = t.itera(&["run", "pipeline.toml", "--executor", "slurm"], 1);
-    assert!(out.stderr.contains("Invalid partition name specified"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Invalid partition name specified"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("sinfo"), "hint shown: {}", out.stderr);
     assert!(out.stderr.contains("were cancelled"), "{}", out.stderr);
     let queued: Vec<String> = ["a", "b", "c"].iter().map(|s| job_id(&t, s)).collect();
     let start = Instant::now();
     while !still_queued(&queued).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(20), "left queued: {:?}", still_queued(&queued));
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "left queued: {:?}",
+            still_queued(&queued)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(run_json(&t)["status"], "failed");
@@ -317,11 +359,31 @@ fn dry_run_prints_scripts_and_submits_nothing() {
     let toml = on_cluster(DIAMOND, "setup = [\"echo preparing\"]\n")
         + "\n[stages.a.resources]\nlocal = true\n";
     let t = Test::with_pipeline(&toml);
-    let out = t.itera(&["run", "pipeline.toml", "--executor", "slurm", "--dry-run"], 0);
-    assert!(out.stdout.contains("3 batch job(s) would be submitted"), "{}", out.stdout);
-    assert!(out.stdout.contains("# a: runs on this host"), "{}", out.stdout);
-    assert!(out.stdout.contains("#SBATCH --job-name=itera-diamond-d"), "{}", out.stdout);
-    assert!(out.stdout.contains("--dependency=afterok:<job of b>:<job of c>"), "{}", out.stdout);
+    let out = t.itera(
+        &["run", "pipeline.toml", "--executor", "slurm", "--dry-run"],
+        0,
+    );
+    assert!(
+        out.stdout.contains("3 batch job(s) would be submitted"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("# a: runs on this host"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("#SBATCH --job-name=itera-diamond-d"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("--dependency=afterok:<job of b>:<job of c>"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("  echo preparing\n"), "{}", out.stdout);
     assert!(t.executions().is_empty());
     assert!(!t.path("runs/latest/slurm/jobs.json").exists());

@@ -288,7 +288,9 @@ impl Coordinator<'_> {
         for (stage, job) in dependents {
             self.skip(
                 &stage,
-                format!("upstream stage `{name}` did not succeed; its SLURM job {job} was cancelled"),
+                format!(
+                    "upstream stage `{name}` did not succeed; its SLURM job {job} was cancelled"
+                ),
             );
         }
     }

@@ -100,12 +100,12 @@ impl JobsFile {
         let path = Self::path(run_dir);
         let mut text = serde_json::to_string_pretty(self).expect("jobs record serialises");
         text.push('\n');
-        crate::fs::write_atomic(&path, text.as_bytes(), crate::fs::Durability::Fsync).map_err(
-            |e| JobsError::Write {
+        crate::fs::write_atomic(&path, text.as_bytes(), crate::fs::Durability::Fsync).map_err(|e| {
+            JobsError::Write {
                 path,
                 source: e.source,
-            },
-        )
+            }
+        })
     }
 
     /// The exit-code file of each job (for [`super::state::poll`]).
