@@ -45,7 +45,7 @@ fn warning(path: &Path, why: &str) -> String {
     format!(
         "the runs folder {} is probably not shared with the compute nodes: {why}. \
          Jobs read and write the store and run records there; use a folder on a shared \
-         filesystem (home or project space), e.g. with --runs",
+         filesystem (home or project space), e.g. with --runs-dir or ITERA_RUNS_DIR",
         path.display()
     )
 }
