@@ -404,3 +404,40 @@ fn local_stage_runs_on_the_submit_host_before_its_dependents_are_queued() {
     assert!(jobs_json(&t)["jobs"]["b"].get("after").is_none());
     assert!(statuses(&t).iter().all(|(_, s)| s == "ran"));
 }
+
+#[test]
+fn local_stage_after_a_job_runs_here_once_the_job_is_done() {
+    if !slurm_available("local_stage_after_a_job_runs_here_once_the_job_is_done") {
+        return;
+    }
+    // a (job) -> b (this host) -> d (job), c (job) beside them. Without --wait, `run`
+    // stays until it has run b and queued d.
+    let toml = on_cluster(DIAMOND, "") + "\n[stages.b.resources]\nlocal = true\n";
+    let t = Test::with_pipeline(&toml);
+    let out = t.itera(&["run", "pipeline.toml", "--executor", "slurm"], 0);
+    assert_eq!(submitted_stages(&t), ["a", "c", "d"], "{}", out.stdout);
+    assert_eq!(jobs_json(&t)["local"], serde_json::json!(["b"]));
+    // d waits for c's job unless c had already finished; never for b, which ran here.
+    let after = &jobs_json(&t)["jobs"]["d"]["after"];
+    assert!(
+        after.is_null() || after == &serde_json::json!(["c"]),
+        "{after}"
+    );
+    assert_eq!(status_of(&statuses(&t), "b"), "ran");
+    // d is queued (or already done); wait for it through `itera status`.
+    let start = Instant::now();
+    loop {
+        let status = t.itera(&["status", "latest"], 0);
+        if status.stdout.contains("succeeded") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            status.stdout
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(t.executions(), ["a", "b", "c", "d"]);
+    assert_eq!(run_json(&t)["status"], "succeeded");
+}
