@@ -308,6 +308,22 @@ impl RunDir {
         fs::write_atomic(&path, &json, Durability::RenameOnly)
     }
 
+    /// One stage's status file, if the stage has written one.
+    pub fn read_stage(&self, stage: &str) -> Result<Option<StageRecord>, RecordError> {
+        let file = self.stage_file(stage);
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FsError::new("read", file, e).into()),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| RecordError::Malformed {
+                path: file,
+                message: e.to_string(),
+            })
+    }
+
     /// `run.json` with every stage file merged over it.
     pub fn load(&self) -> Result<RunRecord, RecordError> {
         let path = self.dir.join("run.json");

@@ -8,6 +8,7 @@ pub mod inputs;
 pub mod local;
 pub mod one;
 pub mod preview;
+pub mod slurm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
