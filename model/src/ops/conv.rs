@@ -27,6 +27,7 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
         "conv_silu: {m} rows are not whole sequences of {seq}"
     );
     custom_op(
+        "conv_silu",
         vec![xg, w, bias],
         (m, di),
         |v| {
@@ -48,26 +49,28 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                     }
                 }
             });
+            // u = c s with s = sigmoid(c); saved: SiLU'(c) = s (1 + c (1 - s)).
             let mut u = vec![E::zero(); m * di];
             u.par_chunks_mut(ROW_BLOCK * di)
-                .zip(c.par_chunks(ROW_BLOCK * di))
+                .zip(c.par_chunks_mut(ROW_BLOCK * di))
                 .for_each(|(u, c)| {
-                    for (u, &c) in u.iter_mut().zip(c) {
-                        *u = c * sigmoid(c);
+                    for (u, c) in u.iter_mut().zip(c.iter_mut()) {
+                        let s = sigmoid(*c);
+                        *u = *c * s;
+                        *c = s * (E::one() + *c * (E::one() - s));
                     }
                 });
             (u, c)
         },
-        move |a, c| {
+        move |a, dsilu| {
             let (x, w) = (a.inputs[0], a.inputs[1]);
-            // gc = gu * SiLU'(c), SiLU'(c) = s (1 + c (1 - s))
+            // gc = gu * SiLU'(c)
             let mut gc = a.grad_out.to_vec();
             gc.par_chunks_mut(ROW_BLOCK * di)
-                .zip(c.par_chunks(ROW_BLOCK * di))
-                .for_each(|(g, c)| {
-                    for (g, &c) in g.iter_mut().zip(c) {
-                        let s = sigmoid(c);
-                        *g = *g * s * (E::one() + c * (E::one() - s));
+                .zip(dsilu.par_chunks(ROW_BLOCK * di))
+                .for_each(|(g, d)| {
+                    for (g, &d) in g.iter_mut().zip(d) {
+                        *g = *g * d;
                     }
                 });
             // dx[t'] += sum_j w[:, j] * gc[t' + K - 1 - j]

@@ -1,8 +1,8 @@
 //! Fused elementwise ops: exact GELU, the per-token step size `mean(softplus(.))`, the
 //! SSM output gate `(C h + D u) * SiLU(g)`, and the dropout-then-residual add.
 
-use super::{custom_op, dims, par_reduce, par_rows, Dropout, Var, ROW_BLOCK};
-use crate::real::{gelu_and_grad, sigmoid, softplus, Real};
+use super::{custom_op, dims, par_rows, Dropout, Var, ROW_BLOCK};
+use crate::real::{gelu_and_grad, sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
 
@@ -10,6 +10,7 @@ use rayon::prelude::*;
 pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>) -> Var<E, T> {
     let shape = dims(&x);
     custom_op(
+        "gelu",
         vec![x],
         shape,
         |v| {
@@ -39,26 +40,38 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>) -> Var<E, T> {
     let (m, di) = dims(&z);
     let inv = E::one() / E::of(di as f64);
     custom_op(
+        "softplus_mean",
         vec![z],
         (m, 1),
         |v| {
             let z = v[0];
+            // Saved: softplus'(z) = sigmoid(z), from the same exp(-|z|).
+            let mut sig = vec![E::zero(); m * di];
             let mut dt = vec![E::zero(); m];
-            par_rows(&mut dt, 1, |r, o| {
-                o[0] = z[r * di..(r + 1) * di]
-                    .iter()
-                    .map(|&x| softplus(x))
-                    .sum::<E>()
-                    * inv;
-            });
-            (dt, ())
+            sig.par_chunks_mut(ROW_BLOCK * di)
+                .zip(dt.par_chunks_mut(ROW_BLOCK))
+                .enumerate()
+                .for_each(|(b, (sb, db))| {
+                    for (i, (srow, d)) in sb.chunks_mut(di).zip(db.iter_mut()).enumerate() {
+                        let zr = &z[(b * ROW_BLOCK + i) * di..][..di];
+                        let mut sum = E::zero();
+                        for (s, &x) in srow.iter_mut().zip(zr) {
+                            let e = (-x.abs()).exp();
+                            sum = sum + x.max(E::zero()) + e.ln_1p();
+                            let r = E::one() / (E::one() + e);
+                            *s = if x >= E::zero() { r } else { e * r };
+                        }
+                        *d = sum * inv;
+                    }
+                });
+            (dt, sig)
         },
-        move |a, ()| {
-            let (z, gdt) = (a.inputs[0], a.grad_out);
+        move |a, sig| {
+            let gdt = a.grad_out;
             par_rows(&mut a.grads[0], di, |r, g| {
                 let s = gdt[r] * inv;
-                for (j, g) in g.iter_mut().enumerate() {
-                    *g = *g + s * sigmoid(z[r * di + j]);
+                for (g, &sg) in g.iter_mut().zip(&sig[r * di..(r + 1) * di]) {
+                    *g = *g + s * sg;
                 }
             });
         },
@@ -78,6 +91,7 @@ pub fn ssm_gate<E: Real, T: Tape<E, Cpu>>(
     assert_eq!(dims(&u), (m, di), "ssm_gate: u shape");
     assert_eq!(dims(&xg), (m, 2 * di), "ssm_gate: in_proj output shape");
     custom_op(
+        "ssm_gate",
         vec![hc, dvec, u, xg],
         (m, di),
         |v| {
@@ -95,43 +109,43 @@ pub fn ssm_gate<E: Real, T: Tape<E, Cpu>>(
         move |a, ()| {
             let (hc, dv, u, xg) = (a.inputs[0], a.inputs[1], a.inputs[2], a.inputs[3]);
             let gz = a.grad_out;
-            let (g_hc, rest) = a.grads.split_at_mut(1);
-            let (g_d, rest) = rest.split_at_mut(1);
-            let (g_u, g_xg) = rest.split_at_mut(1);
-            // d hc = gz * SiLU(g);  d u = d hc * D
-            par_rows(&mut g_hc[0], di, |r, out| {
-                for j in 0..di {
-                    let g = xg[r * 2 * di + di + j];
-                    out[j] = out[j] + gz[r * di + j] * g * sigmoid(g);
-                }
-            });
-            par_rows(&mut g_u[0], di, |r, out| {
-                for j in 0..di {
-                    let g = xg[r * 2 * di + di + j];
-                    out[j] = out[j] + gz[r * di + j] * g * sigmoid(g) * dv[j];
-                }
-            });
-            // d g = gz * y * SiLU'(g)
-            par_rows(&mut g_xg[0], 2 * di, |r, out| {
-                for j in 0..di {
-                    let g = xg[r * 2 * di + di + j];
-                    let s = sigmoid(g);
-                    let y = hc[r * di + j] + dv[j] * u[r * di + j];
-                    out[di + j] =
-                        out[di + j] + gz[r * di + j] * y * s * (E::one() + g * (E::one() - s));
-                }
-            });
-            // d D = sum_rows gz * SiLU(g) * u
-            let gd = par_reduce(m, ROW_BLOCK, di, |rows, acc| {
-                for r in rows {
-                    for j in 0..di {
-                        let g = xg[r * 2 * di + di + j];
-                        acc[j] = acc[j] + gz[r * di + j] * g * sigmoid(g) * u[r * di + j];
+            let [g_hc, g_d, g_u, g_xg] = a.grads else {
+                unreachable!("four inputs")
+            };
+            // One pass per block of rows: y = hc + D u, s = sigmoid(g)
+            // d hc = gz SiLU(g);  d u = d hc * D;  d g = gz y s (1 + g (1 - s));
+            // d D = sum_rows d hc * u (per-block partials, summed in block order).
+            let blk = ROW_BLOCK * di;
+            let partials: Vec<Vec<E>> = g_hc
+                .par_chunks_mut(blk)
+                .zip(g_u.par_chunks_mut(blk))
+                .zip(g_xg.par_chunks_mut(2 * blk))
+                .enumerate()
+                .map(|(b, ((ghc, gu), gxg))| {
+                    let mut gd = vec![E::zero(); di];
+                    for (i, (ghc, gu)) in ghc.chunks_mut(di).zip(gu.chunks_mut(di)).enumerate() {
+                        let r = b * ROW_BLOCK + i;
+                        let gx = &mut gxg[i * 2 * di + di..(i + 1) * 2 * di];
+                        for j in 0..di {
+                            let g = xg[r * 2 * di + di + j];
+                            let s = sigmoid(g);
+                            let uu = u[r * di + j];
+                            let y = hc[r * di + j] + dv[j] * uu;
+                            let gzj = gz[r * di + j];
+                            let dy = gzj * g * s;
+                            ghc[j] = ghc[j] + dy;
+                            gu[j] = gu[j] + dy * dv[j];
+                            gd[j] = gd[j] + dy * uu;
+                            gx[j] = gx[j] + gzj * y * s * (E::one() + g * (E::one() - s));
+                        }
                     }
+                    gd
+                })
+                .collect();
+            for p in partials {
+                for (o, v) in g_d.iter_mut().zip(p) {
+                    *o = *o + v;
                 }
-            });
-            for (o, v) in g_d[0].iter_mut().zip(gd) {
-                *o = *o + v;
             }
         },
     )
@@ -146,6 +160,7 @@ pub fn add_dropout<E: Real, T: Tape<E, Cpu>>(
     let (m, d) = dims(&x);
     assert_eq!(dims(&delta), (m, d), "add_dropout: shapes");
     custom_op(
+        "add_dropout",
         vec![x, delta],
         (m, d),
         |v| {

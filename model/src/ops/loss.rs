@@ -31,6 +31,7 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
     let tokens = std::sync::Arc::new(tokens);
     let tok2 = tokens.clone();
     custom_op(
+        "embed",
         vec![emb, pos],
         (m, d),
         |w| {
@@ -113,6 +114,7 @@ pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
     );
     let grad = T::OWNS_TAPE;
     custom_op(
+        "head_cross_entropy",
         vec![h, w],
         (1, 1),
         |x| {
@@ -126,14 +128,19 @@ pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
                 .enumerate()
                 .for_each(|(r, (row, nll))| {
                     let max = row.iter().copied().fold(E::neg_infinity(), E::max);
-                    let sum: f64 = row.iter().map(|&z| (z - max).exp().f64()).sum();
                     let tgt = targets[r] as usize;
-                    *nll = sum.ln() + max.f64() - row[tgt].f64();
+                    let target_logit = row[tgt].f64();
+                    let mut sum = 0.0f64;
+                    for z in row.iter_mut() {
+                        *z = (*z - max).exp();
+                        sum += z.f64();
+                    }
+                    *nll = sum.ln() + max.f64() - target_logit;
                     if grad {
                         // Row becomes (softmax - onehot) / M: the gradient w.r.t. the logits.
-                        let inv_sum = E::of(1.0 / sum);
+                        let scale = E::of(1.0 / sum) * inv_m;
                         for z in row.iter_mut() {
-                            *z = (*z - max).exp() * inv_sum * inv_m;
+                            *z = *z * scale;
                         }
                         row[tgt] = row[tgt] - inv_m;
                     }
@@ -169,6 +176,7 @@ pub fn weighted_sum<E: Real, T: Tape<E, Cpu>>(
     );
     let w2 = weights.clone();
     custom_op(
+        "weighted_sum",
         losses,
         (),
         move |v| {

@@ -40,6 +40,7 @@ pub fn router_gates<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
     let (m, x) = dims(&logits);
     assert!(k >= 1 && k <= x, "router_gates: top-{k} of {x} experts");
     custom_op(
+        "router_gates",
         vec![logits],
         (m, x),
         |v| {
@@ -82,6 +83,7 @@ pub fn router_gates<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
 pub fn balance_loss<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Var<E, T> {
     let (m, x) = dims(&logits);
     custom_op(
+        "balance_loss",
         vec![logits],
         (1, 1),
         |v| {
@@ -131,6 +133,7 @@ pub fn expert_gelu<E: Real, T: Tape<E, Cpu>>(u: Var<E, T>, gates: Var<E, T>) -> 
     assert!(m == m2 && x > 0 && xf % x == 0, "expert_gelu: shapes");
     let f = xf / x;
     custom_op(
+        "expert_gelu",
         vec![u, gates],
         (m, xf),
         |v| {
@@ -191,6 +194,7 @@ pub fn concat_rows<E: Real, T: Tape<E, Cpu>>(parts: Vec<Var<E, T>>) -> Var<E, T>
     );
     let total: usize = rows.iter().sum();
     custom_op(
+        "concat_rows",
         parts,
         (total, cols),
         |v| (v.concat(), ()),
@@ -217,6 +221,7 @@ pub fn concat_cols<E: Real, T: Tape<E, Cpu>>(parts: Vec<Var<E, T>>) -> Var<E, T>
     let total: usize = cols.iter().sum();
     let cols2 = cols.clone();
     custom_op(
+        "concat_cols",
         parts,
         (rows, total),
         move |v| {

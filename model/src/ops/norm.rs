@@ -18,6 +18,7 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
     let eps = E::of(eps);
     let inv_d = E::one() / E::of(d as f64);
     custom_op(
+        "layer_norm",
         vec![x, w, b],
         (m, d),
         |v| {

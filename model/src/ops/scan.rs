@@ -27,6 +27,7 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
         "selective_scan: {m} rows are not whole sequences of {seq}"
     );
     custom_op(
+        "selective_scan",
         vec![dt, a_log, bu],
         (m, n),
         |v| {
