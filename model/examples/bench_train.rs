@@ -87,6 +87,7 @@ fn main() {
         itera_model::ops::profile::enable(false);
         if profile && threads == 1 {
             let mut total = 0.0;
+            println!("  per-op CPU time of the training thread:");
             for (name, pass, secs, _) in itera_model::ops::profile::take() {
                 total += secs;
                 println!(

@@ -2,7 +2,7 @@
 //! SSM output gate `(C h + D u) * SiLU(g)`, and the dropout-then-residual add.
 
 use super::{custom_op, dims, par_rows, Dropout, Var, ROW_BLOCK};
-use crate::real::{gelu_and_grad, sigmoid, Real};
+use crate::real::{gelu_and_grad, lane_sum, sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
 
@@ -52,16 +52,16 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>) -> Var<E, T> {
                 .zip(dt.par_chunks_mut(ROW_BLOCK))
                 .enumerate()
                 .for_each(|(b, (sb, db))| {
+                    let mut sp = vec![E::zero(); di];
                     for (i, (srow, d)) in sb.chunks_mut(di).zip(db.iter_mut()).enumerate() {
                         let zr = &z[(b * ROW_BLOCK + i) * di..][..di];
-                        let mut sum = E::zero();
-                        for (s, &x) in srow.iter_mut().zip(zr) {
-                            let e = (-x.abs()).exp();
-                            sum = sum + x.max(E::zero()) + e.ln_1p();
+                        for ((s, p), &x) in srow.iter_mut().zip(sp.iter_mut()).zip(zr) {
+                            let e = (-x.abs()).fast_exp();
+                            *p = x.max(E::zero()) + e.fast_ln_1p_unit();
                             let r = E::one() / (E::one() + e);
                             *s = if x >= E::zero() { r } else { e * r };
                         }
-                        *d = sum * inv;
+                        *d = lane_sum(&sp) * inv;
                     }
                 });
             (dt, sig)
@@ -98,10 +98,10 @@ pub fn ssm_gate<E: Real, T: Tape<E, Cpu>>(
             let (hc, dv, u, xg) = (v[0], v[1], v[2], v[3]);
             let mut z = vec![E::zero(); m * di];
             par_rows(&mut z, di, |r, zr| {
-                for j in 0..di {
-                    let g = xg[r * 2 * di + di + j];
-                    let y = hc[r * di + j] + dv[j] * u[r * di + j];
-                    zr[j] = y * g * sigmoid(g);
+                let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
+                let (hcr, ur) = (&hc[r * di..(r + 1) * di], &u[r * di..(r + 1) * di]);
+                for ((((z, &g), &h), &u), &d) in zr.iter_mut().zip(g).zip(hcr).zip(ur).zip(dv) {
+                    *z = (h + d * u) * g * sigmoid(g);
                 }
             });
             (z, ())
@@ -126,17 +126,18 @@ pub fn ssm_gate<E: Real, T: Tape<E, Cpu>>(
                     for (i, (ghc, gu)) in ghc.chunks_mut(di).zip(gu.chunks_mut(di)).enumerate() {
                         let r = b * ROW_BLOCK + i;
                         let gx = &mut gxg[i * 2 * di + di..(i + 1) * 2 * di];
+                        let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
+                        let (hcr, ur, gzr) =
+                            (&hc[r * di..][..di], &u[r * di..][..di], &gz[r * di..][..di]);
                         for j in 0..di {
-                            let g = xg[r * 2 * di + di + j];
+                            let (g, uu) = (g[j], ur[j]);
                             let s = sigmoid(g);
-                            let uu = u[r * di + j];
-                            let y = hc[r * di + j] + dv[j] * uu;
-                            let gzj = gz[r * di + j];
-                            let dy = gzj * g * s;
+                            let y = hcr[j] + dv[j] * uu;
+                            let dy = gzr[j] * g * s;
                             ghc[j] = ghc[j] + dy;
                             gu[j] = gu[j] + dy * dv[j];
                             gd[j] = gd[j] + dy * uu;
-                            gx[j] = gx[j] + gzj * y * s * (E::one() + g * (E::one() - s));
+                            gx[j] = gx[j] + gzr[j] * y * s * (E::one() + g * (E::one() - s));
                         }
                     }
                     gd

@@ -2,7 +2,7 @@
 //! fused with softmax cross-entropy, and the weighted sum of scalar losses.
 
 use super::{custom_op, dims, gemm, par_rows, Dropout, Var};
-use crate::real::Real;
+use crate::real::{lane_max, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
 
@@ -127,14 +127,13 @@ pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
                 .zip(nll.par_iter_mut())
                 .enumerate()
                 .for_each(|(r, (row, nll))| {
-                    let max = row.iter().copied().fold(E::neg_infinity(), E::max);
+                    let max = lane_max(row);
                     let tgt = targets[r] as usize;
                     let target_logit = row[tgt].f64();
-                    let mut sum = 0.0f64;
                     for z in row.iter_mut() {
-                        *z = (*z - max).exp();
-                        sum += z.f64();
+                        *z = (*z - max).fast_exp();
                     }
+                    let sum = lane_sum(row).f64();
                     *nll = sum.ln() + max.f64() - target_logit;
                     if grad {
                         // Row becomes (softmax - onehot) / M: the gradient w.r.t. the logits.

@@ -7,9 +7,10 @@
 //! every expert densely and weighting by the (mostly zero) gates is faster than a gather;
 //! the result is the same sum over the selected experts.
 
-use super::{custom_op, dims, par_rows, Var};
+use super::{custom_op, dims, par_rows, Var, ROW_BLOCK};
 use crate::real::{gelu_and_grad, Real};
 use dfdx::prelude::{Cpu, Tape};
+use rayon::prelude::*;
 
 /// Indices of the `k` largest values of `row`, ties to the lower index, in descending order.
 pub fn top_k<E: Real>(row: &[E], k: usize) -> Vec<usize> {
@@ -156,30 +157,31 @@ pub fn expert_gelu<E: Real, T: Tape<E, Cpu>>(u: Var<E, T>, gates: Var<E, T>) -> 
             let (u, g) = (a.inputs[0], a.inputs[1]);
             let gh = a.grad_out;
             let (gu, gg) = a.grads.split_at_mut(1);
+            // One pass per row: GELU and its derivative once per element.
             let mut dgate = vec![E::zero(); m * x];
-            par_rows(&mut dgate, x, |r, dg| {
-                for e in 0..x {
-                    let mut s = E::zero();
-                    for j in e * f..(e + 1) * f {
-                        s = s + gh[r * xf + j] * gelu_and_grad(u[r * xf + j]).0;
+            gu[0]
+                .par_chunks_mut(ROW_BLOCK * xf)
+                .zip(dgate.par_chunks_mut(ROW_BLOCK * x))
+                .enumerate()
+                .for_each(|(b, (gub, dgb))| {
+                    for (i, (gur, dg)) in gub.chunks_mut(xf).zip(dgb.chunks_mut(x)).enumerate() {
+                        let r = b * ROW_BLOCK + i;
+                        let (ur, ghr) = (&u[r * xf..(r + 1) * xf], &gh[r * xf..(r + 1) * xf]);
+                        for e in 0..x {
+                            let ge = g[r * x + e];
+                            let mut s = E::zero();
+                            for j in e * f..(e + 1) * f {
+                                let (act, der) = gelu_and_grad(ur[j]);
+                                s = s + ghr[j] * act;
+                                gur[j] = gur[j] + ge * ghr[j] * der;
+                            }
+                            dg[e] = s;
+                        }
                     }
-                    dg[e] = s;
-                }
-            });
+                });
             for (o, v) in gg[0].iter_mut().zip(dgate) {
                 *o = *o + v;
             }
-            par_rows(&mut gu[0], xf, |r, out| {
-                for e in 0..x {
-                    let ge = g[r * x + e];
-                    if ge == E::zero() {
-                        continue;
-                    }
-                    for j in e * f..(e + 1) * f {
-                        out[j] = out[j] + ge * gh[r * xf + j] * gelu_and_grad(u[r * xf + j]).1;
-                    }
-                }
-            });
         },
     )
 }

@@ -1,10 +1,11 @@
 //! Optional per-op timing of forward and backward passes (off by default; one relaxed
 //! atomic load per op when off). Used by the training benchmark to find hot spots.
+//! Times are CPU seconds of the calling thread (so other load on the machine does not
+//! inflate them); profile with one thread for complete numbers.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static TOTALS: Mutex<BTreeMap<(&'static str, Pass), (f64, u64)>> = Mutex::new(BTreeMap::new());
@@ -21,13 +22,27 @@ pub fn enable(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
-pub(crate) fn start() -> Option<Instant> {
-    ENABLED.load(Ordering::Relaxed).then(Instant::now)
+/// CPU seconds used by the calling thread so far.
+pub fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant of the platform.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-pub(crate) fn stop(start: Option<Instant>, name: &'static str, pass: Pass) {
+pub(crate) fn start() -> Option<f64> {
+    ENABLED.load(Ordering::Relaxed).then(thread_cpu_seconds)
+}
+
+pub(crate) fn stop(start: Option<f64>, name: &'static str, pass: Pass) {
     if let Some(t) = start {
-        let dt = t.elapsed().as_secs_f64();
+        let dt = thread_cpu_seconds() - t;
         let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
         let e = totals.entry((name, pass)).or_insert((0.0, 0));
         e.0 += dt;

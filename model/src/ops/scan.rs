@@ -40,7 +40,7 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
                     let r = s * seq + t;
                     let d = dt[r];
                     for i in 0..n {
-                        prev[i] = (d * a[i]).exp() * prev[i] + d * bu[r * n + i];
+                        prev[i] = (d * a[i]).fast_exp() * prev[i] + d * bu[r * n + i];
                     }
                     hs[t * n..(t + 1) * n].copy_from_slice(&prev);
                 }
@@ -67,7 +67,7 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
                         let mut gd = E::zero();
                         for i in 0..n {
                             let gh = gh_out[r * n + i] + carry[i];
-                            let da = (d * a[i]).exp();
+                            let da = (d * a[i]).fast_exp();
                             let hp = if t > 0 { h[(r - 1) * n + i] } else { E::zero() };
                             gbu[t * n + i] = gbu[t * n + i] + d * gh;
                             gd = gd + gh * (bu[r * n + i] + hp * a[i] * da);
