@@ -156,11 +156,11 @@ pub fn lane_sum<E: Real>(xs: &[E]) -> E {
     let mut s = chunks.remainder().iter().fold(E::zero(), |a, &b| a + b);
     for c in chunks {
         for i in 0..8 {
-            acc[i] = acc[i] + c[i];
+            acc[i] += c[i];
         }
     }
     for a in acc {
-        s = s + a;
+        s += a;
     }
     s
 }

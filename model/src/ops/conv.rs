@@ -45,7 +45,7 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                         let xr = &x[(s * seq + src_t) * width..][..di];
                         for ((o, &xv), &wv) in out.iter_mut().zip(xr).zip(&wt[j * di..(j + 1) * di])
                         {
-                            *o = *o + wv * xv;
+                            *o += wv * xv;
                         }
                     }
                 }
@@ -72,7 +72,7 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                 .zip(dsilu.par_chunks(ROW_BLOCK * di))
                 .for_each(|(g, d)| {
                     for (g, &d) in g.iter_mut().zip(d) {
-                        *g = *g * d;
+                        *g *= d;
                     }
                 });
             // dx[t'] += sum_j w[:, j] * gc[t' + K - 1 - j]
@@ -90,7 +90,7 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                             for ((g, &c), &wv) in
                                 gxr.iter_mut().zip(gcr).zip(&wt[j * di..(j + 1) * di])
                             {
-                                *g = *g + wv * c;
+                                *g += wv * c;
                             }
                         }
                     }
@@ -103,7 +103,7 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                     for t in 0..seq {
                         let gcr = &gc[(s * seq + t) * di..][..di];
                         for (a, &c) in acc[di * k..].iter_mut().zip(gcr) {
-                            *a = *a + c;
+                            *a += c;
                         }
                         for j in 0..k {
                             let Some(src_t) = (t + j + 1).checked_sub(k) else {
@@ -113,7 +113,7 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                             for ((a, &xv), &c) in
                                 acc[j * di..(j + 1) * di].iter_mut().zip(xr).zip(gcr)
                             {
-                                *a = *a + xv * c;
+                                *a += xv * c;
                             }
                         }
                     }
@@ -122,11 +122,11 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
             let (gw, gb) = a.grads[1..].split_at_mut(1);
             for d in 0..di {
                 for j in 0..k {
-                    gw[0][d * k + j] = gw[0][d * k + j] + wb[j * di + d];
+                    gw[0][d * k + j] += wb[j * di + d];
                 }
             }
             for (g, v) in gb[0].iter_mut().zip(&wb[di * k..]) {
-                *g = *g + *v;
+                *g += *v;
             }
         },
     )

@@ -29,7 +29,7 @@ pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>) -> Var<E, T> {
                 .with_min_len(4096)
                 .enumerate()
                 .for_each(|(i, g)| {
-                    *g = *g + gy[i] * gelu_and_grad(x[i]).1;
+                    *g += gy[i] * gelu_and_grad(x[i]).1;
                 });
         },
     )
@@ -71,7 +71,7 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>) -> Var<E, T> {
             par_rows(&mut a.grads[0], di, |r, g| {
                 let s = gdt[r] * inv;
                 for (g, &sg) in g.iter_mut().zip(&sig[r * di..(r + 1) * di]) {
-                    *g = *g + s * sg;
+                    *g += s * sg;
                 }
             });
         },
@@ -134,10 +134,10 @@ pub fn ssm_gate<E: Real, T: Tape<E, Cpu>>(
                             let s = sigmoid(g);
                             let y = hcr[j] + dv[j] * uu;
                             let dy = gzr[j] * g * s;
-                            ghc[j] = ghc[j] + dy;
-                            gu[j] = gu[j] + dy * dv[j];
-                            gd[j] = gd[j] + dy * uu;
-                            gx[j] = gx[j] + gzr[j] * y * s * (E::one() + g * (E::one() - s));
+                            ghc[j] += dy;
+                            gu[j] += dy * dv[j];
+                            gd[j] += dy * uu;
+                            gx[j] += gzr[j] * y * s * (E::one() + g * (E::one() - s));
                         }
                     }
                     gd
@@ -145,7 +145,7 @@ pub fn ssm_gate<E: Real, T: Tape<E, Cpu>>(
                 .collect();
             for p in partials {
                 for (o, v) in g_d.iter_mut().zip(p) {
-                    *o = *o + v;
+                    *o += v;
                 }
             }
         },
@@ -168,10 +168,10 @@ pub fn add_dropout<E: Real, T: Tape<E, Cpu>>(
             let (x, dl) = (v[0], v[1]);
             let mut y = vec![E::zero(); m * d];
             par_rows(&mut y, d, |r, yr| {
-                for j in 0..d {
+                for (j, y) in yr.iter_mut().enumerate() {
                     let i = r * d + j;
                     let s = dropout.map_or(E::one(), |p| p.scale(i));
-                    yr[j] = x[i] + s * dl[i];
+                    *y = x[i] + s * dl[i];
                 }
             });
             (y, ())
@@ -180,15 +180,15 @@ pub fn add_dropout<E: Real, T: Tape<E, Cpu>>(
             let gy = a.grad_out;
             let (gx, gd) = a.grads.split_at_mut(1);
             par_rows(&mut gx[0], d, |r, o| {
-                for j in 0..d {
-                    o[j] = o[j] + gy[r * d + j];
+                for (o, &g) in o.iter_mut().zip(&gy[r * d..(r + 1) * d]) {
+                    *o += g;
                 }
             });
             par_rows(&mut gd[0], d, |r, o| {
-                for j in 0..d {
+                for (j, o) in o.iter_mut().enumerate() {
                     let i = r * d + j;
                     let s = dropout.map_or(E::one(), |p| p.scale(i));
-                    o[j] = o[j] + s * gy[i];
+                    *o += s * gy[i];
                 }
             });
         },

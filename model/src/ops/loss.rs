@@ -20,7 +20,7 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
     let (s, d2) = dims(&pos);
     assert_eq!(d, d2, "embed: widths differ");
     assert!(
-        seq > 0 && seq <= s && tokens.len() % seq == 0,
+        seq > 0 && seq <= s && tokens.len().is_multiple_of(seq),
         "embed: sequence length {seq}"
     );
     assert!(
@@ -58,8 +58,8 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
                 .enumerate()
                 .for_each(|(t, g)| {
                     for r in (t..m).step_by(seq) {
-                        for j in 0..d {
-                            g[j] = g[j] + scaled(r, j);
+                        for (j, g) in g.iter_mut().enumerate() {
+                            *g += scaled(r, j);
                         }
                     }
                 });
@@ -76,8 +76,7 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
                     for r in 0..m {
                         let tok = tok2[r] as usize;
                         for j in c0..c1 {
-                            acc[tok * (c1 - c0) + j - c0] =
-                                acc[tok * (c1 - c0) + j - c0] + scaled(r, j);
+                            acc[tok * (c1 - c0) + j - c0] += scaled(r, j);
                         }
                     }
                     (c0, acc)
@@ -87,7 +86,7 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
                 let w = acc.len() / v;
                 for tok in 0..v {
                     for j in 0..w {
-                        ge[tok * d + c0 + j] = ge[tok * d + c0 + j] + acc[tok * w + j];
+                        ge[tok * d + c0 + j] += acc[tok * w + j];
                     }
                 }
             }
@@ -139,9 +138,9 @@ pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
                         // Row becomes (softmax - onehot) / M: the gradient w.r.t. the logits.
                         let scale = E::of(1.0 / sum) * inv_m;
                         for z in row.iter_mut() {
-                            *z = *z * scale;
+                            *z *= scale;
                         }
-                        row[tgt] = row[tgt] - inv_m;
+                        row[tgt] -= inv_m;
                     }
                 });
             let mean = nll.iter().sum::<f64>() / m as f64;
@@ -152,9 +151,7 @@ pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
             let go = a.grad_out[0];
             let mut dl = dlogits;
             if go != E::one() {
-                dl.par_iter_mut()
-                    .with_min_len(4096)
-                    .for_each(|z| *z = *z * go);
+                dl.par_iter_mut().with_min_len(4096).for_each(|z| *z *= go);
             }
             let (gh, gw) = a.grads.split_at_mut(1);
             gemm(m, d, v, &dl, false, w, false, &mut gh[0], true);
@@ -186,7 +183,7 @@ pub fn weighted_sum<E: Real, T: Tape<E, Cpu>>(
         },
         move |a, ()| {
             for (g, &w) in a.grads.iter_mut().zip(&w2) {
-                g[0] = g[0] + E::of(w) * a.grad_out[0];
+                g[0] += E::of(w) * a.grad_out[0];
             }
         },
     )

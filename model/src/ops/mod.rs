@@ -366,7 +366,7 @@ pub fn par_reduce<E: Real>(
     let mut total = vec![E::zero(); len];
     for p in partials {
         for (t, x) in total.iter_mut().zip(p) {
-            *t = *t + x;
+            *t += x;
         }
     }
     total
@@ -375,7 +375,7 @@ pub fn par_reduce<E: Real>(
 /// Adds `src` into `dst` elementwise.
 pub fn add_into<E: Real>(dst: &mut [E], src: &[E]) {
     for (d, s) in dst.iter_mut().zip(src) {
-        *d = *d + *s;
+        *d += *s;
     }
 }
 

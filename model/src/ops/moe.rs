@@ -54,10 +54,10 @@ pub fn router_gates<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
                 let mut sum = E::zero();
                 for &e in &sel {
                     gr[e] = (row[e] - max).exp();
-                    sum = sum + gr[e];
+                    sum += gr[e];
                 }
                 for &e in &sel {
-                    gr[e] = gr[e] / sum;
+                    gr[e] /= sum;
                 }
             });
             let saved = g.clone();
@@ -71,7 +71,7 @@ pub fn router_gates<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
                 let gor = &go[r * x..(r + 1) * x];
                 let dot: E = gr.iter().zip(gor).map(|(&p, &d)| p * d).sum();
                 for e in 0..x {
-                    out[e] = out[e] + gr[e] * (gor[e] - dot);
+                    out[e] += gr[e] * (gor[e] - dot);
                 }
             });
         },
@@ -101,16 +101,16 @@ pub fn balance_loss<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
                 let mut sum = E::zero();
                 for e in 0..x {
                     pr[e] = (row[e] - max).exp();
-                    sum = sum + pr[e];
+                    sum += pr[e];
                 }
                 for v in pr.iter_mut() {
-                    *v = *v / sum;
+                    *v /= sum;
                 }
             });
             let mut loss = E::zero();
             for e in 0..x {
                 let pe: E = (0..m).map(|r| p[r * x + e]).sum::<E>() / E::of(m as f64);
-                loss = loss + f[e] * pe;
+                loss += f[e] * pe;
             }
             (vec![loss * E::of(x as f64)], (p, f))
         },
@@ -120,7 +120,7 @@ pub fn balance_loss<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
                 let pr = &p[r * x..(r + 1) * x];
                 let dot: E = pr.iter().zip(&f).map(|(&p, &f)| p * f).sum();
                 for e in 0..x {
-                    out[e] = out[e] + s * pr[e] * (f[e] - dot);
+                    out[e] += s * pr[e] * (f[e] - dot);
                 }
             });
         },
@@ -172,15 +172,15 @@ pub fn expert_gelu<E: Real, T: Tape<E, Cpu>>(u: Var<E, T>, gates: Var<E, T>) -> 
                             let mut s = E::zero();
                             for j in e * f..(e + 1) * f {
                                 let (act, der) = gelu_and_grad(ur[j]);
-                                s = s + ghr[j] * act;
-                                gur[j] = gur[j] + ge * ghr[j] * der;
+                                s += ghr[j] * act;
+                                gur[j] += ge * ghr[j] * der;
                             }
                             dg[e] = s;
                         }
                     }
                 });
             for (o, v) in gg[0].iter_mut().zip(dgate) {
-                *o = *o + v;
+                *o += v;
             }
         },
     )
@@ -204,7 +204,7 @@ pub fn concat_rows<E: Real, T: Tape<E, Cpu>>(parts: Vec<Var<E, T>>) -> Var<E, T>
             let mut off = 0;
             for g in a.grads.iter_mut() {
                 for (o, v) in g.iter_mut().zip(&a.grad_out[off..]) {
-                    *o = *o + *v;
+                    *o += *v;
                 }
                 off += g.len();
             }
@@ -240,7 +240,7 @@ pub fn concat_cols<E: Real, T: Tape<E, Cpu>>(parts: Vec<Var<E, T>>) -> Var<E, T>
                 let mut off = r * total;
                 for (g, &c) in a.grads.iter_mut().zip(&cols2) {
                     for j in 0..c {
-                        g[r * c + j] = g[r * c + j] + a.grad_out[off + j];
+                        g[r * c + j] += a.grad_out[off + j];
                     }
                     off += c;
                 }

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static TOTALS: Mutex<BTreeMap<(&'static str, Pass), (f64, u64)>> = Mutex::new(BTreeMap::new());
+/// Seconds and calls per (op, pass).
+type Totals = BTreeMap<(&'static str, Pass), (f64, u64)>;
+static TOTALS: Mutex<Totals> = Mutex::new(BTreeMap::new());
 
 /// Which pass a time belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

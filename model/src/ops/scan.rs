@@ -69,19 +69,19 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
                             let gh = gh_out[r * n + i] + carry[i];
                             let da = (d * a[i]).fast_exp();
                             let hp = if t > 0 { h[(r - 1) * n + i] } else { E::zero() };
-                            gbu[t * n + i] = gbu[t * n + i] + d * gh;
-                            gd = gd + gh * (bu[r * n + i] + hp * a[i] * da);
-                            galog[i] = galog[i] + gh * hp * da * d * a[i];
+                            gbu[t * n + i] += d * gh;
+                            gd += gh * (bu[r * n + i] + hp * a[i] * da);
+                            galog[i] += gh * hp * da * d * a[i];
                             carry[i] = da * gh;
                         }
-                        gdt[t] = gdt[t] + gd;
+                        gdt[t] += gd;
                     }
                     galog
                 })
                 .collect();
             for p in partials {
                 for (g, v) in g_alog[0].iter_mut().zip(p) {
-                    *g = *g + v;
+                    *g += v;
                 }
             }
         },
