@@ -80,7 +80,7 @@ pub fn clip_global_norm<E: Real>(grads: &mut [Vec<E>], max_norm: f64) -> f64 {
     if max_norm > 0.0 && norm > max_norm {
         let s = E::of(max_norm / (norm + 1e-6));
         for g in grads.iter_mut() {
-            g.iter_mut().for_each(|x| *x = *x * s);
+            g.iter_mut().for_each(|x| *x *= s);
         }
     }
     norm

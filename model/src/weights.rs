@@ -106,10 +106,11 @@ pub fn write_tensors<E: Real>(
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
+/// Tensors by name: shape and row-major values.
+pub type NamedTensors<E> = HashMap<String, (Vec<usize>, Vec<E>)>;
+
 /// Reads every tensor of a safetensors file as `E`, upcasting F16/BF16.
-pub fn read_tensors<E: Real>(
-    path: &Path,
-) -> Result<HashMap<String, (Vec<usize>, Vec<E>)>, WeightsError> {
+pub fn read_tensors<E: Real>(path: &Path) -> Result<NamedTensors<E>, WeightsError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|source| WeightsError::Format {
         path: path.to_path_buf(),

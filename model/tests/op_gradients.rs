@@ -184,3 +184,25 @@ fn embedding_and_head() {
         ops::head_cross_entropy(it.next().unwrap(), it.next().unwrap(), tokens.clone())
     });
 }
+
+#[test]
+fn the_checker_catches_a_wrong_backward() {
+    // y = x^2 with the derivative off by a factor of 2 (the kind of bug dfdx's
+    // accurate_gelu has): the check must fail.
+    let wrong = |v: Vec<TVar>| {
+        let x = v.into_iter().next().unwrap();
+        let shape = ops::dims(&x);
+        ops::custom_op(
+            "square_wrong",
+            vec![x],
+            shape,
+            |d| (d[0].iter().map(|x| x * x).collect(), ()),
+            |a, ()| {
+                for ((g, &x), &go) in a.grads[0].iter_mut().zip(a.inputs[0]).zip(a.grad_out) {
+                    *g += x * go;
+                }
+            },
+        )
+    };
+    assert!(check(&[Input::uniform(2, 3, 0.5, 1.0, 1)], &wrong, 10).is_err());
+}

@@ -27,11 +27,12 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
         "conv_silu: {m} rows are not whole sequences of {seq}"
     );
     custom_op(
+        "conv_silu",
         vec![xg, w, bias],
         (m, di),
         |v| {
             let (x, w, b) = (v[0], v[1], v[2]);
-            // Saved: the pre-activation c.
+            let wt = transpose(w, di, k);
             let mut c = vec![E::zero(); m * di];
             c.par_chunks_mut(seq * di).enumerate().for_each(|(s, cs)| {
                 for t in 0..seq {
@@ -42,32 +43,36 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                             continue;
                         };
                         let xr = &x[(s * seq + src_t) * width..][..di];
-                        for d in 0..di {
-                            out[d] = out[d] + w[d * k + j] * xr[d];
+                        for ((o, &xv), &wv) in out.iter_mut().zip(xr).zip(&wt[j * di..(j + 1) * di])
+                        {
+                            *o += wv * xv;
                         }
                     }
                 }
             });
+            // u = c s with s = sigmoid(c); saved: SiLU'(c) = s (1 + c (1 - s)).
             let mut u = vec![E::zero(); m * di];
             u.par_chunks_mut(ROW_BLOCK * di)
-                .zip(c.par_chunks(ROW_BLOCK * di))
+                .zip(c.par_chunks_mut(ROW_BLOCK * di))
                 .for_each(|(u, c)| {
-                    for (u, &c) in u.iter_mut().zip(c) {
-                        *u = c * sigmoid(c);
+                    for (u, c) in u.iter_mut().zip(c.iter_mut()) {
+                        let s = sigmoid(*c);
+                        *u = *c * s;
+                        *c = s * (E::one() + *c * (E::one() - s));
                     }
                 });
             (u, c)
         },
-        move |a, c| {
+        move |a, dsilu| {
             let (x, w) = (a.inputs[0], a.inputs[1]);
-            // gc = gu * SiLU'(c), SiLU'(c) = s (1 + c (1 - s))
+            let wt = transpose(w, di, k);
+            // gc = gu * SiLU'(c)
             let mut gc = a.grad_out.to_vec();
             gc.par_chunks_mut(ROW_BLOCK * di)
-                .zip(c.par_chunks(ROW_BLOCK * di))
-                .for_each(|(g, c)| {
-                    for (g, &c) in g.iter_mut().zip(c) {
-                        let s = sigmoid(c);
-                        *g = *g * s * (E::one() + c * (E::one() - s));
+                .zip(dsilu.par_chunks(ROW_BLOCK * di))
+                .for_each(|(g, d)| {
+                    for (g, &d) in g.iter_mut().zip(d) {
+                        *g *= d;
                     }
                 });
             // dx[t'] += sum_j w[:, j] * gc[t' + K - 1 - j]
@@ -82,40 +87,58 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                             };
                             let gcr = &gc[(s * seq + t) * di..][..di];
                             let gxr = &mut gx[src_t * width..][..di];
-                            for d in 0..di {
-                                gxr[d] = gxr[d] + w[d * k + j] * gcr[d];
+                            for ((g, &c), &wv) in
+                                gxr.iter_mut().zip(gcr).zip(&wt[j * di..(j + 1) * di])
+                            {
+                                *g += wv * c;
                             }
                         }
                     }
                 });
-            // dw[d, j] += sum_t x[t-K+1+j, d] gc[t, d];  db[d] += sum_t gc[t, d]
+            // dw[d, j] += sum_t x[t-K+1+j, d] gc[t, d] (accumulated transposed, [j, d]);
+            // db[d] += sum_t gc[t, d]
             let nseq = m / seq;
             let wb = par_reduce(nseq, 4, di * k + di, |seqs, acc| {
                 for s in seqs {
                     for t in 0..seq {
                         let gcr = &gc[(s * seq + t) * di..][..di];
-                        for d in 0..di {
-                            acc[di * k + d] = acc[di * k + d] + gcr[d];
+                        for (a, &c) in acc[di * k..].iter_mut().zip(gcr) {
+                            *a += c;
                         }
                         for j in 0..k {
                             let Some(src_t) = (t + j + 1).checked_sub(k) else {
                                 continue;
                             };
                             let xr = &x[(s * seq + src_t) * width..][..di];
-                            for d in 0..di {
-                                acc[d * k + j] = acc[d * k + j] + xr[d] * gcr[d];
+                            for ((a, &xv), &c) in
+                                acc[j * di..(j + 1) * di].iter_mut().zip(xr).zip(gcr)
+                            {
+                                *a += xv * c;
                             }
                         }
                     }
                 }
             });
             let (gw, gb) = a.grads[1..].split_at_mut(1);
-            for (g, v) in gw[0].iter_mut().zip(&wb[..di * k]) {
-                *g = *g + *v;
+            for d in 0..di {
+                for j in 0..k {
+                    gw[0][d * k + j] += wb[j * di + d];
+                }
             }
             for (g, v) in gb[0].iter_mut().zip(&wb[di * k..]) {
-                *g = *g + *v;
+                *g += *v;
             }
         },
     )
+}
+
+/// `(rows, cols)` row-major -> `(cols, rows)` row-major.
+fn transpose<E: Real>(w: &[E], rows: usize, cols: usize) -> Vec<E> {
+    let mut t = vec![E::zero(); rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    t
 }

@@ -31,6 +31,7 @@ fn linear_impl<E: Real, T: Tape<E, Cpu>>(
         inputs.push(b);
     }
     custom_op(
+        "linear",
         inputs,
         (m, n),
         |d| {
@@ -70,6 +71,7 @@ pub fn matmul_add<E: Real, T: Tape<E, Cpu>>(
     assert_eq!(m, m2, "matmul_add: rows");
     assert_eq!(dims(&bm), (x, n), "matmul_add: matrix shape");
     custom_op(
+        "matmul_add",
         vec![y, g, bm],
         (m, n),
         |d| {

@@ -1,8 +1,8 @@
 //! Fused elementwise ops: exact GELU, the per-token step size `mean(softplus(.))`, the
 //! SSM output gate `(C h + D u) * SiLU(g)`, and the dropout-then-residual add.
 
-use super::{custom_op, dims, par_reduce, par_rows, Dropout, Var, ROW_BLOCK};
-use crate::real::{gelu_and_grad, sigmoid, softplus, Real};
+use super::{custom_op, dims, par_rows, Dropout, Var, ROW_BLOCK};
+use crate::real::{gelu_and_grad, lane_sum, sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
 
@@ -10,6 +10,7 @@ use rayon::prelude::*;
 pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>) -> Var<E, T> {
     let shape = dims(&x);
     custom_op(
+        "gelu",
         vec![x],
         shape,
         |v| {
@@ -28,7 +29,7 @@ pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>) -> Var<E, T> {
                 .with_min_len(4096)
                 .enumerate()
                 .for_each(|(i, g)| {
-                    *g = *g + gy[i] * gelu_and_grad(x[i]).1;
+                    *g += gy[i] * gelu_and_grad(x[i]).1;
                 });
         },
     )
@@ -39,26 +40,38 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>) -> Var<E, T> {
     let (m, di) = dims(&z);
     let inv = E::one() / E::of(di as f64);
     custom_op(
+        "softplus_mean",
         vec![z],
         (m, 1),
         |v| {
             let z = v[0];
+            // Saved: softplus'(z) = sigmoid(z), from the same exp(-|z|).
+            let mut sig = vec![E::zero(); m * di];
             let mut dt = vec![E::zero(); m];
-            par_rows(&mut dt, 1, |r, o| {
-                o[0] = z[r * di..(r + 1) * di]
-                    .iter()
-                    .map(|&x| softplus(x))
-                    .sum::<E>()
-                    * inv;
-            });
-            (dt, ())
+            sig.par_chunks_mut(ROW_BLOCK * di)
+                .zip(dt.par_chunks_mut(ROW_BLOCK))
+                .enumerate()
+                .for_each(|(b, (sb, db))| {
+                    let mut sp = vec![E::zero(); di];
+                    for (i, (srow, d)) in sb.chunks_mut(di).zip(db.iter_mut()).enumerate() {
+                        let zr = &z[(b * ROW_BLOCK + i) * di..][..di];
+                        for ((s, p), &x) in srow.iter_mut().zip(sp.iter_mut()).zip(zr) {
+                            let e = (-x.abs()).fast_exp();
+                            *p = x.max(E::zero()) + e.fast_ln_1p_unit();
+                            let r = E::one() / (E::one() + e);
+                            *s = if x >= E::zero() { r } else { e * r };
+                        }
+                        *d = lane_sum(&sp) * inv;
+                    }
+                });
+            (dt, sig)
         },
-        move |a, ()| {
-            let (z, gdt) = (a.inputs[0], a.grad_out);
+        move |a, sig| {
+            let gdt = a.grad_out;
             par_rows(&mut a.grads[0], di, |r, g| {
                 let s = gdt[r] * inv;
-                for (j, g) in g.iter_mut().enumerate() {
-                    *g = *g + s * sigmoid(z[r * di + j]);
+                for (g, &sg) in g.iter_mut().zip(&sig[r * di..(r + 1) * di]) {
+                    *g += s * sg;
                 }
             });
         },
@@ -78,16 +91,17 @@ pub fn ssm_gate<E: Real, T: Tape<E, Cpu>>(
     assert_eq!(dims(&u), (m, di), "ssm_gate: u shape");
     assert_eq!(dims(&xg), (m, 2 * di), "ssm_gate: in_proj output shape");
     custom_op(
+        "ssm_gate",
         vec![hc, dvec, u, xg],
         (m, di),
         |v| {
             let (hc, dv, u, xg) = (v[0], v[1], v[2], v[3]);
             let mut z = vec![E::zero(); m * di];
             par_rows(&mut z, di, |r, zr| {
-                for j in 0..di {
-                    let g = xg[r * 2 * di + di + j];
-                    let y = hc[r * di + j] + dv[j] * u[r * di + j];
-                    zr[j] = y * g * sigmoid(g);
+                let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
+                let (hcr, ur) = (&hc[r * di..(r + 1) * di], &u[r * di..(r + 1) * di]);
+                for ((((z, &g), &h), &u), &d) in zr.iter_mut().zip(g).zip(hcr).zip(ur).zip(dv) {
+                    *z = (h + d * u) * g * sigmoid(g);
                 }
             });
             (z, ())
@@ -95,43 +109,44 @@ pub fn ssm_gate<E: Real, T: Tape<E, Cpu>>(
         move |a, ()| {
             let (hc, dv, u, xg) = (a.inputs[0], a.inputs[1], a.inputs[2], a.inputs[3]);
             let gz = a.grad_out;
-            let (g_hc, rest) = a.grads.split_at_mut(1);
-            let (g_d, rest) = rest.split_at_mut(1);
-            let (g_u, g_xg) = rest.split_at_mut(1);
-            // d hc = gz * SiLU(g);  d u = d hc * D
-            par_rows(&mut g_hc[0], di, |r, out| {
-                for j in 0..di {
-                    let g = xg[r * 2 * di + di + j];
-                    out[j] = out[j] + gz[r * di + j] * g * sigmoid(g);
-                }
-            });
-            par_rows(&mut g_u[0], di, |r, out| {
-                for j in 0..di {
-                    let g = xg[r * 2 * di + di + j];
-                    out[j] = out[j] + gz[r * di + j] * g * sigmoid(g) * dv[j];
-                }
-            });
-            // d g = gz * y * SiLU'(g)
-            par_rows(&mut g_xg[0], 2 * di, |r, out| {
-                for j in 0..di {
-                    let g = xg[r * 2 * di + di + j];
-                    let s = sigmoid(g);
-                    let y = hc[r * di + j] + dv[j] * u[r * di + j];
-                    out[di + j] =
-                        out[di + j] + gz[r * di + j] * y * s * (E::one() + g * (E::one() - s));
-                }
-            });
-            // d D = sum_rows gz * SiLU(g) * u
-            let gd = par_reduce(m, ROW_BLOCK, di, |rows, acc| {
-                for r in rows {
-                    for j in 0..di {
-                        let g = xg[r * 2 * di + di + j];
-                        acc[j] = acc[j] + gz[r * di + j] * g * sigmoid(g) * u[r * di + j];
+            let [g_hc, g_d, g_u, g_xg] = a.grads else {
+                unreachable!("four inputs")
+            };
+            // One pass per block of rows: y = hc + D u, s = sigmoid(g)
+            // d hc = gz SiLU(g);  d u = d hc * D;  d g = gz y s (1 + g (1 - s));
+            // d D = sum_rows d hc * u (per-block partials, summed in block order).
+            let blk = ROW_BLOCK * di;
+            let partials: Vec<Vec<E>> = g_hc
+                .par_chunks_mut(blk)
+                .zip(g_u.par_chunks_mut(blk))
+                .zip(g_xg.par_chunks_mut(2 * blk))
+                .enumerate()
+                .map(|(b, ((ghc, gu), gxg))| {
+                    let mut gd = vec![E::zero(); di];
+                    for (i, (ghc, gu)) in ghc.chunks_mut(di).zip(gu.chunks_mut(di)).enumerate() {
+                        let r = b * ROW_BLOCK + i;
+                        let gx = &mut gxg[i * 2 * di + di..(i + 1) * 2 * di];
+                        let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
+                        let (hcr, ur, gzr) =
+                            (&hc[r * di..][..di], &u[r * di..][..di], &gz[r * di..][..di]);
+                        for j in 0..di {
+                            let (g, uu) = (g[j], ur[j]);
+                            let s = sigmoid(g);
+                            let y = hcr[j] + dv[j] * uu;
+                            let dy = gzr[j] * g * s;
+                            ghc[j] += dy;
+                            gu[j] += dy * dv[j];
+                            gd[j] += dy * uu;
+                            gx[j] += gzr[j] * y * s * (E::one() + g * (E::one() - s));
+                        }
                     }
+                    gd
+                })
+                .collect();
+            for p in partials {
+                for (o, v) in g_d.iter_mut().zip(p) {
+                    *o += v;
                 }
-            });
-            for (o, v) in g_d[0].iter_mut().zip(gd) {
-                *o = *o + v;
             }
         },
     )
@@ -146,16 +161,17 @@ pub fn add_dropout<E: Real, T: Tape<E, Cpu>>(
     let (m, d) = dims(&x);
     assert_eq!(dims(&delta), (m, d), "add_dropout: shapes");
     custom_op(
+        "add_dropout",
         vec![x, delta],
         (m, d),
         |v| {
             let (x, dl) = (v[0], v[1]);
             let mut y = vec![E::zero(); m * d];
             par_rows(&mut y, d, |r, yr| {
-                for j in 0..d {
+                for (j, y) in yr.iter_mut().enumerate() {
                     let i = r * d + j;
                     let s = dropout.map_or(E::one(), |p| p.scale(i));
-                    yr[j] = x[i] + s * dl[i];
+                    *y = x[i] + s * dl[i];
                 }
             });
             (y, ())
@@ -164,15 +180,15 @@ pub fn add_dropout<E: Real, T: Tape<E, Cpu>>(
             let gy = a.grad_out;
             let (gx, gd) = a.grads.split_at_mut(1);
             par_rows(&mut gx[0], d, |r, o| {
-                for j in 0..d {
-                    o[j] = o[j] + gy[r * d + j];
+                for (o, &g) in o.iter_mut().zip(&gy[r * d..(r + 1) * d]) {
+                    *o += g;
                 }
             });
             par_rows(&mut gd[0], d, |r, o| {
-                for j in 0..d {
+                for (j, o) in o.iter_mut().enumerate() {
                     let i = r * d + j;
                     let s = dropout.map_or(E::one(), |p| p.scale(i));
-                    o[j] = o[j] + s * gy[i];
+                    *o += s * gy[i];
                 }
             });
         },

@@ -40,6 +40,7 @@ pub struct Mismatch {
 
 fn project(y: TVar, r: Vec<f64>) -> Var<f64, OwnedTape<f64, Cpu>, ()> {
     custom_op(
+        "project",
         vec![y],
         (),
         |v| (vec![v[0].iter().zip(&r).map(|(a, b)| a * b).sum()], r),

@@ -2,7 +2,7 @@
 //! fused with softmax cross-entropy, and the weighted sum of scalar losses.
 
 use super::{custom_op, dims, gemm, par_rows, Dropout, Var};
-use crate::real::Real;
+use crate::real::{lane_max, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
 
@@ -20,7 +20,7 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
     let (s, d2) = dims(&pos);
     assert_eq!(d, d2, "embed: widths differ");
     assert!(
-        seq > 0 && seq <= s && tokens.len() % seq == 0,
+        seq > 0 && seq <= s && tokens.len().is_multiple_of(seq),
         "embed: sequence length {seq}"
     );
     assert!(
@@ -31,6 +31,7 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
     let tokens = std::sync::Arc::new(tokens);
     let tok2 = tokens.clone();
     custom_op(
+        "embed",
         vec![emb, pos],
         (m, d),
         |w| {
@@ -57,8 +58,8 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
                 .enumerate()
                 .for_each(|(t, g)| {
                     for r in (t..m).step_by(seq) {
-                        for j in 0..d {
-                            g[j] = g[j] + scaled(r, j);
+                        for (j, g) in g.iter_mut().enumerate() {
+                            *g += scaled(r, j);
                         }
                     }
                 });
@@ -75,8 +76,7 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
                     for r in 0..m {
                         let tok = tok2[r] as usize;
                         for j in c0..c1 {
-                            acc[tok * (c1 - c0) + j - c0] =
-                                acc[tok * (c1 - c0) + j - c0] + scaled(r, j);
+                            acc[tok * (c1 - c0) + j - c0] += scaled(r, j);
                         }
                     }
                     (c0, acc)
@@ -86,7 +86,7 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
                 let w = acc.len() / v;
                 for tok in 0..v {
                     for j in 0..w {
-                        ge[tok * d + c0 + j] = ge[tok * d + c0 + j] + acc[tok * w + j];
+                        ge[tok * d + c0 + j] += acc[tok * w + j];
                     }
                 }
             }
@@ -113,6 +113,7 @@ pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
     );
     let grad = T::OWNS_TAPE;
     custom_op(
+        "head_cross_entropy",
         vec![h, w],
         (1, 1),
         |x| {
@@ -125,17 +126,21 @@ pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
                 .zip(nll.par_iter_mut())
                 .enumerate()
                 .for_each(|(r, (row, nll))| {
-                    let max = row.iter().copied().fold(E::neg_infinity(), E::max);
-                    let sum: f64 = row.iter().map(|&z| (z - max).exp().f64()).sum();
+                    let max = lane_max(row);
                     let tgt = targets[r] as usize;
-                    *nll = sum.ln() + max.f64() - row[tgt].f64();
+                    let target_logit = row[tgt].f64();
+                    for z in row.iter_mut() {
+                        *z = (*z - max).fast_exp();
+                    }
+                    let sum = lane_sum(row).f64();
+                    *nll = sum.ln() + max.f64() - target_logit;
                     if grad {
                         // Row becomes (softmax - onehot) / M: the gradient w.r.t. the logits.
-                        let inv_sum = E::of(1.0 / sum);
+                        let scale = E::of(1.0 / sum) * inv_m;
                         for z in row.iter_mut() {
-                            *z = (*z - max).exp() * inv_sum * inv_m;
+                            *z *= scale;
                         }
-                        row[tgt] = row[tgt] - inv_m;
+                        row[tgt] -= inv_m;
                     }
                 });
             let mean = nll.iter().sum::<f64>() / m as f64;
@@ -146,9 +151,7 @@ pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
             let go = a.grad_out[0];
             let mut dl = dlogits;
             if go != E::one() {
-                dl.par_iter_mut()
-                    .with_min_len(4096)
-                    .for_each(|z| *z = *z * go);
+                dl.par_iter_mut().with_min_len(4096).for_each(|z| *z *= go);
             }
             let (gh, gw) = a.grads.split_at_mut(1);
             gemm(m, d, v, &dl, false, w, false, &mut gh[0], true);
@@ -169,6 +172,7 @@ pub fn weighted_sum<E: Real, T: Tape<E, Cpu>>(
     );
     let w2 = weights.clone();
     custom_op(
+        "weighted_sum",
         losses,
         (),
         move |v| {
@@ -179,7 +183,7 @@ pub fn weighted_sum<E: Real, T: Tape<E, Cpu>>(
         },
         move |a, ()| {
             for (g, &w) in a.grads.iter_mut().zip(&w2) {
-                g[0] = g[0] + E::of(w) * a.grad_out[0];
+                g[0] += E::of(w) * a.grad_out[0];
             }
         },
     )

@@ -18,6 +18,7 @@ pub mod gradcheck;
 pub mod loss;
 pub mod moe;
 pub mod norm;
+pub mod profile;
 pub mod scan;
 
 use crate::real::Real;
@@ -181,11 +182,13 @@ pub struct BackwardArgs<'a, E> {
 
 /// Registers one custom operation on the tape of its inputs.
 ///
+/// `name` labels the op in [`profile`] reports.
 /// `forward` gets the inputs' data and returns the output's data (row-major,
 /// `out_shape`) plus whatever the backward needs (`saved`). `backward` must ADD the
 /// chain-rule contribution to each input's gradient. Inputs must be distinct tensors
 /// (pass a tensor at most once per op). With a `NoneTape` no backward is recorded.
 pub fn custom_op<E: Real, T: Tape<E, Cpu>, S: Shape, Saved: 'static>(
+    name: &'static str,
     inputs: Vec<Var<E, T>>,
     out_shape: S,
     forward: impl FnOnce(&[&[E]]) -> (Vec<E>, Saved),
@@ -201,10 +204,12 @@ pub fn custom_op<E: Real, T: Tape<E, Cpu>, S: Shape, Saved: 'static>(
             t
         })
         .collect();
+    let timer = profile::start();
     let (out, saved) = {
         let views: Vec<&[E]> = plain.iter().map(|t| t.data()).collect();
         forward(&views)
     };
+    profile::stop(timer, name, profile::Pass::Forward);
     let out = Var::from_vec(&dev, out, out_shape);
     if T::OWNS_TAPE {
         for (i, a) in plain.iter().enumerate() {
@@ -215,6 +220,7 @@ pub fn custom_op<E: Real, T: Tape<E, Cpu>, S: Shape, Saved: 'static>(
         }
         let key = out.tensor.clone();
         tape.add_backward_op(move |grads| {
+            let timer = profile::start();
             let grad_out = take_grad(grads, &key);
             let mut gin: Vec<Vec<E>> = plain.iter().map(|t| take_grad(grads, &t.tensor)).collect();
             {
@@ -231,6 +237,7 @@ pub fn custom_op<E: Real, T: Tape<E, Cpu>, S: Shape, Saved: 'static>(
             for (t, g) in plain.iter().zip(gin) {
                 put_grad(grads, &t.tensor, g);
             }
+            profile::stop(timer, name, profile::Pass::Backward);
             Ok(())
         });
     }
@@ -359,7 +366,7 @@ pub fn par_reduce<E: Real>(
     let mut total = vec![E::zero(); len];
     for p in partials {
         for (t, x) in total.iter_mut().zip(p) {
-            *t = *t + x;
+            *t += x;
         }
     }
     total
@@ -368,7 +375,7 @@ pub fn par_reduce<E: Real>(
 /// Adds `src` into `dst` elementwise.
 pub fn add_into<E: Real>(dst: &mut [E], src: &[E]) {
     for (d, s) in dst.iter_mut().zip(src) {
-        *d = *d + *s;
+        *d += *s;
     }
 }
 

@@ -7,9 +7,10 @@
 //! every expert densely and weighting by the (mostly zero) gates is faster than a gather;
 //! the result is the same sum over the selected experts.
 
-use super::{custom_op, dims, par_rows, Var};
+use super::{custom_op, dims, par_rows, Var, ROW_BLOCK};
 use crate::real::{gelu_and_grad, Real};
 use dfdx::prelude::{Cpu, Tape};
+use rayon::prelude::*;
 
 /// Indices of the `k` largest values of `row`, ties to the lower index, in descending order.
 pub fn top_k<E: Real>(row: &[E], k: usize) -> Vec<usize> {
@@ -40,6 +41,7 @@ pub fn router_gates<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
     let (m, x) = dims(&logits);
     assert!(k >= 1 && k <= x, "router_gates: top-{k} of {x} experts");
     custom_op(
+        "router_gates",
         vec![logits],
         (m, x),
         |v| {
@@ -52,10 +54,10 @@ pub fn router_gates<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
                 let mut sum = E::zero();
                 for &e in &sel {
                     gr[e] = (row[e] - max).exp();
-                    sum = sum + gr[e];
+                    sum += gr[e];
                 }
                 for &e in &sel {
-                    gr[e] = gr[e] / sum;
+                    gr[e] /= sum;
                 }
             });
             let saved = g.clone();
@@ -69,7 +71,7 @@ pub fn router_gates<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
                 let gor = &go[r * x..(r + 1) * x];
                 let dot: E = gr.iter().zip(gor).map(|(&p, &d)| p * d).sum();
                 for e in 0..x {
-                    out[e] = out[e] + gr[e] * (gor[e] - dot);
+                    out[e] += gr[e] * (gor[e] - dot);
                 }
             });
         },
@@ -82,6 +84,7 @@ pub fn router_gates<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
 pub fn balance_loss<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Var<E, T> {
     let (m, x) = dims(&logits);
     custom_op(
+        "balance_loss",
         vec![logits],
         (1, 1),
         |v| {
@@ -98,16 +101,16 @@ pub fn balance_loss<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
                 let mut sum = E::zero();
                 for e in 0..x {
                     pr[e] = (row[e] - max).exp();
-                    sum = sum + pr[e];
+                    sum += pr[e];
                 }
                 for v in pr.iter_mut() {
-                    *v = *v / sum;
+                    *v /= sum;
                 }
             });
             let mut loss = E::zero();
             for e in 0..x {
                 let pe: E = (0..m).map(|r| p[r * x + e]).sum::<E>() / E::of(m as f64);
-                loss = loss + f[e] * pe;
+                loss += f[e] * pe;
             }
             (vec![loss * E::of(x as f64)], (p, f))
         },
@@ -117,7 +120,7 @@ pub fn balance_loss<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
                 let pr = &p[r * x..(r + 1) * x];
                 let dot: E = pr.iter().zip(&f).map(|(&p, &f)| p * f).sum();
                 for e in 0..x {
-                    out[e] = out[e] + s * pr[e] * (f[e] - dot);
+                    out[e] += s * pr[e] * (f[e] - dot);
                 }
             });
         },
@@ -131,6 +134,7 @@ pub fn expert_gelu<E: Real, T: Tape<E, Cpu>>(u: Var<E, T>, gates: Var<E, T>) -> 
     assert!(m == m2 && x > 0 && xf % x == 0, "expert_gelu: shapes");
     let f = xf / x;
     custom_op(
+        "expert_gelu",
         vec![u, gates],
         (m, xf),
         |v| {
@@ -153,30 +157,31 @@ pub fn expert_gelu<E: Real, T: Tape<E, Cpu>>(u: Var<E, T>, gates: Var<E, T>) -> 
             let (u, g) = (a.inputs[0], a.inputs[1]);
             let gh = a.grad_out;
             let (gu, gg) = a.grads.split_at_mut(1);
+            // One pass per row: GELU and its derivative once per element.
             let mut dgate = vec![E::zero(); m * x];
-            par_rows(&mut dgate, x, |r, dg| {
-                for e in 0..x {
-                    let mut s = E::zero();
-                    for j in e * f..(e + 1) * f {
-                        s = s + gh[r * xf + j] * gelu_and_grad(u[r * xf + j]).0;
+            gu[0]
+                .par_chunks_mut(ROW_BLOCK * xf)
+                .zip(dgate.par_chunks_mut(ROW_BLOCK * x))
+                .enumerate()
+                .for_each(|(b, (gub, dgb))| {
+                    for (i, (gur, dg)) in gub.chunks_mut(xf).zip(dgb.chunks_mut(x)).enumerate() {
+                        let r = b * ROW_BLOCK + i;
+                        let (ur, ghr) = (&u[r * xf..(r + 1) * xf], &gh[r * xf..(r + 1) * xf]);
+                        for e in 0..x {
+                            let ge = g[r * x + e];
+                            let mut s = E::zero();
+                            for j in e * f..(e + 1) * f {
+                                let (act, der) = gelu_and_grad(ur[j]);
+                                s += ghr[j] * act;
+                                gur[j] += ge * ghr[j] * der;
+                            }
+                            dg[e] = s;
+                        }
                     }
-                    dg[e] = s;
-                }
-            });
+                });
             for (o, v) in gg[0].iter_mut().zip(dgate) {
-                *o = *o + v;
+                *o += v;
             }
-            par_rows(&mut gu[0], xf, |r, out| {
-                for e in 0..x {
-                    let ge = g[r * x + e];
-                    if ge == E::zero() {
-                        continue;
-                    }
-                    for j in e * f..(e + 1) * f {
-                        out[j] = out[j] + ge * gh[r * xf + j] * gelu_and_grad(u[r * xf + j]).1;
-                    }
-                }
-            });
         },
     )
 }
@@ -191,6 +196,7 @@ pub fn concat_rows<E: Real, T: Tape<E, Cpu>>(parts: Vec<Var<E, T>>) -> Var<E, T>
     );
     let total: usize = rows.iter().sum();
     custom_op(
+        "concat_rows",
         parts,
         (total, cols),
         |v| (v.concat(), ()),
@@ -198,7 +204,7 @@ pub fn concat_rows<E: Real, T: Tape<E, Cpu>>(parts: Vec<Var<E, T>>) -> Var<E, T>
             let mut off = 0;
             for g in a.grads.iter_mut() {
                 for (o, v) in g.iter_mut().zip(&a.grad_out[off..]) {
-                    *o = *o + *v;
+                    *o += *v;
                 }
                 off += g.len();
             }
@@ -217,6 +223,7 @@ pub fn concat_cols<E: Real, T: Tape<E, Cpu>>(parts: Vec<Var<E, T>>) -> Var<E, T>
     let total: usize = cols.iter().sum();
     let cols2 = cols.clone();
     custom_op(
+        "concat_cols",
         parts,
         (rows, total),
         move |v| {
@@ -233,7 +240,7 @@ pub fn concat_cols<E: Real, T: Tape<E, Cpu>>(parts: Vec<Var<E, T>>) -> Var<E, T>
                 let mut off = r * total;
                 for (g, &c) in a.grads.iter_mut().zip(&cols2) {
                     for j in 0..c {
-                        g[r * c + j] = g[r * c + j] + a.grad_out[off + j];
+                        g[r * c + j] += a.grad_out[off + j];
                     }
                     off += c;
                 }

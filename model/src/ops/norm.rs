@@ -18,6 +18,7 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
     let eps = E::of(eps);
     let inv_d = E::one() / E::of(d as f64);
     custom_op(
+        "layer_norm",
         vec![x, w, b],
         (m, d),
         |v| {
@@ -53,13 +54,13 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
                 for j in 0..d {
                     let xhat = (xr[j] - mean) * rstd;
                     let dxhat = gyr[j] * w[j];
-                    s1 = s1 + dxhat;
-                    s2 = s2 + dxhat * xhat;
+                    s1 += dxhat;
+                    s2 += dxhat * xhat;
                 }
                 let (s1, s2) = (s1 * inv_d, s2 * inv_d);
                 for j in 0..d {
                     let xhat = (xr[j] - mean) * rstd;
-                    gxr[j] = gxr[j] + rstd * (gyr[j] * w[j] - s1 - xhat * s2);
+                    gxr[j] += rstd * (gyr[j] * w[j] - s1 - xhat * s2);
                 }
             });
             let wb = par_reduce(m, ROW_BLOCK, 2 * d, |rows, acc| {
@@ -67,14 +68,14 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
                     let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
                     for j in 0..d {
                         let g = gy[r * d + j];
-                        acc[j] = acc[j] + g * (x[r * d + j] - mean) * rstd;
-                        acc[d + j] = acc[d + j] + g;
+                        acc[j] += g * (x[r * d + j] - mean) * rstd;
+                        acc[d + j] += g;
                     }
                 }
             });
             for j in 0..d {
-                rest[0][j] = rest[0][j] + wb[j];
-                rest[1][j] = rest[1][j] + wb[d + j];
+                rest[0][j] += wb[j];
+                rest[1][j] += wb[d + j];
             }
         },
     )

@@ -27,6 +27,7 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
         "selective_scan: {m} rows are not whole sequences of {seq}"
     );
     custom_op(
+        "selective_scan",
         vec![dt, a_log, bu],
         (m, n),
         |v| {
@@ -39,7 +40,7 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
                     let r = s * seq + t;
                     let d = dt[r];
                     for i in 0..n {
-                        prev[i] = (d * a[i]).exp() * prev[i] + d * bu[r * n + i];
+                        prev[i] = (d * a[i]).fast_exp() * prev[i] + d * bu[r * n + i];
                     }
                     hs[t * n..(t + 1) * n].copy_from_slice(&prev);
                 }
@@ -66,21 +67,21 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
                         let mut gd = E::zero();
                         for i in 0..n {
                             let gh = gh_out[r * n + i] + carry[i];
-                            let da = (d * a[i]).exp();
+                            let da = (d * a[i]).fast_exp();
                             let hp = if t > 0 { h[(r - 1) * n + i] } else { E::zero() };
-                            gbu[t * n + i] = gbu[t * n + i] + d * gh;
-                            gd = gd + gh * (bu[r * n + i] + hp * a[i] * da);
-                            galog[i] = galog[i] + gh * hp * da * d * a[i];
+                            gbu[t * n + i] += d * gh;
+                            gd += gh * (bu[r * n + i] + hp * a[i] * da);
+                            galog[i] += gh * hp * da * d * a[i];
                             carry[i] = da * gh;
                         }
-                        gdt[t] = gdt[t] + gd;
+                        gdt[t] += gd;
                     }
                     galog
                 })
                 .collect();
             for p in partials {
                 for (g, v) in g_alog[0].iter_mut().zip(p) {
-                    *g = *g + v;
+                    *g += v;
                 }
             }
         },

@@ -1,0 +1,117 @@
+//! Training-step and scoring throughput of the phase-8 model (hidden 128, 4 layers,
+//! state 8, conv 4, expand 2, 4 experts of 64, top-2) at B=32, T=128, V=2000.
+//!
+//! `cargo run --release -p itera-model --example bench_train [-- steps] [--profile]`
+//! Prints the median tokens/s over `steps` timed steps (after 2 warm-up steps) for 1 and
+//! 2 threads, the process CPU seconds per step (robust to other load on the machine) and
+//! the load average. `--profile` adds per-op forward/backward times (1 thread).
+//! mimalloc is the global allocator, as in the `itera` binary.
+
+use itera_model::{ModelConfig, TrainConfig, Trainer};
+use std::time::Instant;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    xs[xs.len() / 2]
+}
+
+/// User + system CPU seconds of this process (Linux `/proc/self/stat`, 100 ticks/s).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let profile = args.iter().any(|a| a == "--profile");
+    let steps: usize = args
+        .iter()
+        .skip(1)
+        .find_map(|s| s.parse().ok())
+        .unwrap_or(9);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "load average: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let cfg = ModelConfig {
+        vocab_size: 2000,
+        ..ModelConfig::tiny()
+    };
+    let (batch, seq) = (32, 128);
+    let train = TrainConfig {
+        batch_size: batch,
+        seq_len: seq,
+        steps: 1_000_000,
+        ..Default::default()
+    };
+    let tokens: Vec<u32> = (0..batch * (seq + 1))
+        .map(|i| ((i * 7919 + 13) % 2000) as u32)
+        .collect();
+    for threads in [1, 2] {
+        let mut t = Trainer::<f32>::new(&cfg, &train, 0, threads).expect("valid config");
+        if threads == 1 {
+            println!("parameters: {}", t.params().count());
+        }
+        let mut rates = Vec::new();
+        let mut cpu = 0.0;
+        for i in 0..steps + 2 {
+            if i == 2 {
+                cpu = cpu_seconds();
+                itera_model::ops::profile::enable(profile && threads == 1);
+            }
+            let s = t.step(&tokens, batch, seq).expect("step");
+            if i >= 2 {
+                rates.push(s.tokens_per_s);
+            }
+        }
+        let cpu_per_step = (cpu_seconds() - cpu) / steps as f64;
+        itera_model::ops::profile::enable(false);
+        if profile && threads == 1 {
+            let mut total = 0.0;
+            println!("  per-op CPU time of the training thread:");
+            for (name, pass, secs, _) in itera_model::ops::profile::take() {
+                total += secs;
+                println!(
+                    "  {name:<20} {pass:?}: {:.1} ms/step",
+                    1e3 * secs / steps as f64
+                );
+            }
+            println!("  ops total: {:.1} ms/step", 1e3 * total / steps as f64);
+        }
+        let score_tokens: Vec<u32> = (0..batch * seq * 4 + 1)
+            .map(|i| ((i * 31 + 7) % 2000) as u32)
+            .collect();
+        let mut score_rates = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            let (_, n) = t.score(&score_tokens, seq, batch).expect("score");
+            score_rates.push(n as f64 / start.elapsed().as_secs_f64());
+        }
+        println!(
+            "threads {threads}: training {:.0} tok/s (median of {steps} steps; {:.3} CPU s/step = {:.0} tok per CPU s), scoring {:.0} tok/s",
+            median(rates),
+            cpu_per_step,
+            (batch * seq) as f64 / cpu_per_step,
+            median(score_rates)
+        );
+    }
+}
