@@ -35,6 +35,16 @@ fn vm_hwm_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// User + system CPU seconds of this process so far (from /proc/self/stat, 100 Hz ticks).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the `(comm)`; utime and stime are fields 14 and 15 overall.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let scheme = arg(&args, "--scheme", "bpe");
@@ -92,19 +102,23 @@ fn main() -> anyhow::Result<()> {
             seed: 0,
             threads,
             progress: Progress::null(),
-            log: StageLog::sink(),
+            log: StageLog::open(&tmp.path().join(format!("run{run}.log")))?,
             cancel: CancelToken::default(),
         };
         std::fs::create_dir_all(&ctx.out_dir)?;
         let start = Instant::now();
+        let cpu_start = cpu_seconds();
         stage.run(&params, &ctx)?;
         let secs = start.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu_start;
         println!(
-            "run {run}: {secs:.2} s, {:.1} MB/s, peak RSS so far {:.0} MB",
+            "run {run}: {secs:.2} s wall, {:.1} MB/s; {cpu:.2} s CPU = {:.1} MB per CPU-second; peak RSS so far {:.0} MB",
             train_bytes as f64 / 1e6 / secs,
+            train_bytes as f64 / 1e6 / cpu,
             vm_hwm_kib() as f64 / 1024.0
         );
         times.push(secs);
+        print!("{}", std::fs::read_to_string(tmp.path().join(format!("run{run}.log")))?);
         std::fs::remove_dir_all(&root)?;
     }
     times.sort_by(f64::total_cmp);

@@ -332,4 +332,38 @@ print(json.dumps([tok.encode(s, add_special_tokens=False).ids for s in stories])
         assert_eq!(story_ids.as_slice(), rust_ids);
     }
     assert_eq!(python.len(), stories.len());
+    println!("Python tokenizers reloaded tokenizer.json: same ids for {} stories", python.len());
+}
+
+/// The hand-written pre-tokenizer cuts text exactly where `tokenizers`' `ByteLevel` (with
+/// the GPT-2 regex) does, on tricky strings and on the whole real validation sample.
+#[test]
+fn byte_level_pieces_match_the_tokenizers_pre_tokenizer() {
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+    let reference = |text: &str| -> Vec<(usize, usize)> {
+        let mut pts = PreTokenizedString::from(text);
+        ByteLevel::new(false, true, true).pre_tokenize(&mut pts).unwrap();
+        pts.get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(_, offsets, _)| offsets)
+            .collect()
+    };
+    let ours = |text: &str| -> Vec<(usize, usize)> {
+        let mut pieces = Vec::new();
+        itera_stages::tokenize::byte_level_pieces(text, |p| {
+            let start = p.as_ptr() as usize - text.as_ptr() as usize;
+            pieces.push((start, start + p.len()));
+        });
+        pieces
+    };
+    let valid = std::fs::read_to_string(data_dir().join("valid-part-00.txt")).unwrap();
+    let tricky = [
+        "  hello\n\n world's 'll  café  x\u{a0}y 12ab!!  ",
+        "don't I'M ''s '  \t\r\n\u{2003}Über 42nd ١٢٣ “quoted” — end.\n",
+        " ", "\n", "a", "'", "'re", " 's", "x  ", "\u{feff} Spot.", "!!\"#$ %&'()*+,-./:;<=>?@[\\]^_`{|}~",
+    ];
+    for text in tricky.iter().copied().chain([valid.as_str()]) {
+        assert_eq!(ours(text), reference(text), "pieces differ for {:?}", &text[..text.len().min(60)]);
+    }
 }

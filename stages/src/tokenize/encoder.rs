@@ -28,26 +28,111 @@ static BYTE_LEVEL_RE: LazyLock<regex::Regex> = LazyLock::new(|| {
 });
 
 /// Calls `f` with each piece `tokenizers`' `ByteLevel` pre-tokenizer (with its regex) cuts
-/// `text` into.
+/// `text` into. ASCII text is scanned by hand ([`ascii_piece`]); a piece that touches a
+/// non-ASCII character is cut by the regex itself.
 pub fn byte_level_pieces<'t>(text: &'t str, mut f: impl FnMut(&'t str)) {
+    let bytes = text.as_bytes();
     let mut at = 0;
-    while at < text.len() {
-        let Some(m) = BYTE_LEVEL_RE.find_at(text, at) else {
-            break;
+    while at < bytes.len() {
+        let end = match ascii_piece(bytes, at) {
+            Some(end) => end,
+            None => regex_piece(text, at),
         };
-        let piece = m.as_str();
-        // `\s+(?!\S)`: a whitespace run followed by text leaves its last char to the next piece.
-        if m.end() < text.len() && piece.chars().all(char::is_whitespace) {
-            let last = piece.chars().next_back().expect("matches are non-empty");
-            if piece.len() > last.len_utf8() {
-                let cut = m.end() - last.len_utf8();
-                f(&text[m.start()..cut]);
-                at = cut;
-                continue;
+        f(&text[at..end]);
+        at = end;
+    }
+}
+
+/// The end of the regex piece starting at `at` (a char boundary), by the regex.
+fn regex_piece(text: &str, at: usize) -> usize {
+    let m = BYTE_LEVEL_RE
+        .find_at(text, at)
+        .expect("every character matches one of the alternatives");
+    debug_assert_eq!(m.start(), at, "pieces are contiguous");
+    let piece = m.as_str();
+    // `\s+(?!\S)`: a whitespace run followed by text leaves its last char to the next piece.
+    if m.end() < text.len() && piece.chars().all(char::is_whitespace) {
+        let last = piece.chars().next_back().expect("matches are non-empty");
+        if piece.len() > last.len_utf8() {
+            return m.end() - last.len_utf8();
+        }
+    }
+    m.end()
+}
+
+/// Character classes of the GPT-2 pattern, for ASCII bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Letter,
+    Number,
+    Space,
+    Other,
+}
+
+fn class(b: u8) -> Class {
+    match b {
+        b'a'..=b'z' | b'A'..=b'Z' => Class::Letter,
+        b'0'..=b'9' => Class::Number,
+        // Unicode White_Space within ASCII: \t \n \v \f \r and space.
+        b'\t'..=b'\r' | b' ' => Class::Space,
+        _ => Class::Other,
+    }
+}
+
+/// The end of the ASCII run of `class` from `from`, or `None` if it runs into a non-ASCII
+/// byte (whose class only the regex knows).
+fn run_end(bytes: &[u8], from: usize, of: Class) -> Option<usize> {
+    let mut end = from;
+    while end < bytes.len() {
+        let b = bytes[end];
+        if b >= 0x80 {
+            return None;
+        }
+        if class(b) != of {
+            break;
+        }
+        end += 1;
+    }
+    Some(end)
+}
+
+/// The end of the piece at `at` when it can be decided from ASCII alone, else `None`.
+/// Mirrors the alternatives in order: contractions, ` ?\p{L}+`, ` ?\p{N}+`,
+/// ` ?[^\s\p{L}\p{N}]+`, `\s+(?!\S)`, `\s+`.
+fn ascii_piece(bytes: &[u8], at: usize) -> Option<usize> {
+    let b = bytes[at];
+    if b >= 0x80 {
+        return None;
+    }
+    if b == b'\'' {
+        match (bytes.get(at + 1), bytes.get(at + 2)) {
+            (Some(b's' | b't' | b'm' | b'd'), _) => return Some(at + 2),
+            (Some(b'r'), Some(b'e')) | (Some(b'v'), Some(b'e')) | (Some(b'l'), Some(b'l')) => return Some(at + 3),
+            _ => {}
+        }
+    }
+    match class(b) {
+        Class::Space => {
+            if b == b' ' {
+                if let Some(&next) = bytes.get(at + 1) {
+                    if next >= 0x80 {
+                        return None;
+                    }
+                    let c = class(next);
+                    if c != Class::Space {
+                        return run_end(bytes, at + 1, c);
+                    }
+                }
+            }
+            let end = run_end(bytes, at, Class::Space)?;
+            if end < bytes.len() && end - at > 1 {
+                // Followed by text: the last space goes with it.
+                Some(end - 1)
+            } else {
+                Some(end)
             }
         }
-        f(piece);
-        at = m.end();
+        c => run_end(bytes, at, c),
     }
 }
 

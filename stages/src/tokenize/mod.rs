@@ -257,6 +257,7 @@ fn corpus_file(corpus: &Path, name: &str, param: &'static str) -> Result<PathBuf
 }
 
 fn tokenize(p: &TokenizeParams, ctx: &StageContext, train: &Path, valid: &Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let sample_limit = p.max_train_bytes.map_or(p.train_sample_bytes, |m| m.min(p.train_sample_bytes));
     let sample: Vec<String> = if p.scheme == Scheme::Byte {
         Vec::new()
@@ -276,11 +277,19 @@ fn tokenize(p: &TokenizeParams, ctx: &StageContext, train: &Path, valid: &Path) 
     drop(sample);
     let dtype = Dtype::for_vocab(vocab_size);
     let out = &ctx.out_dir;
+    let fitted = started.elapsed().as_secs_f64();
+    ctx.log.line(format!("fitted the {} vocabulary ({vocab_size} tokens) in {fitted:.2} s", p.scheme.name()));
     tokenizer
         .save(out.join(TOKENIZER_FILE), true)
         .map_err(TokenizeError::tokenizer)?;
 
     let train_stats = encode_file(ctx, &encoder, train, p.max_train_bytes, &out.join(TRAIN_FILE), dtype, vocab_size, "train")?;
+    let encoded = started.elapsed().as_secs_f64() - fitted;
+    ctx.log.line(format!(
+        "encoded {} train bytes in {encoded:.2} s ({:.1} MB/s)",
+        train_stats.file_bytes,
+        train_stats.file_bytes as f64 / 1e6 / encoded.max(1e-9)
+    ));
     let valid_stats = encode_file(ctx, &encoder, valid, None, &out.join(VALID_FILE), dtype, vocab_size, "valid")?;
 
     let meta = Meta {

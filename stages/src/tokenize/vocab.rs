@@ -15,9 +15,9 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::punctuation::Punctuation;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
-use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer, Trainer};
 
-use super::encoder::word_pieces;
+use super::encoder::{byte_level_pieces, word_pieces};
 use super::{Scheme, TokenizeError};
 
 /// The special tokens, in id order: `<unk>` = 0, `<pad>` = 1, `<bos>` = 2, `<eos>` = 3.
@@ -93,25 +93,38 @@ pub fn byte_tokenizer() -> Result<Tokenizer, TokenizeError> {
     Ok(tokenizer)
 }
 
-/// The `bpe` scheme: byte-level BPE trained on `stories`.
+/// The `bpe` scheme: byte-level BPE trained on `stories`. The trainer is fed the pieces of
+/// the same pre-tokenization the saved tokenizer applies ([`byte_level_pieces`], checked
+/// against `tokenizers`' own), in groups of stories so that counting runs in parallel.
 pub fn bpe_tokenizer(stories: &[&str], vocab_size: usize, min_frequency: u64) -> Result<Tokenizer, TokenizeError> {
-    let trainer = BpeTrainerBuilder::new()
+    let mut trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(min_frequency)
         .show_progress(false)
         .special_tokens(special_tokens())
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect::<HashSet<char>>())
         .build();
-    let mut tokenizer = Tokenizer::new(BPE::default());
+    let table = byte_chars();
+    let groups: Vec<String> = stories.chunks(256).map(|g| g.join(SEPARATOR)).collect();
+    trainer
+        .feed(groups.iter(), |group| {
+            let mut words = Vec::new();
+            for story in super::corpus::stories(group) {
+                byte_level_pieces(story, |piece| {
+                    words.push(piece.bytes().map(|b| table[usize::from(b)]).collect::<String>());
+                });
+            }
+            Ok(words)
+        })
+        .map_err(TokenizeError::tokenizer)?;
+    let mut model = BPE::default();
+    trainer.train(&mut model).map_err(TokenizeError::tokenizer)?;
+    let mut tokenizer = Tokenizer::new(model);
     tokenizer
         .with_normalizer(Some(separator_to_eos()))
         .map_err(TokenizeError::tokenizer)?;
     tokenizer.with_pre_tokenizer(Some(byte_level_pre()));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
-    let mut trainer = tokenizers::models::TrainerWrapper::BpeTrainer(trainer);
-    tokenizer
-        .train(&mut trainer, stories.iter().copied())
-        .map_err(TokenizeError::tokenizer)?;
     tokenizer
         .add_special_tokens(special_tokens())
         .map_err(TokenizeError::tokenizer)?;
