@@ -2,14 +2,19 @@
 
 use itera_engine::stage::Registry;
 
+pub mod evaluate;
 pub mod half;
 pub mod records;
 pub mod report;
+pub mod tokens;
+pub mod train;
 
 /// Every built-in stage kind.
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
     registry.register::<half::HalfConvert>();
     registry.register::<report::Report>();
+    registry.register::<evaluate::Evaluate>();
+    registry.register::<train::Train>();
     registry
 }
