@@ -196,7 +196,9 @@ impl Progress {
 
 impl fmt::Debug for Progress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Progress").field("stage", &self.stage).finish()
+        f.debug_struct("Progress")
+            .field("stage", &self.stage)
+            .finish()
     }
 }
 
@@ -258,7 +260,9 @@ impl StageLog {
 
 impl fmt::Debug for StageLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StageLog").field("path", &self.path).finish()
+        f.debug_struct("StageLog")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -416,8 +420,8 @@ impl<K: StageKind> Stage for Erased<K> {
     }
     fn check_params(&self, table: &toml::Table) -> Result<serde_json::Value, Vec<ParamIssue>> {
         let value = toml::Value::Table(table.clone());
-        let typed: K::Params = serde_path_to_error::deserialize(value)
-            .map_err(|e| vec![issue_from_path_error(e)])?;
+        let typed: K::Params =
+            serde_path_to_error::deserialize(value).map_err(|e| vec![issue_from_path_error(e)])?;
         let issues = K::validate(&typed);
         if !issues.is_empty() {
             return Err(issues);
@@ -480,7 +484,11 @@ impl Registry {
         let previous = self
             .kinds
             .insert(K::KIND, Arc::new(Erased::<K>(std::marker::PhantomData)));
-        assert!(previous.is_none(), "stage kind `{}` registered twice", K::KIND);
+        assert!(
+            previous.is_none(),
+            "stage kind `{}` registered twice",
+            K::KIND
+        );
         self
     }
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn Stage>> {

@@ -262,7 +262,10 @@ mod tests {
             ..ModelConfig::tiny()
         };
         let fields: Vec<_> = c.issues().iter().map(|i| i.field).collect();
-        assert_eq!(fields, ["hidden_size", "top_k_experts", "moe_layers", "dropout"]);
+        assert_eq!(
+            fields,
+            ["hidden_size", "top_k_experts", "moe_layers", "dropout"]
+        );
     }
 
     #[test]

@@ -1,3 +1,32 @@
 //! itera-model: the Itera-Lite SSM + mixture-of-experts language model on dfdx.
+//!
+//! - [`config`]: the model's sizes ([`ModelConfig`]); [`train_config`]: optimisation
+//!   settings ([`TrainConfig`]);
+//! - [`params`]: parameters, names (= `model.safetensors` names), init;
+//! - [`ops`]: the custom dfdx ops with hand-written, finite-difference-checked backward;
+//! - [`model`]: the parallel forward pass and loss;
+//! - [`optim`]: AdamW and gradient clipping; [`trainer`]: steps, checkpoints, resume;
+//! - [`sampler`]: seeded, resumable batches; [`score`]: NLL of a token stream;
+//! - [`weights`]: `model.safetensors` + `config.json` I/O;
+//! - [`decode`]: the recurrent decoder over plain slices (f32/f16 weights), sampling.
 
 pub mod config;
+pub mod decode;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod params;
+pub mod real;
+pub mod sampler;
+pub mod score;
+pub mod train_config;
+pub mod trainer;
+pub mod weights;
+
+pub use config::ModelConfig;
+pub use params::Params;
+pub use sampler::{BatchSampler, SamplerState};
+pub use score::score;
+pub use train_config::TrainConfig;
+pub use trainer::{StepStats, TrainError, Trainer};
+pub use weights::{export, load_model};

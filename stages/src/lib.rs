@@ -1,5 +1,8 @@
 //! itera-stages: the built-in stage kinds, one module each, and [`registry`] listing them.
 
+pub mod fetch;
+pub mod tokenize;
+
 use itera_engine::stage::Registry;
 
 pub mod evaluate;
@@ -12,6 +15,8 @@ pub mod train;
 /// Every built-in stage kind.
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
+    registry.register::<fetch::HfFetch>();
+    registry.register::<tokenize::Tokenize>();
     registry.register::<half::HalfConvert>();
     registry.register::<report::Report>();
     registry.register::<evaluate::Evaluate>();

@@ -106,7 +106,10 @@ impl Resources {
             mem: self.mem.clone().or_else(|| defaults.mem.clone()),
             gpus: self.gpus.or(defaults.gpus),
             gres: self.gres.clone().or_else(|| defaults.gres.clone()),
-            partition: self.partition.clone().or_else(|| defaults.partition.clone()),
+            partition: self
+                .partition
+                .clone()
+                .or_else(|| defaults.partition.clone()),
             account: self.account.clone().or_else(|| defaults.account.clone()),
             qos: self.qos.clone().or_else(|| defaults.qos.clone()),
             sbatch_args: if self.sbatch_args.is_empty() {

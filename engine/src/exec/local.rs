@@ -1,0 +1,237 @@
+//! The local executor: runs the selected stages on this machine, each as soon as its
+//! upstream results exist, at most `jobs` at a time (one thread per running stage). A
+//! failed stage makes its downstream stages `skipped`; independent branches carry on (like
+//! `make -k`), so everything that can be cached is. Unselected upstream stages (`--only`)
+//! are only looked up in the store. On cancellation no new stage starts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc;
+
+use super::inputs::{key_parts, Resolved};
+use super::one::{execute_stage, StageRequest};
+use super::{thread_budget, upstream_of, with_ancestors, Event, ExecError, Executor, Mode};
+use super::{RunJob, RunOutcome};
+use crate::record::{StageRecord, StageStatus};
+use crate::spec::StageName;
+use crate::store::{Lookup, Reuse};
+
+/// Runs stages as threads of this process.
+#[derive(Debug, Clone)]
+pub struct LocalExecutor {
+    /// Stages that may run at once (`--jobs`, default 1: every stage gets the whole
+    /// machine, and thread budgets do not depend on scheduling).
+    pub jobs: usize,
+}
+
+impl Default for LocalExecutor {
+    fn default() -> Self {
+        Self { jobs: 1 }
+    }
+}
+
+struct Scheduler<'a> {
+    job: &'a RunJob,
+    records: BTreeMap<StageName, StageRecord>,
+    resolved: BTreeMap<StageName, Resolved>,
+    waiting: BTreeSet<StageName>,
+}
+
+/// What to do next with a waiting stage.
+enum Next {
+    Wait,
+    Skip(String),
+    LookUp,
+    Launch,
+}
+
+impl Scheduler<'_> {
+    fn next_for(&self, name: &str) -> Next {
+        let ups = upstream_of(&self.job.pipeline, name);
+        if let Some(bad) = ups.iter().find(|u| {
+            self.records
+                .get(*u)
+                .is_some_and(|r| r.status.is_final() && !r.status.succeeded())
+        }) {
+            let why = match self.records[bad].status {
+                StageStatus::Failed => format!("upstream stage `{bad}` failed"),
+                _ => format!("upstream stage `{bad}` was skipped"),
+            };
+            return Next::Skip(why);
+        }
+        if self.job.cancel.is_cancelled() {
+            return Next::Skip("the run was interrupted".to_owned());
+        }
+        if !ups.iter().all(|u| self.resolved.contains_key(u)) {
+            return Next::Wait;
+        }
+        if self.job.selected.contains(name) {
+            Next::Launch
+        } else {
+            Next::LookUp
+        }
+    }
+
+    fn finish(&mut self, name: &str, rec: StageRecord, res: Option<Resolved>) {
+        if let Some(r) = res {
+            self.resolved.insert(name.to_owned(), r);
+        }
+        self.records.insert(name.to_owned(), rec);
+    }
+
+    fn skip(&mut self, name: &str, why: String) {
+        let kind = self
+            .job
+            .pipeline
+            .stages
+            .get(name)
+            .map(|s| s.kind.as_str())
+            .unwrap_or_default();
+        let mut rec = StageRecord::pending(kind);
+        rec.status = StageStatus::Skipped;
+        rec.reason = Some(why.clone());
+        if let Err(e) = self.job.run.write_stage(name, &rec) {
+            tracing::error!(stage = name, error = %e, "cannot record the stage's status");
+        }
+        self.job.events.event(Event::Skipped {
+            stage: name.to_owned(),
+            reason: why,
+        });
+        self.finish(name, rec, None);
+    }
+
+    /// An unselected upstream stage (`--only`): its result must already be stored.
+    fn look_up(&mut self, name: &str) {
+        let job = self.job;
+        let kind = job.pipeline.stages[name].kind.clone();
+        let mut rec = StageRecord::pending(&kind);
+        let found = key_parts(&job.pipeline, &job.registry, name, &self.resolved)
+            .map_err(|e| e.to_string())
+            .and_then(|parts| {
+                let key = parts.key();
+                rec.key = Some(key.clone());
+                rec.parts = Some(parts);
+                match job.store.lookup(&key) {
+                    Lookup::Hit(e) => Ok(e),
+                    _ => Err(format!(
+                        "stage `{name}` was not selected and its result is not in the store; \
+                         run it first, or add it to --only"
+                    )),
+                }
+            });
+        match found {
+            Ok(entry) => {
+                rec.status = StageStatus::Cached;
+                rec.digest = Some(entry.meta.digest.clone());
+                rec.reason = Some("not selected; result taken from the store".to_owned());
+                job.events.event(Event::Cached {
+                    stage: name.to_owned(),
+                    key: entry.meta.key.to_string(),
+                });
+                let _ = job.run.write_stage(name, &rec);
+                self.finish(name, rec, Some(Resolved::from_entry(&entry)));
+            }
+            Err(error) => {
+                rec.status = StageStatus::Failed;
+                rec.error = Some(error.clone());
+                let _ = job.run.write_stage(name, &rec);
+                job.events.event(Event::Failed {
+                    stage: name.to_owned(),
+                    error,
+                    log_tail: Vec::new(),
+                    log: None,
+                });
+                self.finish(name, rec, None);
+            }
+        }
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn execute(&self, job: &RunJob) -> Result<RunOutcome, ExecError> {
+        let jobs = self.jobs.max(1);
+        let mut s = Scheduler {
+            job,
+            records: BTreeMap::new(),
+            resolved: BTreeMap::new(),
+            waiting: with_ancestors(&job.pipeline, &job.selected),
+        };
+        let (tx, rx) = mpsc::channel::<(StageName, StageRecord, Option<Resolved>)>();
+        std::thread::scope(|scope| {
+            let mut running = 0usize;
+            loop {
+                // Decide everything that can be decided now, launching while slots are free.
+                let mut changed = true;
+                while changed {
+                    changed = false;
+                    for name in s.waiting.clone() {
+                        match s.next_for(&name) {
+                            Next::Wait => continue,
+                            Next::Skip(why) => s.skip(&name, why),
+                            Next::LookUp => s.look_up(&name),
+                            Next::Launch if running < jobs => {
+                                let req = request(job, &name, jobs);
+                                let resolved = s.resolved.clone();
+                                let tx = tx.clone();
+                                std::thread::Builder::new()
+                                    .name(format!("stage-{name}"))
+                                    .spawn_scoped(scope, move || {
+                                        let (rec, res) = execute_stage(job, &req, &resolved);
+                                        let _ = tx.send((req.stage, rec, res));
+                                    })
+                                    .map_err(|e| {
+                                        ExecError::Backend(format!("cannot start a thread: {e}"))
+                                    })?;
+                                running += 1;
+                            }
+                            Next::Launch => continue,
+                        }
+                        s.waiting.remove(&name);
+                        changed = true;
+                    }
+                }
+                if running == 0 {
+                    break;
+                }
+                let (name, rec, res) = rx
+                    .recv()
+                    .map_err(|_| ExecError::Backend("a stage thread vanished".into()))?;
+                running -= 1;
+                s.finish(&name, rec, res);
+            }
+            Ok::<(), ExecError>(())
+        })?;
+        // Unreachable for a validated (acyclic) pipeline; kept so nothing is silently lost.
+        for name in std::mem::take(&mut s.waiting) {
+            s.skip(&name, "its upstream stages never finished".to_owned());
+        }
+        Ok(RunOutcome {
+            stages: s.records,
+            interrupted: job.cancel.is_cancelled(),
+        })
+    }
+}
+
+fn request(job: &RunJob, name: &str, jobs: usize) -> StageRequest {
+    let verify_against = match &job.mode {
+        Mode::Verify(recorded) => recorded.get(name).cloned(),
+        Mode::Run => None,
+    };
+    let recompute = job.force.applies_to(name) || matches!(job.mode, Mode::Verify(_));
+    StageRequest {
+        stage: name.to_owned(),
+        reuse: if recompute {
+            Reuse::Recompute
+        } else {
+            Reuse::Allow
+        },
+        verify_against,
+        threads: thread_budget(&job.pipeline, name, job.cores, jobs),
+    }
+}
+
+#[cfg(test)]
+mod tests;

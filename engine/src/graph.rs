@@ -1,0 +1,301 @@
+//! The stage graph of a pipeline: a petgraph DAG over stage names with edges upstream ->
+//! downstream (from `inputs`), deterministic topological order, stage selection for
+//! `--until`/`--only`, and text/DOT/Mermaid renderings for `itera dag`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use petgraph::algo::tarjan_scc;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+
+use crate::spec::{suggest, Pipeline, StageName};
+
+/// Why a graph cannot be built or a selection made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    /// Stages depend on each other in a circle; `path` starts and ends with the same stage.
+    #[error("dependency cycle: {}", path.join(" -> "))]
+    CycleDetected { path: Vec<StageName> },
+    /// A stage name (in an input or a selection) that the pipeline does not have.
+    #[error("unknown stage `{name}`{}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
+    UnknownStage {
+        name: String,
+        suggestion: Option<String>,
+    },
+    /// `--until` and `--only` were both given.
+    #[error("--until and --only cannot be combined: --until selects a stage and all it needs, --only exactly the stages named")]
+    ConflictingSelection,
+}
+
+/// The pipeline's stages as a DAG.
+#[derive(Debug, Clone)]
+pub struct Dag {
+    graph: DiGraph<StageName, Vec<String>>,
+    index: BTreeMap<StageName, NodeIndex>,
+    kinds: BTreeMap<StageName, String>,
+}
+
+impl Dag {
+    /// Builds the graph; unknown upstream stages and cycles are errors (`spec::load`
+    /// rejects both already).
+    pub fn new(p: &Pipeline) -> Result<Dag, GraphError> {
+        let mut graph: DiGraph<StageName, Vec<String>> = DiGraph::new();
+        let index: BTreeMap<StageName, NodeIndex> = p
+            .stages
+            .keys()
+            .map(|name| (name.clone(), graph.add_node(name.clone())))
+            .collect();
+        let names: Vec<&str> = index.keys().map(String::as_str).collect();
+        for (name, spec) in &p.stages {
+            for (slot, refs) in &spec.inputs {
+                for r in refs {
+                    let Some(&up) = index.get(&r.stage) else {
+                        return Err(GraphError::UnknownStage {
+                            name: r.stage.clone(),
+                            suggestion: suggest(&r.stage, &names),
+                        });
+                    };
+                    let down = index[name];
+                    let label = match &r.output {
+                        Some(o) => format!("{slot}: {o}"),
+                        None => slot.clone(),
+                    };
+                    match graph.find_edge(up, down) {
+                        Some(e) => graph[e].push(label),
+                        None => {
+                            graph.add_edge(up, down, vec![label]);
+                        }
+                    }
+                }
+            }
+        }
+        let dag = Dag {
+            graph,
+            index,
+            kinds: p
+                .stages
+                .iter()
+                .map(|(n, s)| (n.clone(), s.kind.clone()))
+                .collect(),
+        };
+        dag.check_acyclic()?;
+        Ok(dag)
+    }
+
+    fn check_acyclic(&self) -> Result<(), GraphError> {
+        for component in tarjan_scc(&self.graph) {
+            let looped = component.len() == 1
+                && self.graph.find_edge(component[0], component[0]).is_some();
+            if component.len() > 1 || looped {
+                let mut names: Vec<&StageName> =
+                    component.iter().map(|i| &self.graph[*i]).collect();
+                names.sort();
+                return Err(GraphError::CycleDetected {
+                    path: self.cycle_from(self.index[names[0]], &component),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A path from `start` back to itself inside `component` (depth-first, by name).
+    fn cycle_from(&self, start: NodeIndex, component: &[NodeIndex]) -> Vec<StageName> {
+        let mut path = vec![start];
+        let mut seen = BTreeSet::from([start]);
+        while let Some(&at) = path.last() {
+            let mut next: Vec<NodeIndex> = self
+                .graph
+                .neighbors(at)
+                .filter(|n| component.contains(n))
+                .collect();
+            next.sort_by_key(|n| &self.graph[*n]);
+            if next.contains(&start) {
+                path.push(start);
+                break;
+            }
+            match next.into_iter().find(|n| !seen.contains(n)) {
+                Some(n) => {
+                    seen.insert(n);
+                    path.push(n);
+                }
+                None => {
+                    path.pop();
+                }
+            }
+        }
+        path.into_iter().map(|i| self.graph[i].clone()).collect()
+    }
+
+    /// Every stage, upstream before downstream; ties broken by name.
+    pub fn topo_order(&self) -> Vec<StageName> {
+        let mut waiting: BTreeMap<NodeIndex, usize> = self
+            .graph
+            .node_indices()
+            .map(|i| (i, self.graph.neighbors_directed(i, Direction::Incoming).count()))
+            .collect();
+        let mut ready: BTreeSet<(&StageName, NodeIndex)> = waiting
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(i, _)| (&self.graph[*i], *i))
+            .collect();
+        let mut order = Vec::with_capacity(self.graph.node_count());
+        while let Some((name, i)) = ready.pop_first() {
+            order.push(name.clone());
+            for down in self.graph.neighbors(i) {
+                let n = waiting.get_mut(&down).expect("every node is counted");
+                *n -= 1;
+                if *n == 0 {
+                    ready.insert((&self.graph[down], down));
+                }
+            }
+        }
+        order
+    }
+
+    /// The stages `s` reads from directly, sorted.
+    pub fn upstream(&self, s: &str) -> Vec<StageName> {
+        self.neighbors(s, Direction::Incoming)
+    }
+
+    /// The stages that read `s` directly, sorted.
+    pub fn downstream(&self, s: &str) -> Vec<StageName> {
+        self.neighbors(s, Direction::Outgoing)
+    }
+
+    fn neighbors(&self, s: &str, direction: Direction) -> Vec<StageName> {
+        let Some(&i) = self.index.get(s) else {
+            return Vec::new();
+        };
+        let names: BTreeSet<StageName> = self
+            .graph
+            .neighbors_directed(i, direction)
+            .map(|n| self.graph[n].clone())
+            .collect();
+        names.into_iter().collect()
+    }
+
+    /// The stages to run: everything; or `until` and all its ancestors; or exactly `only`
+    /// (whose inputs must then come from the cache or the selection: the executor decides).
+    pub fn select(
+        &self,
+        until: Option<&str>,
+        only: &[String],
+    ) -> Result<BTreeSet<StageName>, GraphError> {
+        match (until, only) {
+            (Some(_), [_, ..]) => Err(GraphError::ConflictingSelection),
+            (None, []) => Ok(self.index.keys().cloned().collect()),
+            (None, only) => only
+                .iter()
+                .map(|name| self.known(name).map(|_| name.clone()))
+                .collect(),
+            (Some(target), []) => {
+                let start = self.known(target)?;
+                let mut selected = BTreeSet::new();
+                let mut stack = vec![start];
+                while let Some(i) = stack.pop() {
+                    if selected.insert(self.graph[i].clone()) {
+                        stack.extend(self.graph.neighbors_directed(i, Direction::Incoming));
+                    }
+                }
+                Ok(selected)
+            }
+        }
+    }
+
+    fn known(&self, name: &str) -> Result<NodeIndex, GraphError> {
+        self.index
+            .get(name)
+            .copied()
+            .ok_or_else(|| GraphError::UnknownStage {
+                name: name.to_owned(),
+                suggestion: suggest(name, self.index.keys()),
+            })
+    }
+
+    /// One line per stage in topological order: `name (kind) <- upstream, ...`.
+    pub fn render_text(&self) -> String {
+        let order = self.topo_order();
+        let width = order.iter().map(|n| n.len() + self.kinds[n].len() + 3).max().unwrap_or(0);
+        let mut out = String::new();
+        for name in &order {
+            let head = format!("{name} ({})", self.kinds[name]);
+            let i = self.index[name];
+            let mut inputs: Vec<String> = self
+                .graph
+                .edges_directed(i, Direction::Incoming)
+                .flat_map(|e| {
+                    let up = &self.graph[e.source()];
+                    e.weight().iter().map(move |label| format!("{up} [{label}]"))
+                })
+                .collect();
+            inputs.sort();
+            if inputs.is_empty() {
+                let _ = writeln!(out, "{head}");
+            } else {
+                let _ = writeln!(out, "{head:width$}  <- {}", inputs.join(", "));
+            }
+        }
+        out
+    }
+
+    /// Graphviz DOT, left to right; edges are labelled with the input names.
+    pub fn render_dot(&self) -> String {
+        let mut out = String::from("digraph pipeline {\n  rankdir=LR;\n  node [shape=box];\n");
+        for name in self.topo_order() {
+            let _ = writeln!(
+                out,
+                "  \"{name}\" [label=\"{name}\\n({})\"];",
+                self.kinds[&name]
+            );
+        }
+        for (from, to, labels) in self.sorted_edges() {
+            let _ = writeln!(
+                out,
+                "  \"{from}\" -> \"{to}\" [label=\"{}\"];",
+                labels.join(", ")
+            );
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// Mermaid flowchart, left to right.
+    pub fn render_mermaid(&self) -> String {
+        let ids: BTreeMap<&StageName, String> = self
+            .index
+            .keys()
+            .enumerate()
+            .map(|(n, name)| (name, format!("s{n}")))
+            .collect();
+        let mut out = String::from("flowchart LR\n");
+        for name in self.topo_order() {
+            let _ = writeln!(
+                out,
+                "  {}[\"{name}<br/>({})\"]",
+                ids[&name], self.kinds[&name]
+            );
+        }
+        for (from, to, labels) in self.sorted_edges() {
+            let _ = writeln!(
+                out,
+                "  {} -->|\"{}\"| {}",
+                ids[from],
+                labels.join(", "),
+                ids[to]
+            );
+        }
+        out
+    }
+
+    fn sorted_edges(&self) -> Vec<(&StageName, &StageName, &Vec<String>)> {
+        let mut edges: Vec<_> = self
+            .graph
+            .edge_references()
+            .map(|e| (&self.graph[e.source()], &self.graph[e.target()], e.weight()))
+            .collect();
+        edges.sort();
+        edges
+    }
+}

@@ -1,0 +1,258 @@
+//! Store maintenance: garbage collection (`itera gc`: remove entries no kept run refers to,
+//! plus abandoned work and staging folders) and verification (`itera verify`: re-hash every
+//! entry and report those whose files changed on disk). Both skip keys whose lock is held,
+//! so they never pull an entry from under a running stage that is computing it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::digest::{self, TreeChange};
+use super::entry::{self, EntryProblem};
+use super::key::CacheKey;
+use super::lock::{self, LockHolder};
+use super::{Store, StoreError};
+use crate::fs;
+
+/// What a garbage-collected path was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcItemKind {
+    /// `store/<key>`: a result no kept run refers to.
+    Entry,
+    /// `work/<key>`: scratch of an interrupted stage.
+    Work,
+    /// `tmp/...`: staging of a killed attempt.
+    Staging,
+}
+
+/// One path `gc` removes (or would remove).
+#[derive(Debug, Clone)]
+pub struct GcItem {
+    pub kind: GcItemKind,
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// The stage that produced an entry, when known.
+    pub stage: Option<String>,
+}
+
+/// Whether `gc` deletes or only reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcMode {
+    Delete,
+    DryRun,
+}
+
+/// What `gc` did.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub removed: Vec<GcItem>,
+    /// Entries kept because a kept run refers to them.
+    pub kept: usize,
+    /// Paths skipped because their key is locked by a running stage.
+    pub busy: Vec<PathBuf>,
+}
+
+fn names_in(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .filter(|(name, _)| !name.starts_with(".itera"))
+        .collect();
+    out.sort();
+    out
+}
+
+fn size_of(path: &Path) -> u64 {
+    digest::scan(path).map(|m| m.total_size()).unwrap_or(0)
+}
+
+/// The key a store/work/tmp folder name belongs to (its first 64 characters).
+fn key_of(name: &str) -> Option<CacheKey> {
+    name.get(..64).and_then(digest::Digest::parse).map(CacheKey)
+}
+
+/// Removes store entries whose key is not in `keep`, and every abandoned work and staging
+/// folder whose key is not locked.
+pub fn gc(store: &Store, keep: &BTreeSet<CacheKey>, mode: GcMode) -> Result<GcReport, StoreError> {
+    let me = LockHolder::me(None, "gc");
+    let mut report = GcReport::default();
+    let sources = [
+        (GcItemKind::Entry, store.entries_dir()),
+        (GcItemKind::Work, store.runs_dir().join("work")),
+        (GcItemKind::Staging, store.tmp_dir()),
+    ];
+    for (kind, dir) in sources {
+        for (name, path) in names_in(&dir) {
+            let key = key_of(&name);
+            if kind == GcItemKind::Entry {
+                if let Some(k) = &key {
+                    if keep.contains(k) {
+                        report.kept += 1;
+                        continue;
+                    }
+                }
+            }
+            // Hold the key's lock while deleting so no stage is writing it meanwhile.
+            let guard = match &key {
+                Some(k) => match lock::try_acquire(&store.lock_path(k), &me)? {
+                    Some(g) => Some(g),
+                    None => {
+                        report.busy.push(path);
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let stage = (kind == GcItemKind::Entry)
+                .then(|| entry::read_meta(&path).ok().map(|m| m.stage))
+                .flatten();
+            let item = GcItem {
+                kind,
+                bytes: size_of(&path),
+                path,
+                stage,
+            };
+            if mode == GcMode::Delete {
+                fs::remove_dir_all_if_exists(&item.path)?;
+            }
+            drop(guard);
+            report.removed.push(item);
+        }
+    }
+    Ok(report)
+}
+
+/// The outcome of re-hashing one entry.
+#[derive(Debug)]
+pub struct VerifyResult {
+    pub dir: PathBuf,
+    /// The producing stage, when `meta.json` is readable.
+    pub stage: Option<String>,
+    /// `Ok(changes)`: empty when the entry is intact.
+    pub outcome: Result<Vec<TreeChange>, EntryProblem>,
+}
+
+impl VerifyResult {
+    pub fn is_ok(&self) -> bool {
+        matches!(&self.outcome, Ok(c) if c.is_empty())
+    }
+}
+
+/// Re-hashes every store entry (all of `out/`) against its manifest.
+pub fn verify(store: &Store) -> Vec<VerifyResult> {
+    names_in(&store.entries_dir())
+        .into_iter()
+        .map(|(_, dir)| {
+            let stage = entry::read_meta(&dir).ok().map(|m| m.stage);
+            let outcome = entry::verify(&dir);
+            VerifyResult {
+                dir,
+                stage,
+                outcome,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::CancelToken;
+    use crate::store::{Claim, KeyParts, PublishInfo, PublishMode, Reuse};
+    use std::time::SystemTime;
+
+    fn publish(store: &Store, seed: u64, content: &str) -> CacheKey {
+        let parts = KeyParts {
+            format: 1,
+            kind: "shell".into(),
+            kind_version: 1,
+            params: serde_json::json!({}),
+            inputs: Default::default(),
+            seed,
+            fingerprint: None,
+        };
+        let key = parts.key();
+        let me = LockHolder::me(None, "test");
+        let Claim::Miss(c) = store
+            .claim(
+                &key,
+                &me,
+                Reuse::Allow,
+                &CancelToken::default(),
+                &mut |_| {},
+            )
+            .unwrap()
+        else {
+            panic!()
+        };
+        std::fs::write(c.out_dir().join("f.txt"), content).unwrap();
+        let info = PublishInfo {
+            parts,
+            stage: format!("stage{seed}"),
+            run: None,
+            started: SystemTime::now(),
+            finished: SystemTime::now(),
+        };
+        c.publish(info, PublishMode::Publish).unwrap();
+        key
+    }
+
+    #[test]
+    fn gc_keeps_referenced_entries_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let a = publish(&store, 1, "a");
+        let b = publish(&store, 2, "bb");
+        std::fs::create_dir_all(store.work_dir(&b).join("x")).unwrap();
+        let keep = BTreeSet::from([a.clone()]);
+
+        let dry = gc(&store, &keep, GcMode::DryRun).unwrap();
+        assert_eq!(dry.removed.len(), 2);
+        assert!(store.entry_dir(&b).exists(), "dry run deletes nothing");
+
+        let meta_len = std::fs::metadata(store.entry_dir(&b).join("meta.json"))
+            .unwrap()
+            .len();
+        let done = gc(&store, &keep, GcMode::Delete).unwrap();
+        assert_eq!(done.kept, 1);
+        assert_eq!(done.removed[0].stage.as_deref(), Some("stage2"));
+        assert_eq!(
+            done.removed[0].bytes,
+            2 + meta_len,
+            "out/f.txt and meta.json"
+        );
+        assert!(store.entry_dir(&a).exists());
+        assert!(!store.entry_dir(&b).exists());
+        assert!(!store.work_dir(&b).exists());
+    }
+
+    #[test]
+    fn gc_skips_keys_that_are_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let a = publish(&store, 1, "a");
+        let _held = lock::try_acquire(&store.lock_path(&a), &LockHolder::me(None, "x"))
+            .unwrap()
+            .unwrap();
+        let report = gc(&store, &BTreeSet::new(), GcMode::Delete).unwrap();
+        assert_eq!(report.busy.len(), 1);
+        assert!(store.entry_dir(&a).exists());
+    }
+
+    #[test]
+    fn verify_reports_a_corrupted_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let a = publish(&store, 1, "abc");
+        publish(&store, 2, "ok");
+        assert!(verify(&store).iter().all(VerifyResult::is_ok));
+        std::fs::write(store.entry_dir(&a).join("out/f.txt"), "abd").unwrap();
+        let results = verify(&store);
+        let bad: Vec<&VerifyResult> = results.iter().filter(|r| !r.is_ok()).collect();
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].stage.as_deref(), Some("stage1"));
+        let changes = bad[0].outcome.as_ref().unwrap();
+        assert_eq!(changes[0].to_string(), "f.txt changed (content)");
+    }
+}

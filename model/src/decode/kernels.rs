@@ -1,0 +1,545 @@
+//! Matrix-vector kernels of the recurrent decoder: weights packed once into cache-friendly
+//! tiles (f32 or f16 storage), and `y = W x + b` with AVX-512, AVX2/FMA/F16C or portable
+//! code chosen at run time.
+//!
+//! Packing: the rows of a `[rows, cols]` matrix are padded to a multiple of 16 and cut into
+//! groups of 64 rows (then 16-row tail tiles). Within a group the storage is `[cols][64]`:
+//! the kernel walks it front to back, broadcasting `x[i]` against 64 consecutive weights,
+//! so every load is contiguous, 64-byte aligned and no horizontal sums are needed.
+//!
+//! Arithmetic: f32 storage computes in f32. f16 storage either upcasts each weight to f32
+//! and accumulates in f32 ([`Arith::F32`]), or computes like f16 hardware would
+//! ([`Arith::F16Native`]): the input rounded to f16 and the accumulator rounded to f16
+//! after every fused multiply-add. On CPUs without AVX512-FP16 arithmetic (this project's
+//! AMD Zen 4 machines) that rounding is done with F16C conversions, so it shows the
+//! accuracy of native f16, not the speed it would have on an FP16 unit.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Rows per group in the packed layout.
+const GROUP: usize = 64;
+/// Rows per tail tile (rows are padded to a multiple of this).
+const TILE: usize = 16;
+
+/// The instruction set the kernels use, detected once at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F with F16C and FMA.
+    Avx512,
+    /// AVX2 with FMA and F16C.
+    Avx2,
+    /// Plain Rust that the compiler vectorizes for the baseline target.
+    Portable,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            if avx2 && is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// `self` if this CPU supports it, else the best one it does (never a faster one).
+    pub fn or_supported(self) -> Self {
+        let best = Self::detect();
+        let rank = |i: Isa| match i {
+            Isa::Avx512 => 2,
+            Isa::Avx2 => 1,
+            Isa::Portable => 0,
+        };
+        if rank(self) <= rank(best) {
+            self
+        } else {
+            best
+        }
+    }
+}
+
+/// How products are accumulated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arith {
+    /// f32 multiply-add (f16 weights are upcast first).
+    F32,
+    /// f16 inputs and an f16 accumulator rounded after every multiply-add.
+    F16Native,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// 64-byte aligned storage viewed as `f32` or `u16` (f16 bits).
+#[derive(Clone)]
+struct Aligned {
+    lines: Vec<Line>,
+}
+
+impl Aligned {
+    fn zeroed(bytes: usize) -> Self {
+        Self {
+            lines: vec![Line([0; 64]); bytes.div_ceil(64)],
+        }
+    }
+    fn as_f32(&self) -> &[f32] {
+        // SAFETY: Line is 64 plain bytes aligned to 64; every bit pattern is a valid f32.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.lines.len() * 16) }
+    }
+    fn as_f32_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as above, and the borrow is unique.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.lines.len() * 16)
+        }
+    }
+    fn as_u16(&self) -> &[u16] {
+        // SAFETY: as above for u16.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.lines.len() * 32) }
+    }
+    fn as_u16_mut(&mut self) -> &mut [u16] {
+        // SAFETY: as above for u16, unique borrow.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.lines.len() * 32)
+        }
+    }
+}
+
+/// A `[rows, cols]` matrix packed for [`PackedMatrix::matvec`].
+#[derive(Clone)]
+pub struct PackedMatrix {
+    rows: usize,
+    cols: usize,
+    groups: usize,
+    tails: usize,
+    f16: bool,
+    data: Aligned,
+}
+
+impl PackedMatrix {
+    /// Packs row-major `w` (`rows * cols` values); `f16` stores the weights as IEEE half.
+    pub fn pack(w: &[f32], rows: usize, cols: usize, f16: bool) -> Self {
+        assert_eq!(w.len(), rows * cols, "matrix values do not match its shape");
+        let padded = rows.div_ceil(TILE) * TILE;
+        let groups = padded / GROUP;
+        let tails = (padded - groups * GROUP) / TILE;
+        let n = padded * cols;
+        let mut data = Aligned::zeroed(n * if f16 { 2 } else { 4 });
+        // Position of W[r][i] in the packed order.
+        let index = |r: usize, i: usize| -> usize {
+            let g = r / GROUP;
+            if g < groups {
+                g * GROUP * cols + i * GROUP + r % GROUP
+            } else {
+                let t = (r - groups * GROUP) / TILE;
+                groups * GROUP * cols + t * TILE * cols + i * TILE + r % TILE
+            }
+        };
+        if f16 {
+            let out = data.as_u16_mut();
+            for r in 0..rows {
+                for i in 0..cols {
+                    out[index(r, i)] = half::f16::from_f32(w[r * cols + i]).to_bits();
+                }
+            }
+        } else {
+            let out = data.as_f32_mut();
+            for r in 0..rows {
+                for i in 0..cols {
+                    out[index(r, i)] = w[r * cols + i];
+                }
+            }
+        }
+        Self {
+            rows,
+            cols,
+            groups,
+            tails,
+            f16,
+            data,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of packed weights (what one matvec streams from memory).
+    pub fn bytes(&self) -> usize {
+        self.data.lines.len() * 64
+    }
+
+    /// `y = W x (+ bias)`. `x` has `cols` values, `y` and `bias` have `rows`.
+    pub fn matvec(&self, isa: Isa, arith: Arith, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+        assert_eq!(x.len(), self.cols, "matvec input length");
+        assert_eq!(y.len(), self.rows, "matvec output length");
+        let arith = if self.f16 { arith } else { Arith::F32 };
+        let cols = self.cols;
+        let mut acc = [0.0f32; GROUP];
+        let mut emit = |first_row: usize, width: usize, acc: &[f32; GROUP]| {
+            let end = (first_row + width).min(self.rows);
+            for r in first_row..end {
+                let mut v = acc[r - first_row];
+                if let Some(b) = bias {
+                    v += b[r];
+                    if arith == Arith::F16Native {
+                        v = round_f16(v);
+                    }
+                }
+                y[r] = v;
+            }
+        };
+        for g in 0..self.groups + self.tails {
+            let (offset, width, first_row) = if g < self.groups {
+                (g * GROUP * cols, GROUP, g * GROUP)
+            } else {
+                let t = g - self.groups;
+                (
+                    self.groups * GROUP * cols + t * TILE * cols,
+                    TILE,
+                    self.groups * GROUP + t * TILE,
+                )
+            };
+            let len = width * cols;
+            if self.f16 {
+                let w = &self.data.as_u16()[offset..offset + len];
+                tile_f16(isa, arith, w, x, width, &mut acc);
+            } else {
+                let w = &self.data.as_f32()[offset..offset + len];
+                tile_f32(isa, w, x, width, &mut acc);
+            }
+            emit(first_row, width, &acc);
+        }
+    }
+}
+
+/// `x` rounded to the nearest f16 value (as f32).
+pub fn round_f16(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
+}
+
+fn tile_f32(isa: Isa, w: &[f32], x: &[f32], width: usize, acc: &mut [f32; GROUP]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced after detecting the features; the
+        // slice lengths are `width * x.len()`, which the kernels read and no more.
+        Isa::Avx512 => unsafe { avx512::tile_f32(w, x, width, acc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above for AVX2/FMA/F16C.
+        Isa::Avx2 => unsafe { avx2::tile_f32(w, x, width, acc) },
+        _ => portable_tile(x, width, acc, |k| w[k]),
+    }
+}
+
+fn tile_f16(isa: Isa, arith: Arith, w: &[u16], x: &[f32], width: usize, acc: &mut [f32; GROUP]) {
+    match (isa, arith) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: see `tile_f32`.
+        (Isa::Avx512, Arith::F32) => unsafe { avx512::tile_f16(w, x, width, acc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: see `tile_f32`.
+        (Isa::Avx512, Arith::F16Native) => unsafe { avx512::tile_f16_native(w, x, width, acc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: see `tile_f32`.
+        (Isa::Avx2, Arith::F32) => unsafe { avx2::tile_f16(w, x, width, acc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: see `tile_f32`.
+        (Isa::Avx2, Arith::F16Native) => unsafe { avx2::tile_f16_native(w, x, width, acc) },
+        (_, Arith::F32) => portable_tile(x, width, acc, |k| half::f16::from_bits(w[k]).to_f32()),
+        (_, Arith::F16Native) => {
+            acc[..width].fill(0.0);
+            for (i, &xi) in x.iter().enumerate() {
+                let xi = round_f16(xi);
+                for r in 0..width {
+                    let wv = half::f16::from_bits(w[i * width + r]).to_f32();
+                    acc[r] = round_f16(wv.mul_add(xi, acc[r]));
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn portable_tile(x: &[f32], width: usize, acc: &mut [f32; GROUP], w: impl Fn(usize) -> f32) {
+    acc[..width].fill(0.0);
+    for (i, &xi) in x.iter().enumerate() {
+        let base = i * width;
+        for r in 0..width {
+            acc[r] += w(base + r) * xi;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT;
+
+    /// One tile (`width` = 64 or 16 rows) of f32 weights stored `[cols][width]`.
+    #[target_feature(enable = "avx512f,fma,f16c")]
+    pub unsafe fn tile_f32(w: &[f32], x: &[f32], width: usize, acc: &mut [f32; GROUP]) {
+        let p = w.as_ptr();
+        if width == GROUP {
+            let mut a = [_mm512_setzero_ps(); 8];
+            let cols = x.len();
+            let mut i = 0;
+            while i + 2 <= cols {
+                let x0 = _mm512_set1_ps(*x.get_unchecked(i));
+                let x1 = _mm512_set1_ps(*x.get_unchecked(i + 1));
+                let q = p.add(i * GROUP);
+                a[0] = _mm512_fmadd_ps(_mm512_load_ps(q), x0, a[0]);
+                a[1] = _mm512_fmadd_ps(_mm512_load_ps(q.add(16)), x0, a[1]);
+                a[2] = _mm512_fmadd_ps(_mm512_load_ps(q.add(32)), x0, a[2]);
+                a[3] = _mm512_fmadd_ps(_mm512_load_ps(q.add(48)), x0, a[3]);
+                a[4] = _mm512_fmadd_ps(_mm512_load_ps(q.add(64)), x1, a[4]);
+                a[5] = _mm512_fmadd_ps(_mm512_load_ps(q.add(80)), x1, a[5]);
+                a[6] = _mm512_fmadd_ps(_mm512_load_ps(q.add(96)), x1, a[6]);
+                a[7] = _mm512_fmadd_ps(_mm512_load_ps(q.add(112)), x1, a[7]);
+                i += 2;
+            }
+            if i < cols {
+                let x0 = _mm512_set1_ps(*x.get_unchecked(i));
+                let q = p.add(i * GROUP);
+                for j in 0..4 {
+                    a[j] = _mm512_fmadd_ps(_mm512_load_ps(q.add(16 * j)), x0, a[j]);
+                }
+            }
+            for j in 0..4 {
+                _mm512_storeu_ps(acc.as_mut_ptr().add(16 * j), _mm512_add_ps(a[j], a[j + 4]));
+            }
+        } else {
+            let mut a = [_mm512_setzero_ps(); 4];
+            for (i, &xi) in x.iter().enumerate() {
+                let v = _mm512_load_ps(p.add(i * TILE));
+                a[i % 4] = _mm512_fmadd_ps(v, _mm512_set1_ps(xi), a[i % 4]);
+            }
+            let s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+            _mm512_storeu_ps(acc.as_mut_ptr(), s);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_load_si256(p.cast()))
+    }
+
+    /// As [`tile_f32`] for f16 weights upcast to f32.
+    #[target_feature(enable = "avx512f,fma,f16c")]
+    pub unsafe fn tile_f16(w: &[u16], x: &[f32], width: usize, acc: &mut [f32; GROUP]) {
+        let p = w.as_ptr();
+        if width == GROUP {
+            let mut a = [_mm512_setzero_ps(); 8];
+            let cols = x.len();
+            let mut i = 0;
+            while i + 2 <= cols {
+                let x0 = _mm512_set1_ps(*x.get_unchecked(i));
+                let x1 = _mm512_set1_ps(*x.get_unchecked(i + 1));
+                let q = p.add(i * GROUP);
+                a[0] = _mm512_fmadd_ps(load_f16(q), x0, a[0]);
+                a[1] = _mm512_fmadd_ps(load_f16(q.add(16)), x0, a[1]);
+                a[2] = _mm512_fmadd_ps(load_f16(q.add(32)), x0, a[2]);
+                a[3] = _mm512_fmadd_ps(load_f16(q.add(48)), x0, a[3]);
+                a[4] = _mm512_fmadd_ps(load_f16(q.add(64)), x1, a[4]);
+                a[5] = _mm512_fmadd_ps(load_f16(q.add(80)), x1, a[5]);
+                a[6] = _mm512_fmadd_ps(load_f16(q.add(96)), x1, a[6]);
+                a[7] = _mm512_fmadd_ps(load_f16(q.add(112)), x1, a[7]);
+                i += 2;
+            }
+            if i < cols {
+                let x0 = _mm512_set1_ps(*x.get_unchecked(i));
+                let q = p.add(i * GROUP);
+                for j in 0..4 {
+                    a[j] = _mm512_fmadd_ps(load_f16(q.add(16 * j)), x0, a[j]);
+                }
+            }
+            for j in 0..4 {
+                _mm512_storeu_ps(acc.as_mut_ptr().add(16 * j), _mm512_add_ps(a[j], a[j + 4]));
+            }
+        } else {
+            let mut a = [_mm512_setzero_ps(); 4];
+            for (i, &xi) in x.iter().enumerate() {
+                let v = load_f16(p.add(i * TILE));
+                a[i % 4] = _mm512_fmadd_ps(v, _mm512_set1_ps(xi), a[i % 4]);
+            }
+            let s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+            _mm512_storeu_ps(acc.as_mut_ptr(), s);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn round(v: __m512) -> __m512 {
+        _mm512_cvtph_ps(_mm512_cvtps_ph::<NEAREST>(v))
+    }
+
+    /// f16 arithmetic: input and accumulator rounded to f16 after every multiply-add.
+    #[target_feature(enable = "avx512f,fma,f16c")]
+    pub unsafe fn tile_f16_native(w: &[u16], x: &[f32], width: usize, acc: &mut [f32; GROUP]) {
+        let p = w.as_ptr();
+        let lanes = width / 16;
+        let mut a = [_mm512_setzero_ps(); 4];
+        for (i, &xi) in x.iter().enumerate() {
+            let xb = round(_mm512_set1_ps(xi));
+            let q = p.add(i * width);
+            for j in 0..lanes {
+                a[j] = round(_mm512_fmadd_ps(load_f16(q.add(16 * j)), xb, a[j]));
+            }
+        }
+        for j in 0..lanes {
+            _mm512_storeu_ps(acc.as_mut_ptr().add(16 * j), a[j]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT;
+
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_load_si128(p.cast()))
+    }
+
+    /// One tile of f32 weights stored `[cols][width]` (8 rows per register).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile_f32(w: &[f32], x: &[f32], width: usize, acc: &mut [f32; GROUP]) {
+        let p = w.as_ptr();
+        let lanes = width / 8;
+        let mut a = [_mm256_setzero_ps(); 8];
+        for (i, &xi) in x.iter().enumerate() {
+            let xb = _mm256_set1_ps(xi);
+            let q = p.add(i * width);
+            for j in 0..lanes {
+                a[j] = _mm256_fmadd_ps(_mm256_load_ps(q.add(8 * j)), xb, a[j]);
+            }
+        }
+        for j in 0..lanes {
+            _mm256_storeu_ps(acc.as_mut_ptr().add(8 * j), a[j]);
+        }
+    }
+
+    /// As [`tile_f32`] for f16 weights upcast to f32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile_f16(w: &[u16], x: &[f32], width: usize, acc: &mut [f32; GROUP]) {
+        let p = w.as_ptr();
+        let lanes = width / 8;
+        let mut a = [_mm256_setzero_ps(); 8];
+        for (i, &xi) in x.iter().enumerate() {
+            let xb = _mm256_set1_ps(xi);
+            let q = p.add(i * width);
+            for j in 0..lanes {
+                a[j] = _mm256_fmadd_ps(load_f16(q.add(8 * j)), xb, a[j]);
+            }
+        }
+        for j in 0..lanes {
+            _mm256_storeu_ps(acc.as_mut_ptr().add(8 * j), a[j]);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn round(v: __m256) -> __m256 {
+        _mm256_cvtph_ps(_mm256_cvtps_ph::<NEAREST>(v))
+    }
+
+    /// f16 arithmetic emulated with F16C rounding (see the module doc).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile_f16_native(w: &[u16], x: &[f32], width: usize, acc: &mut [f32; GROUP]) {
+        let p = w.as_ptr();
+        let lanes = width / 8;
+        let mut a = [_mm256_setzero_ps(); 8];
+        for (i, &xi) in x.iter().enumerate() {
+            let xb = round(_mm256_set1_ps(xi));
+            let q = p.add(i * width);
+            for j in 0..lanes {
+                a[j] = round(_mm256_fmadd_ps(load_f16(q.add(8 * j)), xb, a[j]));
+            }
+        }
+        for j in 0..lanes {
+            _mm256_storeu_ps(acc.as_mut_ptr().add(8 * j), a[j]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(w: &[f32], rows: usize, cols: usize, x: &[f32], b: &[f32]) -> Vec<f64> {
+        (0..rows)
+            .map(|r| {
+                (0..cols)
+                    .map(|i| w[r * cols + i] as f64 * x[i] as f64)
+                    .sum::<f64>()
+                    + b[r] as f64
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_isa_and_storage_matches_a_naive_matvec() {
+        let mut seed = 1u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for &(rows, cols) in &[(1, 1), (5, 3), (16, 8), (64, 7), (100, 33), (200, 128), (4, 128)] {
+            let w: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
+            let x: Vec<f32> = (0..cols).map(|_| next()).collect();
+            let b: Vec<f32> = (0..rows).map(|_| next()).collect();
+            let want = naive(&w, rows, cols, &x, &b);
+            for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+                let isa = isa.or_supported();
+                for (f16, arith, tol) in [
+                    (false, Arith::F32, 1e-5),
+                    (true, Arith::F32, 2e-3 * (cols as f64).sqrt()),
+                    (true, Arith::F16Native, 2e-2 * (cols as f64).sqrt()),
+                ] {
+                    let m = PackedMatrix::pack(&w, rows, cols, f16);
+                    let mut y = vec![f32::NAN; rows];
+                    m.matvec(isa, arith, &x, Some(&b), &mut y);
+                    for r in 0..rows {
+                        let err = (y[r] as f64 - want[r]).abs();
+                        assert!(
+                            err < tol,
+                            "{isa:?} f16={f16} {arith:?} {rows}x{cols} row {r}: {} vs {}",
+                            y[r],
+                            want[r]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn native_f16_rounds_like_f16_hardware() {
+        // 2048 + 1 is not representable in f16: an f16 accumulator stays at 2048.
+        let cols = 3;
+        let w = vec![1.0f32; 16 * cols];
+        let x = [2048.0, 1.0, 1.0];
+        for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+            let isa = isa.or_supported();
+            let m = PackedMatrix::pack(&w, 16, cols, true);
+            let mut y = vec![0.0; 16];
+            m.matvec(isa, Arith::F16Native, &x, None, &mut y);
+            assert_eq!(y[0], 2048.0, "{isa:?}");
+            m.matvec(isa, Arith::F32, &x, None, &mut y);
+            assert_eq!(y[0], 2050.0, "{isa:?}");
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! Model weights as plain f32 arrays keyed by their `model.safetensors` names
+//! (docs/MODEL.md): loading from a safetensors file (F32, F16 or BF16 tensors) and
+//! `config.json`, building from an in-memory map, validating every name and shape against
+//! the config, and seeded random weights for tests and benchmarks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::config::ModelConfig;
+
+/// Why weights or a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `config.json` is not a valid `ModelConfig`.
+    #[error("{path} is not a valid model config: {message}")]
+    ConfigSyntax { path: PathBuf, message: String },
+    /// The config parses but its values are inconsistent.
+    #[error("invalid model config{}: {}", origin(.path), .issues.join("; "))]
+    ConfigInvalid {
+        path: Option<PathBuf>,
+        issues: Vec<String>,
+    },
+    /// The safetensors header or layout is broken.
+    #[error("{path} is not a readable safetensors file: {message}")]
+    Safetensors { path: PathBuf, message: String },
+    /// A tensor the config requires is absent.
+    #[error(
+        "tensor `{name}` (shape {expected:?}) is missing{}; check that config.json matches the \
+         weights (num_layers, moe_layers, tie_embeddings)",
+        origin(.path)
+    )]
+    MissingTensor {
+        name: String,
+        expected: Vec<usize>,
+        path: Option<PathBuf>,
+    },
+    /// A tensor has a different shape than the config implies.
+    #[error(
+        "tensor `{name}` has shape {found:?} but the config implies {expected:?}{}; check \
+         that config.json matches the weights",
+        origin(.path)
+    )]
+    WrongShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+        path: Option<PathBuf>,
+    },
+    /// A tensor's element count does not match its shape.
+    #[error("tensor `{name}` has {found} values but its shape {shape:?} needs {expected}")]
+    WrongLength {
+        name: String,
+        shape: Vec<usize>,
+        expected: usize,
+        found: usize,
+    },
+    /// A tensor is stored in a dtype the decoder cannot read.
+    #[error(
+        "tensor `{name}` is stored as {dtype}{}; only F32, F16 and BF16 are supported",
+        origin(.path)
+    )]
+    UnsupportedDtype {
+        name: String,
+        dtype: String,
+        path: Option<PathBuf>,
+    },
+    /// A tensor the config does not use is present (usually a config/weights mismatch).
+    #[error(
+        "tensor `{name}` is not part of a model with this config{}; check num_layers, \
+         moe_layers and tie_embeddings in config.json",
+        origin(.path)
+    )]
+    UnexpectedTensor { name: String, path: Option<PathBuf> },
+    /// A weight holds NaN or infinity.
+    #[error("tensor `{name}` holds a non-finite value at flat index {index}")]
+    NonFinite { name: String, index: usize },
+}
+
+fn origin(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(p) => format!(" in {}", p.display()),
+        None => String::new(),
+    }
+}
+
+/// One weight: its shape and row-major f32 values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// All weights of one model, checked against its config.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    config: ModelConfig,
+    tensors: BTreeMap<String, Tensor>,
+}
+
+/// Every tensor name a model with `config` has, with its shape, in a stable order.
+pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (v, d, n, k) = (
+        config.vocab_size,
+        config.hidden_size,
+        config.ssm_state_size,
+        config.ssm_conv_kernel,
+    );
+    let di = config.d_inner();
+    let mut out: Vec<(String, Vec<usize>)> = vec![
+        ("embed.weight".into(), vec![v, d]),
+        ("pos_embed.weight".into(), vec![config.max_seq_length, d]),
+    ];
+    for l in 0..config.num_layers {
+        let p = format!("layers.{l}");
+        let mut push = |name: String, shape: Vec<usize>| out.push((format!("{p}.{name}"), shape));
+        push("ssm_norm.weight".into(), vec![d]);
+        push("ssm_norm.bias".into(), vec![d]);
+        push("ssm.in_proj.weight".into(), vec![2 * di, d]);
+        push("ssm.in_proj.bias".into(), vec![2 * di]);
+        push("ssm.conv.weight".into(), vec![di, k]);
+        push("ssm.conv.bias".into(), vec![di]);
+        push("ssm.dt_proj.weight".into(), vec![di, di]);
+        push("ssm.dt_proj.bias".into(), vec![di]);
+        push("ssm.A_log".into(), vec![n]);
+        push("ssm.B".into(), vec![n, di]);
+        push("ssm.C".into(), vec![di, n]);
+        push("ssm.D".into(), vec![di]);
+        push("ssm.out_proj.weight".into(), vec![d, di]);
+        push("ssm.out_proj.bias".into(), vec![d]);
+        push("ffn_norm.weight".into(), vec![d]);
+        push("ffn_norm.bias".into(), vec![d]);
+        if config.is_moe_layer(l) {
+            let f = config.expert_size;
+            push("moe.router.weight".into(), vec![config.num_experts, d]);
+            for e in 0..config.num_experts {
+                push(format!("moe.experts.{e}.up.weight"), vec![f, d]);
+                push(format!("moe.experts.{e}.up.bias"), vec![f]);
+                push(format!("moe.experts.{e}.down.weight"), vec![d, f]);
+                push(format!("moe.experts.{e}.down.bias"), vec![d]);
+            }
+        } else {
+            let f = config.ffn_size();
+            push("ffn.up.weight".into(), vec![f, d]);
+            push("ffn.up.bias".into(), vec![f]);
+            push("ffn.down.weight".into(), vec![d, f]);
+            push("ffn.down.bias".into(), vec![d]);
+        }
+    }
+    out.push(("final_norm.weight".into(), vec![d]));
+    out.push(("final_norm.bias".into(), vec![d]));
+    if !config.tie_embeddings {
+        out.push(("lm_head.weight".into(), vec![v, d]));
+    }
+    out
+}
+
+/// Reads and validates `config.json`.
+pub fn load_config(path: &Path) -> Result<ModelConfig, WeightsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| WeightsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let config: ModelConfig =
+        serde_json::from_str(&text).map_err(|e| WeightsError::ConfigSyntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    check_config(&config, Some(path))?;
+    Ok(config)
+}
+
+fn check_config(config: &ModelConfig, path: Option<&Path>) -> Result<(), WeightsError> {
+    let issues = config.issues();
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(WeightsError::ConfigInvalid {
+            path: path.map(Path::to_owned),
+            issues: issues.iter().map(ToString::to_string).collect(),
+        })
+    }
+}
+
+impl Weights {
+    /// Builds weights from `name -> (shape, values)`; every tensor the config needs must be
+    /// present with its exact shape, and nothing else.
+    pub fn from_tensors(
+        config: ModelConfig,
+        tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    ) -> Result<Self, WeightsError> {
+        let tensors = tensors
+            .into_iter()
+            .map(|(name, (shape, data))| (name, Tensor { shape, data }))
+            .collect();
+        Self::checked(config, tensors, None)
+    }
+
+    /// Loads `config.json` and `model.safetensors` from a model directory.
+    pub fn load_dir(dir: &Path) -> Result<Self, WeightsError> {
+        let config = load_config(&dir.join("config.json"))?;
+        Self::load_safetensors(config, &dir.join("model.safetensors"))
+    }
+
+    /// Loads the weights of a model with `config` from a safetensors file whose tensors are
+    /// F32, F16 or BF16 (converted to f32).
+    pub fn load_safetensors(config: ModelConfig, path: &Path) -> Result<Self, WeightsError> {
+        let bytes = std::fs::read(path).map_err(|source| WeightsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_safetensors_bytes(config, &bytes, Some(path))
+    }
+
+    /// Like [`Weights::load_safetensors`] over the bytes of a file; `path` only labels errors.
+    pub fn from_safetensors_bytes(
+        config: ModelConfig,
+        bytes: &[u8],
+        path: Option<&Path>,
+    ) -> Result<Self, WeightsError> {
+        let label = path.map(Path::to_owned);
+        let st = SafeTensors::deserialize(bytes).map_err(|e| WeightsError::Safetensors {
+            path: label.clone().unwrap_or_else(|| PathBuf::from("<memory>")),
+            message: e.to_string(),
+        })?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.iter() {
+            let raw = view.data();
+            let data: Vec<f32> = match view.dtype() {
+                Dtype::F32 => raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                Dtype::F16 => raw
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                Dtype::BF16 => raw
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                other => {
+                    return Err(WeightsError::UnsupportedDtype {
+                        name: name.to_owned(),
+                        dtype: format!("{other:?}"),
+                        path: label,
+                    })
+                }
+            };
+            let shape = view.shape().to_vec();
+            tensors.insert(name.to_owned(), Tensor { shape, data });
+        }
+        Self::checked(config, tensors, label)
+    }
+
+    fn checked(
+        config: ModelConfig,
+        tensors: BTreeMap<String, Tensor>,
+        path: Option<PathBuf>,
+    ) -> Result<Self, WeightsError> {
+        check_config(&config, path.as_deref())?;
+        let expected = expected_tensors(&config);
+        for (name, shape) in &expected {
+            let Some(t) = tensors.get(name) else {
+                return Err(WeightsError::MissingTensor {
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    path,
+                });
+            };
+            if &t.shape != shape {
+                return Err(WeightsError::WrongShape {
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    found: t.shape.clone(),
+                    path,
+                });
+            }
+            let n: usize = shape.iter().product();
+            if t.data.len() != n {
+                return Err(WeightsError::WrongLength {
+                    name: name.clone(),
+                    shape: shape.clone(),
+                    expected: n,
+                    found: t.data.len(),
+                });
+            }
+            if let Some(index) = t.data.iter().position(|x| !x.is_finite()) {
+                return Err(WeightsError::NonFinite {
+                    name: name.clone(),
+                    index,
+                });
+            }
+        }
+        if tensors.len() != expected.len() {
+            let known: std::collections::HashSet<&str> =
+                expected.iter().map(|(n, _)| n.as_str()).collect();
+            let extra = tensors
+                .keys()
+                .find(|k| !known.contains(k.as_str()))
+                .cloned()
+                .expect("more tensors than expected names, all expected present: one is extra");
+            return Err(WeightsError::UnexpectedTensor { name: extra, path });
+        }
+        Ok(Self { config, tensors })
+    }
+
+    /// Seeded random weights at a scale that keeps activations of order one: linear
+    /// weights uniform in ±1/sqrt(fan_in), non-trivial norms and biases, S4D-like A_log.
+    pub fn random(config: &ModelConfig, seed: u64) -> Result<Self, WeightsError> {
+        check_config(config, None)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut tensors = HashMap::new();
+        for (name, shape) in expected_tensors(config) {
+            let n: usize = shape.iter().product();
+            let mut uniform = |scale: f32, offset: f32| -> Vec<f32> {
+                (0..n)
+                    .map(|_| offset + scale * rng.gen_range(-1.0f32..1.0))
+                    .collect()
+            };
+            let data = if name.ends_with("norm.weight") {
+                uniform(0.2, 1.0)
+            } else if name.ends_with("norm.bias") || name.ends_with(".bias") {
+                uniform(0.1, 0.0)
+            } else if name.ends_with("A_log") {
+                let noise = uniform(0.1, 0.0);
+                (0..n).map(|i| ((i + 1) as f32).ln() + noise[i]).collect()
+            } else if name.ends_with("ssm.D") {
+                uniform(0.5, 1.0)
+            } else if name == "embed.weight" || name == "lm_head.weight" {
+                uniform(1.0, 0.0)
+            } else if name == "pos_embed.weight" {
+                uniform(0.3, 0.0)
+            } else if name.ends_with("conv.weight") {
+                uniform(1.0 / (shape[1] as f32).sqrt(), 0.0)
+            } else {
+                // [out, in] matrices, B [N, Di] and C [Di, N].
+                uniform(1.0 / (shape[1] as f32).sqrt(), 0.0)
+            };
+            tensors.insert(name, (shape, data));
+        }
+        Self::from_tensors(config.clone(), tensors)
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The tensor `name`; the name must be one of [`expected_tensors`] (validated on load).
+    pub fn tensor(&self, name: &str) -> &Tensor {
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("weights were validated on construction; `{name}` is not a model tensor name"))
+    }
+
+    /// The values of tensor `name` (see [`Weights::tensor`]).
+    pub fn get(&self, name: &str) -> &[f32] {
+        &self.tensor(name).data
+    }
+
+    /// The output head `[V, D]`: the embedding when tied.
+    pub fn head(&self) -> &[f32] {
+        if self.config.tie_embeddings {
+            self.get("embed.weight")
+        } else {
+            self.get("lm_head.weight")
+        }
+    }
+
+    /// All tensors by name.
+    pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// Writes the weights as a safetensors file of F32, F16 or BF16 tensors with the
+    /// `itera-lite` metadata (used by tests of the loader and by benchmarks).
+    pub fn to_safetensors_bytes(&self, dtype: StoreDtype) -> Vec<u8> {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                let raw: Vec<u8> = match dtype {
+                    StoreDtype::F32 => t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    StoreDtype::F16 => t
+                        .data
+                        .iter()
+                        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                        .collect(),
+                    StoreDtype::BF16 => t
+                        .data
+                        .iter()
+                        .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                        .collect(),
+                };
+                (name.clone(), t.shape.clone(), raw)
+            })
+            .collect();
+        let st_dtype = match dtype {
+            StoreDtype::F32 => Dtype::F32,
+            StoreDtype::F16 => Dtype::F16,
+            StoreDtype::BF16 => Dtype::BF16,
+        };
+        let views = bytes.iter().map(|(name, shape, raw)| {
+            let view = safetensors::tensor::TensorView::new(st_dtype, shape.clone(), raw)
+                .expect("shape and byte length agree by construction");
+            (name.clone(), view)
+        });
+        let metadata = HashMap::from([
+            ("format".to_owned(), "itera-lite".to_owned()),
+            ("version".to_owned(), "1".to_owned()),
+        ]);
+        safetensors::serialize(views, Some(metadata))
+            .expect("serializing in-memory tensors with valid shapes cannot fail")
+    }
+}
+
+/// Element type of a written safetensors file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreDtype {
+    F32,
+    F16,
+    BF16,
+}

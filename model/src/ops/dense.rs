@@ -1,0 +1,87 @@
+//! Dense layers as single fused ops over `(rows, features)` matrices: `linear`
+//! (`y = x W^T + b`, PyTorch `nn.Linear` layout `W: [out, in]`) and `matmul_add`
+//! (`y + g B`, used for the gate-weighted expert biases).
+
+use super::{add_into, custom_op, dims, gemm, par_reduce, par_rows, Var, ROW_BLOCK};
+use crate::real::Real;
+use dfdx::prelude::{Cpu, Tape};
+
+/// `y = x W^T + b` with `x: (M, in)`, `w: (out, in)`, `b: (1, out)`.
+pub fn linear<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>, w: Var<E, T>, b: Var<E, T>) -> Var<E, T> {
+    linear_impl(x, w, Some(b))
+}
+
+/// `y = x W^T` with `x: (M, in)`, `w: (out, in)`.
+pub fn linear_nobias<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>, w: Var<E, T>) -> Var<E, T> {
+    linear_impl(x, w, None)
+}
+
+fn linear_impl<E: Real, T: Tape<E, Cpu>>(
+    x: Var<E, T>,
+    w: Var<E, T>,
+    b: Option<Var<E, T>>,
+) -> Var<E, T> {
+    let (m, k) = dims(&x);
+    let (n, k2) = dims(&w);
+    assert_eq!(k, k2, "linear: input width {k} but weight is [{n}, {k2}]");
+    let has_bias = b.is_some();
+    let mut inputs = vec![x, w];
+    if let Some(b) = b {
+        assert_eq!(dims(&b), (1, n), "linear: bias shape");
+        inputs.push(b);
+    }
+    custom_op(
+        inputs,
+        (m, n),
+        |d| {
+            let mut y = vec![E::zero(); m * n];
+            if has_bias {
+                let b = d[2];
+                par_rows(&mut y, n, |_, row| row.copy_from_slice(b));
+            }
+            gemm(m, n, k, d[0], false, d[1], true, &mut y, has_bias);
+            (y, ())
+        },
+        move |a, ()| {
+            let gy = a.grad_out;
+            let (x, w) = (a.inputs[0], a.inputs[1]);
+            gemm(m, k, n, gy, false, w, false, &mut a.grads[0], true);
+            gemm(n, k, m, gy, true, x, false, &mut a.grads[1], true);
+            if has_bias {
+                let db = par_reduce(m, ROW_BLOCK, n, |rows, acc| {
+                    for r in rows {
+                        add_into(acc, &gy[r * n..(r + 1) * n]);
+                    }
+                });
+                add_into(&mut a.grads[2], &db);
+            }
+        },
+    )
+}
+
+/// `y + g B` with `y: (M, N)`, `g: (M, X)`, `bm: (X, N)`.
+pub fn matmul_add<E: Real, T: Tape<E, Cpu>>(
+    y: Var<E, T>,
+    g: Var<E, T>,
+    bm: Var<E, T>,
+) -> Var<E, T> {
+    let (m, n) = dims(&y);
+    let (m2, x) = dims(&g);
+    assert_eq!(m, m2, "matmul_add: rows");
+    assert_eq!(dims(&bm), (x, n), "matmul_add: matrix shape");
+    custom_op(
+        vec![y, g, bm],
+        (m, n),
+        |d| {
+            let mut out = d[0].to_vec();
+            gemm(m, n, x, d[1], false, d[2], false, &mut out, true);
+            (out, ())
+        },
+        move |a, ()| {
+            let go = a.grad_out;
+            add_into(&mut a.grads[0], go);
+            gemm(m, x, n, go, false, a.inputs[2], true, &mut a.grads[1], true);
+            gemm(x, n, m, a.inputs[1], true, go, false, &mut a.grads[2], true);
+        },
+    )
+}

@@ -1,0 +1,186 @@
+//! The ends of the graph: token + position embedding (with dropout), the tied LM head
+//! fused with softmax cross-entropy, and the weighted sum of scalar losses.
+
+use super::{custom_op, dims, gemm, par_rows, Dropout, Var};
+use crate::real::Real;
+use dfdx::prelude::{Cpu, Tape};
+use rayon::prelude::*;
+
+/// `x[b*T + t] = dropout(embed[tok] + pos[t])` for `tokens` of `tokens.len() / seq`
+/// sequences of length `seq`; `embed: (V, D)`, `pos: (S, D)` with `seq <= S`.
+/// Token ids must be `< V` (checked by the caller).
+pub fn embed<E: Real, T: Tape<E, Cpu>>(
+    emb: Var<E, T>,
+    pos: Var<E, T>,
+    tokens: Vec<u32>,
+    seq: usize,
+    dropout: Option<Dropout>,
+) -> Var<E, T> {
+    let (v, d) = dims(&emb);
+    let (s, d2) = dims(&pos);
+    assert_eq!(d, d2, "embed: widths differ");
+    assert!(
+        seq > 0 && seq <= s && tokens.len() % seq == 0,
+        "embed: sequence length {seq}"
+    );
+    assert!(
+        tokens.iter().all(|&t| (t as usize) < v),
+        "embed: token id out of range"
+    );
+    let m = tokens.len();
+    let tokens = std::sync::Arc::new(tokens);
+    let tok2 = tokens.clone();
+    custom_op(
+        vec![emb, pos],
+        (m, d),
+        |w| {
+            let (e, p) = (w[0], w[1]);
+            let mut x = vec![E::zero(); m * d];
+            par_rows(&mut x, d, |r, xr| {
+                let (tok, t) = (tokens[r] as usize, r % seq);
+                for j in 0..d {
+                    let s = dropout.map_or(E::one(), |p| p.scale(r * d + j));
+                    xr[j] = s * (e[tok * d + j] + p[t * d + j]);
+                }
+            });
+            (x, ())
+        },
+        move |a, ()| {
+            let gx = a.grad_out;
+            let (ge, gp) = a.grads.split_at_mut(1);
+            let scaled = |r: usize, j: usize| {
+                dropout.map_or(E::one(), |p| p.scale::<E>(r * d + j)) * gx[r * d + j]
+            };
+            // Position rows in parallel (each sums over its sequences in order).
+            gp[0][..seq * d]
+                .par_chunks_mut(d)
+                .enumerate()
+                .for_each(|(t, g)| {
+                    for r in (t..m).step_by(seq) {
+                        for j in 0..d {
+                            g[j] = g[j] + scaled(r, j);
+                        }
+                    }
+                });
+            // Token rows: columns split in parallel, rows in token order.
+            let ge = &mut ge[0];
+            let cols = d.div_ceil(rayon::current_num_threads().max(1)).max(1);
+            let mut parts: Vec<(usize, Vec<E>)> = (0..d)
+                .step_by(cols)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|c0| {
+                    let c1 = (c0 + cols).min(d);
+                    let mut acc = vec![E::zero(); v * (c1 - c0)];
+                    for r in 0..m {
+                        let tok = tok2[r] as usize;
+                        for j in c0..c1 {
+                            acc[tok * (c1 - c0) + j - c0] =
+                                acc[tok * (c1 - c0) + j - c0] + scaled(r, j);
+                        }
+                    }
+                    (c0, acc)
+                })
+                .collect();
+            for (c0, acc) in parts.drain(..) {
+                let w = acc.len() / v;
+                for tok in 0..v {
+                    for j in 0..w {
+                        ge[tok * d + c0 + j] = ge[tok * d + c0 + j] + acc[tok * w + j];
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Mean cross-entropy of `logits = h W^T` (`h: (M, D)`, `w: (V, D)`, the tied embedding
+/// or the LM head) against `targets` (length `M`), as a `(1, 1)` tensor. The softmax
+/// and its gradient `(softmax - onehot) / M` are computed in the forward pass; the
+/// `(M, V)` logits never enter the graph.
+pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
+    h: Var<E, T>,
+    w: Var<E, T>,
+    targets: Vec<u32>,
+) -> Var<E, T> {
+    let (m, d) = dims(&h);
+    let (v, d2) = dims(&w);
+    assert_eq!(d, d2, "head: widths differ");
+    assert_eq!(targets.len(), m, "head: one target per row");
+    assert!(
+        targets.iter().all(|&t| (t as usize) < v),
+        "head: target id out of range"
+    );
+    let grad = T::OWNS_TAPE;
+    custom_op(
+        vec![h, w],
+        (1, 1),
+        |x| {
+            let mut logits = vec![E::zero(); m * v];
+            gemm(m, v, d, x[0], false, x[1], true, &mut logits, false);
+            let mut nll = vec![0.0f64; m];
+            let inv_m = E::of(1.0 / m as f64);
+            logits
+                .par_chunks_mut(v)
+                .zip(nll.par_iter_mut())
+                .enumerate()
+                .for_each(|(r, (row, nll))| {
+                    let max = row.iter().copied().fold(E::neg_infinity(), E::max);
+                    let sum: f64 = row.iter().map(|&z| (z - max).exp().f64()).sum();
+                    let tgt = targets[r] as usize;
+                    *nll = sum.ln() + max.f64() - row[tgt].f64();
+                    if grad {
+                        // Row becomes (softmax - onehot) / M: the gradient w.r.t. the logits.
+                        let inv_sum = E::of(1.0 / sum);
+                        for z in row.iter_mut() {
+                            *z = (*z - max).exp() * inv_sum * inv_m;
+                        }
+                        row[tgt] = row[tgt] - inv_m;
+                    }
+                });
+            let mean = nll.iter().sum::<f64>() / m as f64;
+            (vec![E::of(mean)], logits)
+        },
+        move |a, dlogits| {
+            let (h, w) = (a.inputs[0], a.inputs[1]);
+            let go = a.grad_out[0];
+            let mut dl = dlogits;
+            if go != E::one() {
+                dl.par_iter_mut()
+                    .with_min_len(4096)
+                    .for_each(|z| *z = *z * go);
+            }
+            let (gh, gw) = a.grads.split_at_mut(1);
+            gemm(m, d, v, &dl, false, w, false, &mut gh[0], true);
+            gemm(v, d, m, &dl, true, h, false, &mut gw[0], true);
+        },
+    )
+}
+
+/// `sum_i weights[i] * losses[i]` of `(1, 1)` losses, as the scalar the backward starts from.
+pub fn weighted_sum<E: Real, T: Tape<E, Cpu>>(
+    losses: Vec<Var<E, T>>,
+    weights: Vec<f64>,
+) -> Var<E, T, ()> {
+    assert_eq!(
+        losses.len(),
+        weights.len(),
+        "weighted_sum: one weight per loss"
+    );
+    let w2 = weights.clone();
+    custom_op(
+        losses,
+        (),
+        move |v| {
+            (
+                vec![v.iter().zip(&weights).map(|(l, &w)| E::of(w) * l[0]).sum()],
+                (),
+            )
+        },
+        move |a, ()| {
+            for (g, &w) in a.grads.iter_mut().zip(&w2) {
+                g[0] = g[0] + E::of(w) * a.grad_out[0];
+            }
+        },
+    )
+}

@@ -1,0 +1,403 @@
+//! Custom dfdx operations with hand-written backward passes, and the kernels they share.
+//!
+//! dfdx 0.13 records a backward closure per operation on a tape. Every op of this model is
+//! one such closure registered through [`custom_op`]: the forward runs on host slices
+//! (multi-threaded with rayon where the work is large), the backward reads the output's
+//! gradient and ACCUMULATES into the inputs' gradients. This sidesteps the dfdx bugs listed
+//! in `shared/design/DFDX-NOTES.md` (slice backward assigns, wrong `accurate_gelu`
+//! derivative, aliasing views) and fuses elementwise work. Each op is checked against
+//! finite differences in f64 (`ops::tests`, `tests/gradients.rs`).
+//!
+//! All graph tensors are 2-D `(rows, cols)` with runtime sizes ([`Var`]); a 1-D parameter
+//! of length `n` is `(1, n)`; a loss is 0-D.
+
+pub mod conv;
+pub mod dense;
+pub mod elementwise;
+pub mod gradcheck;
+pub mod loss;
+pub mod moe;
+pub mod norm;
+pub mod scan;
+
+use crate::real::Real;
+use dfdx::prelude::{Cpu, Gradients, NoneTape, OwnedTape, PutTape, Shape, SplitTape, Tape, Tensor};
+use dfdx::tensor::{TensorFromVec, WithEmptyTape};
+use dfdx::tensor_ops::Backward;
+use rayon::prelude::*;
+
+pub use conv::conv_silu;
+pub use dense::{linear, linear_nobias, matmul_add};
+pub use elementwise::{add_dropout, gelu, softplus_mean, ssm_gate};
+pub use loss::{embed, head_cross_entropy, weighted_sum};
+pub use moe::{balance_loss, concat_cols, concat_rows, expert_gelu, router_gates};
+pub use norm::layer_norm;
+pub use scan::selective_scan;
+
+/// A tensor of the graph: a dfdx tensor (identity for the gradient map, tape, shape; it
+/// owns the data) plus a read-only view of its data.
+///
+/// dfdx 0.13 keeps storage access crate-private (`Tensorlike` is not exported), so the
+/// view is captured when the tensor is built: `tensor_from_vec` moves the `Vec` into an
+/// `Arc` without copying (dfdx `tensor/cpu/allocate.rs`), graph tensors are never
+/// mutated afterwards, and the view lives no longer than `self` holds the `Arc`.
+pub struct Var<E: Real, T, S: Shape = (usize, usize)> {
+    tensor: Tensor<S, E, Cpu, T>,
+    ptr: *const E,
+    len: usize,
+}
+
+// SAFETY: the view points into the buffer owned by `tensor`; sending or sharing the Var
+// is as safe as sending or sharing the tensor (the buffer is never mutated).
+unsafe impl<E: Real, T, S: Shape> Send for Var<E, T, S> where Tensor<S, E, Cpu, T>: Send {}
+// SAFETY: as above.
+unsafe impl<E: Real, T, S: Shape> Sync for Var<E, T, S> where Tensor<S, E, Cpu, T>: Sync {}
+
+impl<E: Real, S: Shape> Clone for Var<E, NoneTape, S> {
+    fn clone(&self) -> Self {
+        Self {
+            tensor: self.tensor.clone(),
+            ptr: self.ptr,
+            len: self.len,
+        }
+    }
+}
+
+impl<E: Real, T, S: Shape> std::fmt::Debug for Var<E, T, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Var{:?}", self.shape().concrete())
+    }
+}
+
+impl<E: Real, S: Shape> Var<E, NoneTape, S> {
+    /// A tensor of `shape` owning `values` (row-major).
+    pub fn from_vec(dev: &Cpu, values: Vec<E>, shape: S) -> Self {
+        assert_eq!(
+            values.len(),
+            shape.num_elements(),
+            "tensor data does not fit its shape"
+        );
+        let (ptr, len) = (values.as_ptr(), values.len());
+        Self {
+            tensor: dev.tensor_from_vec(values, shape),
+            ptr,
+            len,
+        }
+    }
+
+    /// The same tensor (same identity) with an empty tape of type `New`, to be used in a
+    /// taped graph; gradients of all its uses accumulate under one key.
+    pub fn retaped<New: Tape<E, Cpu>>(&self) -> Var<E, New, S> {
+        Var {
+            tensor: self.tensor.retaped(),
+            ptr: self.ptr,
+            len: self.len,
+        }
+    }
+}
+
+impl<E: Real, T, S: Shape> Var<E, T, S> {
+    /// The values, row-major.
+    pub fn data(&self) -> &[E] {
+        // SAFETY: see the type's docs: the buffer is owned by `self.tensor`'s Arc,
+        // never mutated and never moved while the Arc lives.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> S {
+        *dfdx::prelude::HasShape::shape(&self.tensor)
+    }
+
+    /// The dfdx tensor.
+    pub fn tensor(&self) -> &Tensor<S, E, Cpu, T> {
+        &self.tensor
+    }
+
+    /// Splits off the tape (dfdx `split_tape`).
+    pub fn split_tape(self) -> (Var<E, NoneTape, S>, T)
+    where
+        E: Clone,
+    {
+        let (tensor, tape) = self.tensor.split_tape();
+        (
+            Var {
+                tensor,
+                ptr: self.ptr,
+                len: self.len,
+            },
+            tape,
+        )
+    }
+
+    /// The same tensor with an empty tape, for a second use in the graph.
+    pub fn with_empty_tape(&self) -> Self
+    where
+        T: Default,
+    {
+        Var {
+            tensor: self.tensor.with_empty_tape(),
+            ptr: self.ptr,
+            len: self.len,
+        }
+    }
+}
+
+impl<E: Real> Var<E, OwnedTape<E, Cpu>, ()> {
+    /// Runs the backward pass from this scalar and returns the gradients.
+    pub fn backward(self) -> Gradients<E, Cpu> {
+        self.tensor.backward()
+    }
+}
+
+/// The (rows, cols) of a graph tensor.
+pub fn dims<E: Real, T>(t: &Var<E, T>) -> (usize, usize) {
+    t.shape()
+}
+
+fn take_grad<S: Shape, E: Real>(
+    grads: &mut Gradients<E, Cpu>,
+    t: &Tensor<S, E, Cpu, NoneTape>,
+) -> Vec<E> {
+    // Invariant: allocating a gradient on the CPU cannot fail except by aborting.
+    std::mem::take(&mut **grads.get_or_alloc_mut(t).expect("gradient allocation"))
+}
+
+fn put_grad<S: Shape, E: Real>(
+    grads: &mut Gradients<E, Cpu>,
+    t: &Tensor<S, E, Cpu, NoneTape>,
+    g: Vec<E>,
+) {
+    **grads.get_or_alloc_mut(t).expect("gradient allocation") = g;
+}
+
+/// What a backward closure receives: the inputs' data, the output's gradient and the
+/// inputs' gradients to accumulate into (same order as the inputs).
+pub struct BackwardArgs<'a, E> {
+    pub inputs: &'a [&'a [E]],
+    pub grad_out: &'a [E],
+    pub grads: &'a mut [Vec<E>],
+}
+
+/// Registers one custom operation on the tape of its inputs.
+///
+/// `forward` gets the inputs' data and returns the output's data (row-major,
+/// `out_shape`) plus whatever the backward needs (`saved`). `backward` must ADD the
+/// chain-rule contribution to each input's gradient. Inputs must be distinct tensors
+/// (pass a tensor at most once per op). With a `NoneTape` no backward is recorded.
+pub fn custom_op<E: Real, T: Tape<E, Cpu>, S: Shape, Saved: 'static>(
+    inputs: Vec<Var<E, T>>,
+    out_shape: S,
+    forward: impl FnOnce(&[&[E]]) -> (Vec<E>, Saved),
+    backward: impl FnOnce(BackwardArgs<'_, E>, Saved) + 'static,
+) -> Var<E, T, S> {
+    let dev: Cpu = inputs[0].tensor.device().clone();
+    let mut tape = T::default();
+    let plain: Vec<Var<E, NoneTape>> = inputs
+        .into_iter()
+        .map(|t| {
+            let (t, tp) = t.split_tape();
+            tape = std::mem::take(&mut tape).merge(tp);
+            t
+        })
+        .collect();
+    let (out, saved) = {
+        let views: Vec<&[E]> = plain.iter().map(|t| t.data()).collect();
+        forward(&views)
+    };
+    let out = Var::from_vec(&dev, out, out_shape);
+    if T::OWNS_TAPE {
+        for (i, a) in plain.iter().enumerate() {
+            assert!(
+                plain[i + 1..].iter().all(|b| b.ptr != a.ptr),
+                "custom op inputs must be distinct tensors"
+            );
+        }
+        let key = out.tensor.clone();
+        tape.add_backward_op(move |grads| {
+            let grad_out = take_grad(grads, &key);
+            let mut gin: Vec<Vec<E>> = plain.iter().map(|t| take_grad(grads, &t.tensor)).collect();
+            {
+                let views: Vec<&[E]> = plain.iter().map(|t| t.data()).collect();
+                backward(
+                    BackwardArgs {
+                        inputs: &views,
+                        grad_out: &grad_out,
+                        grads: &mut gin,
+                    },
+                    saved,
+                );
+            }
+            for (t, g) in plain.iter().zip(gin) {
+                put_grad(grads, &t.tensor, g);
+            }
+            Ok(())
+        });
+    }
+    let Var { tensor, ptr, len } = out;
+    Var {
+        tensor: tensor.put_tape(tape),
+        ptr,
+        len,
+    }
+}
+
+/// Reads (and removes) the gradient of a tensor; zeros if it got none.
+pub fn grad_of<E: Real, S: Shape>(
+    grads: &mut Gradients<E, Cpu>,
+    t: &Var<E, NoneTape, S>,
+) -> Vec<E> {
+    take_grad(grads, &t.tensor)
+}
+
+/// Row-major `c (m x n) [+]= op(a) . op(b)` where `op(a)` is `m x k` and `op(b)` is `k x n`;
+/// `a_t` means `a` is stored `k x m` (transposed), likewise `b_t` for `b` stored `n x k`.
+/// Runs on the current rayon pool's threads.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<E: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[E],
+    a_t: bool,
+    b: &[E],
+    b_t: bool,
+    c: &mut [E],
+    accumulate: bool,
+) {
+    assert_eq!(a.len(), m * k, "gemm lhs size");
+    assert_eq!(b.len(), k * n, "gemm rhs size");
+    assert_eq!(c.len(), m * n, "gemm dst size");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c.fill(E::zero());
+        }
+        return;
+    }
+    let (a_rs, a_cs) = if a_t {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let (b_rs, b_cs) = if b_t {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k >= 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the slices have exactly the sizes the strides address (asserted above), `c`
+    // is exclusively borrowed and does not alias `a` or `b`; E is f32 or f64.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            E::one(),
+            E::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Rows per parallel task of the elementwise kernels (fixed, so results never depend on
+/// the thread count).
+pub const ROW_BLOCK: usize = 64;
+
+/// Fills `out` (rows of `width`) in parallel blocks of rows: `f(row_index, row)`.
+pub fn par_rows<E: Send>(out: &mut [E], width: usize, f: impl Fn(usize, &mut [E]) + Sync) {
+    if width == 0 {
+        return;
+    }
+    out.par_chunks_mut(width * ROW_BLOCK)
+        .enumerate()
+        .for_each(|(blk, chunk)| {
+            for (i, row) in chunk.chunks_mut(width).enumerate() {
+                f(blk * ROW_BLOCK + i, row);
+            }
+        });
+}
+
+/// Sums per-block partial results in a fixed order (blocks of `block` rows): `f(row_range, partial)` adds the
+/// contribution of those rows into a zeroed `partial` of length `len`; the partials are
+/// added in block order (deterministic for any thread count).
+pub fn par_reduce<E: Real>(
+    rows: usize,
+    block: usize,
+    len: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [E]) + Sync,
+) -> Vec<E> {
+    let blocks = rows.div_ceil(block);
+    let partials: Vec<Vec<E>> = (0..blocks)
+        .into_par_iter()
+        .map(|b| {
+            let mut p = vec![E::zero(); len];
+            f(b * block..((b + 1) * block).min(rows), &mut p);
+            p
+        })
+        .collect();
+    let mut total = vec![E::zero(); len];
+    for p in partials {
+        for (t, x) in total.iter_mut().zip(p) {
+            *t = *t + x;
+        }
+    }
+    total
+}
+
+/// Adds `src` into `dst` elementwise.
+pub fn add_into<E: Real>(dst: &mut [E], src: &[E]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = *d + *s;
+    }
+}
+
+/// SplitMix64: a counter-based hash for dropout masks, so masks depend only on
+/// (seed, step, site, element) and never on thread scheduling.
+#[inline]
+pub fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A dropout mask source: element `i` is kept with probability `1 - p`, scaled by `1/(1-p)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Dropout {
+    pub p: f64,
+    pub key: u64,
+}
+
+impl Dropout {
+    /// Multiplier of element `i`: `0` (dropped) or `1/(1-p)`.
+    #[inline]
+    pub fn scale<E: Real>(&self, i: usize) -> E {
+        let u = (splitmix64(self.key ^ splitmix64(i as u64)) >> 11) as f64 / (1u64 << 53) as f64;
+        if u < self.p {
+            E::zero()
+        } else {
+            E::of(1.0 / (1.0 - self.p))
+        }
+    }
+}
