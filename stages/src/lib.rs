@@ -4,8 +4,11 @@ pub mod fetch;
 pub mod tokenize;
 
 use itera_engine::stage::Registry;
+/// The model crate, for callers of [`generate`] (the CLI) that need its types.
+pub use itera_model;
 
 pub mod evaluate;
+pub mod generate;
 pub mod half;
 pub mod records;
 pub mod report;

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use itera_model::decode::{generate, Decoder, Precision, SamplingConfig};
+use itera_model::decode::{generate, Decoder, Precision, Sampler, SamplingConfig};
 use tokenizers::Tokenizer;
 
 use crate::records::{median, GenerationRecord, SpeedRecord};
@@ -123,8 +123,9 @@ pub fn generations(
         .iter()
         .map(|prompt| {
             let ids = encode_prompt(tokenizer, prompt)?;
+            let rules = TextRules::new(tokenizer, eos);
             let text = |cfg: &SamplingConfig| -> anyhow::Result<String> {
-                let out = generate(decoder, &ids, max_new_tokens, cfg, |_| true, Some(eos))?;
+                let out = continue_prompt(decoder, &ids, max_new_tokens, cfg, &rules, |_| true)?;
                 tokenizer
                     .decode(&out, true)
                     .map_err(|e| anyhow::anyhow!("cannot decode generated tokens: {e}"))
@@ -136,6 +137,64 @@ pub fn generations(
             })
         })
         .collect()
+}
+
+/// Which tokens a text continuation may produce.
+pub struct TextRules {
+    /// Ends the continuation (not returned); never the first token.
+    pub eos: Option<u32>,
+    /// Never produced (`<unk>`, `<pad>`, `<bos>`: they decode to no text).
+    pub banned: Vec<u32>,
+}
+
+impl TextRules {
+    /// The rules for a tokenizer with the usual special tokens.
+    pub fn new(tokenizer: &Tokenizer, eos: u32) -> Self {
+        Self {
+            eos: Some(eos),
+            banned: ["<unk>", "<pad>", "<bos>"]
+                .iter()
+                .filter_map(|t| tokenizer.token_to_id(t))
+                .filter(|&t| t != eos)
+                .collect(),
+        }
+    }
+}
+
+/// Continues `prompt` by up to `max_new_tokens` tokens drawn with `sampling` under `rules`
+/// (at least one token, so the text is never empty; stops at `<eos>` or a full context).
+/// `on_token` sees each new token and returns whether to go on.
+pub fn continue_prompt(
+    decoder: &Decoder,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    sampling: &SamplingConfig,
+    rules: &TextRules,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> anyhow::Result<Vec<u32>> {
+    let mut sampler = Sampler::new(sampling)?;
+    let mut state = decoder.new_state();
+    let mut logits = decoder.prefill(&mut state, prompt)?.to_vec();
+    let context = decoder.config().max_seq_length;
+    let mut out = Vec::new();
+    while out.len() < max_new_tokens {
+        for &b in &rules.banned {
+            logits[b as usize] = f32::NEG_INFINITY;
+        }
+        if let (Some(e), true) = (rules.eos, out.is_empty()) {
+            logits[e as usize] = f32::NEG_INFINITY;
+        }
+        let token = sampler.sample(&logits);
+        if Some(token) == rules.eos {
+            break;
+        }
+        out.push(token);
+        if !on_token(token) || out.len() == max_new_tokens || state.position() == context {
+            break;
+        }
+        logits.copy_from_slice(decoder.step(&mut state, token)?);
+    }
+    Ok(out)
 }
 
 /// Token ids of `prompt` (no special tokens added); an error if it encodes to nothing.
