@@ -74,6 +74,11 @@ pub struct TrainSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalReport {
+    /// Tokenization scheme of the data (`word`, `bpe`, `byte`).
+    pub scheme: String,
+    /// Share of validation text tokens that are `<unk>` (word-level only; 0 for lossless
+    /// schemes). Unknown tokens are easy to predict, so a high rate flatters the loss.
+    pub unknown_rate: f64,
     /// Validation tokens scored for every model (predicted positions).
     pub eval_tokens: u64,
     /// UTF-8 bytes of text those tokens stand for (see docs/PHASE8.md for the formula).
@@ -84,6 +89,8 @@ pub struct EvalReport {
     pub threads: usize,
     /// Timed repetitions behind each median speed.
     pub speed_runs: usize,
+    /// Tokens generated per timed generation run.
+    pub speed_tokens: usize,
     /// Tokens generated per prompt.
     pub max_new_tokens: usize,
     /// Sampling settings of the `sampled` generations.

@@ -25,16 +25,28 @@ pub fn findings(eval: &EvalReport, train: Option<(&TrainSummary, &[TrainLogLine]
         eval.eval_bytes.round()
     ));
     for m in &eval.models[1..] {
-        out.push(compression_finding(reference, m, eval.threads));
+        out.push(compression_finding(reference, m));
         out.push(agreement_finding(reference, m));
     }
-    if let Some(f32_speed) = speed(reference, "f32") {
+    if let Some(s) = reference
+        .generation_speed
+        .iter()
+        .find(|s| s.precision == "f32")
+    {
         out.push(format!(
-            "Batch-1 generation with the recurrent decoder (constant work per token) runs at {} tokens/s in f32 on {} thread{} (median of {} runs); the seed study reported {SEED_TOKENS_PER_S} tokens/s re-running the whole prefix for every token (on another machine, so compare with care).",
-            fmt_rate(f32_speed),
-            eval.threads,
-            if eval.threads == 1 { "" } else { "s" },
-            eval.speed_runs
+            "Batch-1 generation with the recurrent decoder (constant work per token) runs at {} tokens/s in f32 on {} thread{} (median of {} runs of {} tokens); the seed study reported {SEED_TOKENS_PER_S} tokens/s re-running the whole prefix for every token (on another machine, so compare with care).",
+            fmt_rate(s.tokens_per_s),
+            s.threads,
+            if s.threads == 1 { "" } else { "s" },
+            s.runs.len(),
+            eval.speed_tokens
+        ));
+    }
+    if eval.unknown_rate > 0.0 {
+        out.push(format!(
+            "The {} tokenizer maps {:.2}% of validation words to `<unk>`; predicting `<unk>` is easy, so bits per byte here flatter the model compared with a lossless tokenizer (bpe or byte).",
+            eval.scheme,
+            eval.unknown_rate * 100.0
         ));
     }
     out
@@ -69,7 +81,12 @@ fn training_finding(summary: &TrainSummary, log: &[TrainLogLine]) -> String {
     )
 }
 
-fn compression_finding(reference: &ModelEval, m: &ModelEval, threads: usize) -> String {
+fn compression_finding(reference: &ModelEval, m: &ModelEval) -> String {
+    let threads = m.generation_speed.first().map_or(1, |s| s.threads);
+    let on = format!(
+        "on this CPU ({threads} thread{})",
+        if threads == 1 { "" } else { "s" }
+    );
     let size = if m.delta.size_ratio <= 0.51 {
         format!(
             "halves the weights ({} → {}, {:.3}×)",
@@ -101,11 +118,19 @@ fn compression_finding(reference: &ModelEval, m: &ModelEval, threads: usize) -> 
         (Some(b), Some(n)) if b > 0.0 && n > 0.0 => {
             let r = n / b;
             let verdict = if r < 0.9 {
-                format!("on this CPU ({threads} threads) f16 arithmetic is {:.1}× slower than f32 ({} vs {} tokens/s), so {} is a storage format here", 1.0 / r, fmt_rate(n), fmt_rate(b), m.dtype)
+                format!("{on} f16 arithmetic is {:.1}× slower than f32 ({} vs {} tokens/s), so {} is a storage format here", 1.0 / r, fmt_rate(n), fmt_rate(b), m.dtype)
             } else if r > 1.1 {
-                format!("on this CPU ({threads} threads) f16 arithmetic is {r:.1}× faster than f32 ({} vs {} tokens/s)", fmt_rate(n), fmt_rate(b))
+                format!(
+                    "{on} f16 arithmetic is {r:.1}× faster than f32 ({} vs {} tokens/s)",
+                    fmt_rate(n),
+                    fmt_rate(b)
+                )
             } else {
-                format!("on this CPU ({threads} threads) f16 arithmetic runs about as fast as f32 ({} vs {} tokens/s)", fmt_rate(n), fmt_rate(b))
+                format!(
+                    "{on} f16 arithmetic runs about as fast as f32 ({} vs {} tokens/s)",
+                    fmt_rate(n),
+                    fmt_rate(b)
+                )
             };
             s.push_str("; ");
             s.push_str(&verdict);

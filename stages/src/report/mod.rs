@@ -3,7 +3,7 @@
 //! made honest, findings computed from the numbers, SVG plots, `report.json`, and the
 //! provenance of every number.
 
-mod findings;
+pub mod findings;
 pub mod svg;
 
 use std::fmt::Write as _;
@@ -235,8 +235,8 @@ pub fn write_report(
         "speed.svg",
         &svg::bar_chart(
             &format!(
-                "Batch-1 generation speed ({} threads, median of {})",
-                eval.threads, eval.speed_runs
+                "Batch-1 generation speed (median of {} runs)",
+                eval.speed_runs
             ),
             "tokens / s",
             &speed_bars,
@@ -315,19 +315,20 @@ fn quality_table(md: &mut String, eval: &EvalReport) {
 fn speed_table(md: &mut String, eval: &EvalReport) {
     let _ = writeln!(
         md,
-        "## Speed\n\n![generation speed](speed.svg)\n\nBatch-1 generation of {} tokens per prompt with the recurrent decoder, and batched scoring; each speed is the median of {} runs on {} threads.\n",
-        eval.max_new_tokens, eval.speed_runs, eval.threads
+        "## Speed\n\n![generation speed](speed.svg)\n\nBatch-1 generation of {} tokens after the first prompt with the recurrent decoder, and scoring of validation windows on {} threads; each speed is the median of {} runs.\n",
+        eval.speed_tokens, eval.threads, eval.speed_runs
     );
-    md.push_str("| model | precision | generation tokens/s | every run | scoring tokens/s |\n|---|---|---:|---|---:|\n");
+    md.push_str("| model | precision | generation tokens/s | threads | every run | scoring tokens/s |\n|---|---|---:|---:|---|---:|\n");
     for m in &eval.models {
         for s in &m.generation_speed {
             let runs: Vec<String> = s.runs.iter().map(|r| fmt_rate(*r)).collect();
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 m.name,
                 s.precision,
                 fmt_rate(s.tokens_per_s),
+                s.threads,
                 runs.join(", "),
                 fmt_rate(m.scoring_tokens_per_s)
             );

@@ -9,7 +9,7 @@ fn speed(precision: &str, runs: &[f64]) -> SpeedRecord {
         precision: precision.into(),
         tokens_per_s: records::median(runs),
         runs: runs.to_vec(),
-        threads: 2,
+        threads: 1,
     }
 }
 
@@ -79,6 +79,9 @@ pub(crate) fn sample_eval() -> EvalReport {
         size_ratio: 2_000_100.0 / 4_000_000.0,
     };
     EvalReport {
+        scheme: "word".into(),
+        unknown_rate: 0.02,
+        speed_tokens: 96,
         eval_tokens: 10_000,
         eval_bytes: 40_000.0,
         seq_len: 128,
@@ -187,7 +190,7 @@ fn report_files_are_written_and_text_is_escaped() {
         "## Generations",
         "digest `abc123`",
         "the cat \\| dog",
-        "| 900.0, 1,000, 1,100 |",
+        "| 1 | 900.0, 1,000, 1,100 |",
         "resumed from the checkpoint at step 50",
     ] {
         assert!(md.contains(needle), "missing {needle:?} in\n{md}");
@@ -201,7 +204,7 @@ fn report_files_are_written_and_text_is_escaped() {
     }
     let json: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
-    assert_eq!(json["findings"].as_array().unwrap().len(), 5);
+    assert_eq!(json["findings"].as_array().unwrap().len(), 6);
 }
 
 #[test]
