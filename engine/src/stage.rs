@@ -344,6 +344,13 @@ pub trait StageKind: Send + Sync + 'static {
     fn outputs(_params: &Self::Params) -> Vec<OutputDecl> {
         Vec::new()
     }
+    /// Files (or folders) of the artifact, relative to its root, whose content is a
+    /// measurement of this machine at this moment (timings, speeds) rather than a function
+    /// of params and inputs. `rerun --verify` compares everything else bit for bit and
+    /// reports these as excluded. Empty for stages whose whole output is reproducible.
+    fn measurements(_params: &Self::Params) -> Vec<String> {
+        Vec::new()
+    }
     /// A cheap fingerprint of outside state this stage reads (a resolved commit sha, a local
     /// folder's digest), entered into the cache key. `None` for pure stages.
     fn fingerprint(
@@ -368,6 +375,8 @@ pub trait Stage: Send + Sync {
     fn check_params(&self, table: &toml::Table) -> Result<serde_json::Value, Vec<ParamIssue>>;
     fn inputs(&self, params: &serde_json::Value) -> InputSlots;
     fn outputs(&self, params: &serde_json::Value) -> Vec<OutputDecl>;
+    /// See [`StageKind::measurements`].
+    fn measurements(&self, params: &serde_json::Value) -> Vec<String>;
     fn fingerprint(
         &self,
         params: &serde_json::Value,
@@ -439,6 +448,9 @@ impl<K: StageKind> Stage for Erased<K> {
     }
     fn outputs(&self, params: &serde_json::Value) -> Vec<OutputDecl> {
         K::outputs(&Self::typed(params))
+    }
+    fn measurements(&self, params: &serde_json::Value) -> Vec<String> {
+        K::measurements(&Self::typed(params))
     }
     fn fingerprint(
         &self,

@@ -5,6 +5,8 @@ mod dag;
 mod exec_stage;
 mod explain;
 mod gc;
+mod generate;
+mod hub;
 mod interrupt;
 mod load;
 mod progress;
@@ -104,6 +106,10 @@ enum Command {
     Gc(gc::GcArgs),
     /// Re-hash every store entry and report those that changed on disk.
     Verify(verify::VerifyArgs),
+    /// Sample text from a trained model (a model folder, or a run's train stage).
+    Generate(generate::GenerateArgs),
+    /// Work with the Hugging Face cache (import local files for offline runs).
+    Hub(hub::HubArgs),
     /// Execute one stage of a recorded run (used by batch jobs).
     #[command(hide = true)]
     ExecStage(exec_stage::ExecStageArgs),
@@ -148,6 +154,8 @@ pub fn main() -> ExitCode {
         Command::Rerun(a) => rerun::main(g, a),
         Command::Gc(a) => gc::main(g, a),
         Command::Verify(a) => verify::main(g, a),
+        Command::Generate(a) => generate::main(g, a),
+        Command::Hub(a) => hub::main(g, a),
         Command::ExecStage(a) => exec_stage::main(g, a),
     };
     match result {

@@ -99,6 +99,16 @@ impl Manifest {
         }
         Digest(hasher.finalize().to_hex().to_string())
     }
+    /// The manifest without the entries at or below any of `paths` (relative, `/`-separated).
+    pub fn without(&self, paths: &[String]) -> Manifest {
+        let excluded = |p: &str| {
+            paths.iter().any(|x| {
+                let x = x.trim_matches('/');
+                p == x || p.strip_prefix(x).is_some_and(|rest| rest.starts_with('/'))
+            })
+        };
+        Manifest(self.0.iter().filter(|e| !excluded(&e.path)).cloned().collect())
+    }
     /// Total bytes of the files.
     pub fn total_size(&self) -> u64 {
         self.0

@@ -197,6 +197,11 @@ impl StageKind for Evaluate {
         vec![OutputDecl::new("eval", records::EVAL_FILE)]
     }
 
+    /// eval.json carries measured speeds beside the (exact) losses and generations.
+    fn measurements(_params: &Self::Params) -> Vec<String> {
+        vec![records::EVAL_FILE.into()]
+    }
+
     fn run(params: &Self::Params, ctx: &StageContext) -> anyhow::Result<()> {
         let data = TokenizedData::open(&ctx.input("data")?.path)?;
         let models = ctx.inputs_of("models");

@@ -131,6 +131,12 @@ impl StageKind for Report {
         ]
     }
 
+    /// The tables, findings and speed plot quote measured speeds; the loss and size plots
+    /// are exact.
+    fn measurements(_params: &Self::Params) -> Vec<String> {
+        vec!["report.md".into(), "report.json".into(), "speed.svg".into()]
+    }
+
     fn run(params: &Self::Params, ctx: &StageContext) -> anyhow::Result<()> {
         let eval_dir = &ctx.input("eval")?.path;
         let eval: EvalReport = records::read_json(&artifact_file(eval_dir, records::EVAL_FILE))?;

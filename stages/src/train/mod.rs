@@ -58,6 +58,11 @@ impl StageKind for Train {
         ]
     }
 
+    /// Step timings and tokens/s in the log and summary; the weights are exact.
+    fn measurements(_params: &Self::Params) -> Vec<String> {
+        vec![records::TRAIN_LOG_FILE.into(), records::SUMMARY_FILE.into()]
+    }
+
     fn run(params: &Self::Params, ctx: &StageContext) -> anyhow::Result<()> {
         train(params, ctx)
     }
