@@ -86,8 +86,8 @@ impl Dag {
 
     fn check_acyclic(&self) -> Result<(), GraphError> {
         for component in tarjan_scc(&self.graph) {
-            let looped = component.len() == 1
-                && self.graph.find_edge(component[0], component[0]).is_some();
+            let looped =
+                component.len() == 1 && self.graph.find_edge(component[0], component[0]).is_some();
             if component.len() > 1 || looped {
                 let mut names: Vec<&StageName> =
                     component.iter().map(|i| &self.graph[*i]).collect();
@@ -133,7 +133,14 @@ impl Dag {
         let mut waiting: BTreeMap<NodeIndex, usize> = self
             .graph
             .node_indices()
-            .map(|i| (i, self.graph.neighbors_directed(i, Direction::Incoming).count()))
+            .map(|i| {
+                (
+                    i,
+                    self.graph
+                        .neighbors_directed(i, Direction::Incoming)
+                        .count(),
+                )
+            })
             .collect();
         let mut ready: BTreeSet<(&StageName, NodeIndex)> = waiting
             .iter()
@@ -217,7 +224,11 @@ impl Dag {
     /// One line per stage in topological order: `name (kind) <- upstream, ...`.
     pub fn render_text(&self) -> String {
         let order = self.topo_order();
-        let width = order.iter().map(|n| n.len() + self.kinds[n].len() + 3).max().unwrap_or(0);
+        let width = order
+            .iter()
+            .map(|n| n.len() + self.kinds[n].len() + 3)
+            .max()
+            .unwrap_or(0);
         let mut out = String::new();
         for name in &order {
             let head = format!("{name} ({})", self.kinds[name]);
@@ -227,7 +238,9 @@ impl Dag {
                 .edges_directed(i, Direction::Incoming)
                 .flat_map(|e| {
                     let up = &self.graph[e.source()];
-                    e.weight().iter().map(move |label| format!("{up} [{label}]"))
+                    e.weight()
+                        .iter()
+                        .map(move |label| format!("{up} [{label}]"))
                 })
                 .collect();
             inputs.sort();

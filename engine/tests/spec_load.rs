@@ -20,8 +20,14 @@ fn load(file: &str, overrides: &[&str]) -> Pipeline {
 fn refs(list: &[&str]) -> Vec<InputRef> {
     list.iter()
         .map(|r| match r.split_once('.') {
-            Some((s, o)) => InputRef { stage: s.into(), output: Some(o.into()) },
-            None => InputRef { stage: r.to_string(), output: None },
+            Some((s, o)) => InputRef {
+                stage: s.into(),
+                output: Some(o.into()),
+            },
+            None => InputRef {
+                stage: r.to_string(),
+                output: None,
+            },
         })
         .collect()
 }
@@ -41,7 +47,11 @@ fn study_loads_with_defaults_filled_and_inputs_resolved() {
     assert_eq!(p.seed, 1337);
     assert_eq!(
         p.slurm,
-        Resources { partition: Some("gpu".into()), time: Some("01:00:00".into()), ..Default::default() }
+        Resources {
+            partition: Some("gpu".into()),
+            time: Some("01:00:00".into()),
+            ..Default::default()
+        }
     );
     assert_eq!(
         p.stages.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -54,11 +64,23 @@ fn study_loads_with_defaults_filled_and_inputs_resolved() {
     let fetch = &p.stages["fetch"];
     assert_eq!(fetch.kind, "source");
     assert!(fetch.inputs.is_empty());
-    assert_eq!(fetch.resources, Resources { local: Some(true), ..Default::default() });
-    assert_eq!(fetch.params, json!({ "revision": null, "url": "https://example.org/corpus.txt" }));
+    assert_eq!(
+        fetch.resources,
+        Resources {
+            local: Some(true),
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        fetch.params,
+        json!({ "revision": null, "url": "https://example.org/corpus.txt" })
+    );
 
     let tokenize = &p.stages["tokenize"];
-    assert_eq!(tokenize.params, json!({ "scheme": "bpe", "vocab_size": 8000 }));
+    assert_eq!(
+        tokenize.params,
+        json!({ "scheme": "bpe", "vocab_size": 8000 })
+    );
     assert_eq!(tokenize.inputs["corpus"], refs(&["fetch.text"]));
 
     // Own keys, then [pipeline.defaults.train], then the kind's defaults.
@@ -70,18 +92,31 @@ fn study_loads_with_defaults_filled_and_inputs_resolved() {
     // Resources stay as written: [pipeline.slurm] is applied when the stage is submitted.
     assert_eq!(
         train.resources,
-        Resources { gpus: Some(1), time: Some("02:00:00".into()), ..Default::default() }
+        Resources {
+            gpus: Some(1),
+            time: Some("02:00:00".into()),
+            ..Default::default()
+        }
     );
-    assert_eq!(train.resources.or(&p.slurm).partition.as_deref(), Some("gpu"));
+    assert_eq!(
+        train.resources.or(&p.slurm).partition.as_deref(),
+        Some("gpu")
+    );
 
     let small = &p.stages["train_small"];
     assert_eq!(small.params["threads"], json!(8));
-    assert_eq!(small.params["model"], json!({ "hidden_size": 64, "layers": 4 }));
+    assert_eq!(
+        small.params["model"],
+        json!({ "hidden_size": 64, "layers": 4 })
+    );
     assert_eq!(small.inputs["init"], refs(&["train.model"]));
     assert_eq!(small.inputs["tokens"], refs(&["tokenize.tokens"]));
 
     let compare = &p.stages["compare"];
-    assert_eq!(compare.inputs["models"], refs(&["train.model", "train_small.model"]));
+    assert_eq!(
+        compare.inputs["models"],
+        refs(&["train.model", "train_small.model"])
+    );
     assert_eq!(compare.inputs["data"], refs(&["tokenize"]));
     assert_eq!(compare.params, json!({ "metric": "loss" }));
 }
@@ -90,18 +125,35 @@ fn study_loads_with_defaults_filled_and_inputs_resolved() {
 fn extends_deep_merges_onto_the_base_file() {
     let p = load("tests/fixtures/valid/child.toml", &[]);
     assert_eq!(p.name, "study-long");
-    assert_eq!(p.description.as_deref(), Some("A small study"), "kept from the base");
+    assert_eq!(
+        p.description.as_deref(),
+        Some("A small study"),
+        "kept from the base"
+    );
     assert_eq!(p.seed, 1337);
     let train = &p.stages["train"];
     assert_eq!(train.params["steps"], json!(1000));
     assert_eq!(train.params["tags"], json!(["long"]));
-    assert_eq!(train.params["model"], json!({ "hidden_size": 128, "layers": 6 }));
-    assert_eq!(train.resources.gpus, Some(1), "the base's resources table is kept");
+    assert_eq!(
+        train.params["model"],
+        json!({ "hidden_size": 128, "layers": 6 })
+    );
+    assert_eq!(
+        train.resources.gpus,
+        Some(1),
+        "the base's resources table is kept"
+    );
     assert_eq!(p.stages["train_small"].params["model"]["layers"], json!(6));
-    assert_eq!(p.stages["tokenize"].params, json!({ "scheme": "char", "vocab_size": 256 }));
+    assert_eq!(
+        p.stages["tokenize"].params,
+        json!({ "scheme": "char", "vocab_size": 256 })
+    );
     let summary = &p.stages["summary"];
     assert_eq!(summary.inputs["report"], refs(&["compare"]));
-    assert_eq!(summary.inputs["extra"], refs(&["train.metrics", "train_small.metrics"]));
+    assert_eq!(
+        summary.inputs["extra"],
+        refs(&["train.metrics", "train_small.metrics"])
+    );
     assert!(!p.resolved_toml.contains("extends"));
 }
 
@@ -120,9 +172,19 @@ fn overrides_apply_after_extends_in_order() {
         ],
     );
     assert_eq!(p.seed, 3);
-    assert_eq!(p.stages["train"].params["steps"], json!(7), "the last override wins");
-    assert_eq!(p.stages["train"].params["model"], json!({ "hidden_size": 256, "layers": 6 }));
-    assert_eq!(p.stages["train_small"].params["model"], json!({ "hidden_size": 64, "layers": 1 }));
+    assert_eq!(
+        p.stages["train"].params["steps"],
+        json!(7),
+        "the last override wins"
+    );
+    assert_eq!(
+        p.stages["train"].params["model"],
+        json!({ "hidden_size": 256, "layers": 6 })
+    );
+    assert_eq!(
+        p.stages["train_small"].params["model"],
+        json!({ "hidden_size": 64, "layers": 1 })
+    );
     assert_eq!(p.stages["tokenize"].params["scheme"], json!("bpe"));
     assert_eq!(p.stages["summary"].params["run"], json!("echo 'a b'"));
     assert_eq!(p.overrides.len(), 7);
@@ -134,7 +196,10 @@ fn resolved_documents_reload_to_the_same_pipeline() {
     let registry = spec_support::registry();
     for (file, overrides) in [
         ("tests/fixtures/valid/study.toml", vec![]),
-        ("tests/fixtures/valid/child.toml", vec!["train.lr=0.01", "pipeline.description=\"x\""]),
+        (
+            "tests/fixtures/valid/child.toml",
+            vec!["train.lr=0.01", "pipeline.description=\"x\""],
+        ),
         ("tests/fixtures/valid/minimal.toml", vec![]),
     ] {
         let p = load(file, &overrides);
@@ -151,5 +216,14 @@ fn minimal_pipeline() {
     assert_eq!(p.seed, 0);
     assert_eq!(p.description, None);
     assert_eq!(p.slurm, Resources::default());
-    assert_eq!(p.stages["only"].params, json!({ "outputs": {}, "run": "echo hi" }));
+    assert_eq!(
+        p.stages["only"].params,
+        json!({ "outputs": {}, "run": "echo hi" })
+    );
+}
+
+#[test]
+fn resolved_document_is_readable_toml() {
+    let p = load("tests/fixtures/valid/child.toml", &["train.steps=5"]);
+    insta::assert_snapshot!(p.resolved_toml);
 }

@@ -10,10 +10,14 @@ use itera_model::ModelConfig;
 
 /// Seeded pseudo-random tokens in 0..vocab.
 fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) % vocab as u64) as u32
         })
         .collect()
@@ -98,7 +102,10 @@ fn decode_f16_decoders_match_the_reference_on_half_converted_weights() {
         let native = Decoder::with_isa(&weights, Precision::F16Native, isa);
         let err = max_error(&native, &want, &toks);
         eprintln!("{isa:?} f16 native {err:e}");
-        assert!(err > 1e-4 && err < 0.5, "f16 native {isa:?}: max |diff| = {err}");
+        assert!(
+            err > 1e-4 && err < 0.5,
+            "f16 native {isa:?}: max |diff| = {err}"
+        );
     }
 }
 
@@ -224,7 +231,9 @@ fn decode_weight_errors_name_the_tensor_and_the_fix() {
     let mut map = as_map(&weights);
     map.insert("ssm.B".into(), (vec![1], vec![0.0]));
     map.get_mut("layers.1.ssm.B").unwrap().0 = vec![72, 6];
-    let err = Weights::from_tensors(config.clone(), map).unwrap_err().to_string();
+    let err = Weights::from_tensors(config.clone(), map)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("`layers.1.ssm.B` has shape [72, 6] but the config implies [6, 144]"),
         "{err}"
@@ -237,25 +246,39 @@ fn decode_weight_errors_name_the_tensor_and_the_fix() {
     };
     let mut map = as_map(&Weights::random(&other, 1).unwrap());
     let err = Weights::from_tensors(config.clone(), map.clone()).unwrap_err();
-    assert!(err.to_string().contains("`layers.2.ffn.up.weight` (shape [72, 48]) is missing"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("`layers.2.ffn.up.weight` (shape [72, 48]) is missing"),
+        "{err}"
+    );
     for name in expected_plain_layer2() {
         let src = weights.tensors()[name].clone();
         map.insert(name.to_owned(), (src.shape, src.data));
     }
     let err = Weights::from_tensors(config.clone(), map).unwrap_err();
     assert!(
-        err.to_string().contains("tensor `layers.2.moe.experts.0.down.bias` is not part of a model with this config"),
+        err.to_string().contains(
+            "tensor `layers.2.moe.experts.0.down.bias` is not part of a model with this config"
+        ),
         "{err}"
     );
 
     let mut map = as_map(&weights);
     map.get_mut("final_norm.bias").unwrap().1[3] = f32::NAN;
-    let err = Weights::from_tensors(config.clone(), map).unwrap_err().to_string();
-    assert!(err.contains("`final_norm.bias` holds a non-finite value at flat index 3"), "{err}");
+    let err = Weights::from_tensors(config.clone(), map)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`final_norm.bias` holds a non-finite value at flat index 3"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let err = Weights::load_dir(dir.path()).unwrap_err().to_string();
-    assert!(err.starts_with("cannot read") && err.contains("config.json"), "{err}");
+    assert!(
+        err.starts_with("cannot read") && err.contains("config.json"),
+        "{err}"
+    );
     std::fs::write(dir.path().join("config.json"), r#"{"hidden_size": 0}"#).unwrap();
     let err = Weights::load_dir(dir.path()).unwrap_err().to_string();
     assert!(err.contains("hidden_size: must be at least 1"), "{err}");
@@ -263,7 +286,11 @@ fn decode_weight_errors_name_the_tensor_and_the_fix() {
     let err = Weights::load_dir(dir.path()).unwrap_err().to_string();
     assert!(err.contains("unknown field `hidden`"), "{err}");
     std::fs::write(dir.path().join("config.json"), "{}").unwrap();
-    std::fs::write(dir.path().join("model.safetensors"), b"not a safetensors file").unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"not a safetensors file",
+    )
+    .unwrap();
     let err = Weights::load_dir(dir.path()).unwrap_err().to_string();
     assert!(err.contains("is not a readable safetensors file"), "{err}");
 }

@@ -2,8 +2,7 @@
 //! settings fall back to greedy, and sampled frequencies follow the softmax (chi-square).
 
 use itera_model::decode::{
-    argmax, generate, reference, DecodeError, Decoder, Precision, Sampler, SamplingConfig,
-    Weights,
+    argmax, generate, reference, DecodeError, Decoder, Precision, Sampler, SamplingConfig, Weights,
 };
 use itera_model::ModelConfig;
 
@@ -19,7 +18,12 @@ fn small() -> (ModelConfig, Weights) {
     (config, weights)
 }
 
-fn sampled(temperature: f32, top_k: Option<usize>, top_p: Option<f32>, seed: u64) -> SamplingConfig {
+fn sampled(
+    temperature: f32,
+    top_k: Option<usize>,
+    top_p: Option<f32>,
+    seed: u64,
+) -> SamplingConfig {
     SamplingConfig {
         temperature,
         top_k,
@@ -33,7 +37,15 @@ fn decode_greedy_generation_is_the_argmax_of_the_reference() {
     let (_, weights) = small();
     let decoder = Decoder::new(&weights, Precision::F32);
     let prompt = [5, 17, 3];
-    let out = generate(&decoder, &prompt, 10, &SamplingConfig::greedy(), |_| true, None).unwrap();
+    let out = generate(
+        &decoder,
+        &prompt,
+        10,
+        &SamplingConfig::greedy(),
+        |_| true,
+        None,
+    )
+    .unwrap();
     assert_eq!(out.len(), 10);
     let mut seq = prompt.to_vec();
     for &tok in &out {
@@ -54,12 +66,32 @@ fn decode_seeds_reproduce_and_degenerate_settings_are_greedy() {
     let greedy = run(&SamplingConfig::greedy());
     // Random weights give sharp distributions at T=1; T=3 makes sampling visibly random.
     let a = run(&sampled(3.0, None, None, 7));
-    assert_eq!(a, run(&sampled(3.0, None, None, 7)), "same seed, same tokens");
-    assert_ne!(a, run(&sampled(3.0, None, None, 8)), "another seed, other tokens");
+    assert_eq!(
+        a,
+        run(&sampled(3.0, None, None, 7)),
+        "same seed, same tokens"
+    );
+    assert_ne!(
+        a,
+        run(&sampled(3.0, None, None, 8)),
+        "another seed, other tokens"
+    );
     assert_ne!(a, greedy);
-    assert_eq!(run(&sampled(3.0, Some(1), None, 7)), greedy, "top-k 1 is greedy");
-    assert_eq!(run(&sampled(3.0, None, Some(1e-6), 7)), greedy, "tiny top-p is greedy");
-    assert_eq!(run(&sampled(1e-4, None, None, 7)), greedy, "temperature -> 0 is greedy");
+    assert_eq!(
+        run(&sampled(3.0, Some(1), None, 7)),
+        greedy,
+        "top-k 1 is greedy"
+    );
+    assert_eq!(
+        run(&sampled(3.0, None, Some(1e-6), 7)),
+        greedy,
+        "tiny top-p is greedy"
+    );
+    assert_eq!(
+        run(&sampled(1e-4, None, None, 7)),
+        greedy,
+        "temperature -> 0 is greedy"
+    );
     let k5 = run(&sampled(3.0, Some(5), Some(0.9), 9));
     assert_eq!(k5, run(&sampled(3.0, Some(5), Some(0.9), 9)));
 }
@@ -73,10 +105,17 @@ fn decode_generation_stops_on_callback_stop_token_and_full_context() {
     // Context 40: 40 tokens fed (1 prompt + 39 generated) and one more predicted.
     assert_eq!(all.len(), config.max_seq_length);
     let mut seen = Vec::new();
-    let three = generate(&decoder, &[4], 100, &greedy, |t| {
-        seen.push(t);
-        seen.len() < 3
-    }, None)
+    let three = generate(
+        &decoder,
+        &[4],
+        100,
+        &greedy,
+        |t| {
+            seen.push(t);
+            seen.len() < 3
+        },
+        None,
+    )
     .unwrap();
     assert_eq!(three, all[..3]);
     assert_eq!(seen, all[..3]);
@@ -88,11 +127,25 @@ fn decode_generation_stops_on_callback_stop_token_and_full_context() {
         generate(&decoder, &[], 5, &greedy, |_| true, None).unwrap_err(),
         DecodeError::EmptyPrompt
     );
-    let err = generate(&decoder, &[1], 5, &sampled(-1.0, None, None, 0), |_| true, None)
-        .unwrap_err();
+    let err = generate(
+        &decoder,
+        &[1],
+        5,
+        &sampled(-1.0, None, None, 0),
+        |_| true,
+        None,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("temperature"), "{err}");
-    for bad in [sampled(1.0, Some(0), None, 0), sampled(1.0, None, Some(0.0), 0), sampled(1.0, None, Some(1.5), 0)] {
-        assert!(matches!(Sampler::new(&bad), Err(DecodeError::InvalidSampling { .. })));
+    for bad in [
+        sampled(1.0, Some(0), None, 0),
+        sampled(1.0, None, Some(0.0), 0),
+        sampled(1.0, None, Some(1.5), 0),
+    ] {
+        assert!(matches!(
+            Sampler::new(&bad),
+            Err(DecodeError::InvalidSampling { .. })
+        ));
     }
 }
 
@@ -115,7 +168,10 @@ fn chi_square(counts: &[usize], probs: &[f64], n: usize) -> f64 {
 
 fn softmax(logits: &[f32], t: f64) -> Vec<f64> {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let w: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max) / t).exp()).collect();
+    let w: Vec<f64> = logits
+        .iter()
+        .map(|&l| ((l as f64 - max) / t).exp())
+        .collect();
     let z: f64 = w.iter().sum();
     w.iter().map(|x| x / z).collect()
 }
@@ -156,9 +212,27 @@ fn decode_sampled_frequencies_follow_the_distribution() {
 }
 
 #[test]
+fn decode_argmax_takes_the_first_of_ties_in_any_lane() {
+    assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
+    for len in [1, 15, 16, 17, 40, 100] {
+        for at in [0, len / 2, len - 1] {
+            let mut v: Vec<f32> = (0..len).map(|i| (i % 7) as f32 * 0.1).collect();
+            v[at] = 5.0;
+            if at + 3 < len {
+                v[at + 3] = 5.0; // a later tie in another lane loses
+            }
+            v[len - 1] = if at == len - 1 { 5.0 } else { f32::NAN };
+            assert_eq!(argmax(&v), at as u32, "len {len}, max at {at}");
+        }
+    }
+}
+
+#[test]
 fn decode_top_p_and_top_k_on_a_large_vocabulary() {
     // A vocabulary large enough that the nucleus search widens several times.
-    let logits: Vec<f32> = (0..5000).map(|i| ((i * 7919) % 5000) as f32 * 1e-4).collect();
+    let logits: Vec<f32> = (0..5000)
+        .map(|i| ((i * 7919) % 5000) as f32 * 1e-4)
+        .collect();
     let probs = softmax(&logits, 1.0);
     let mut order: Vec<usize> = (0..5000).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));

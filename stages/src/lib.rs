@@ -4,6 +4,9 @@ use itera_engine::stage::Registry;
 
 pub mod fetch;
 pub mod files;
+pub mod half;
+pub mod records;
+pub mod report;
 pub mod shell;
 pub mod tokenize;
 
@@ -11,8 +14,10 @@ pub mod tokenize;
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
     registry.register::<fetch::HfFetch>();
-    registry.register::<tokenize::Tokenize>();
     registry.register::<files::Files>();
+    registry.register::<half::HalfConvert>();
+    registry.register::<report::Report>();
     registry.register::<shell::Shell>();
+    registry.register::<tokenize::Tokenize>();
     registry
 }

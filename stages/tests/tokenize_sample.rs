@@ -75,16 +75,25 @@ fn check_against_source(out: &Path, valid: &Path, lossless: bool) -> (Meta, Stat
     assert_eq!(ids.len() as u64, stats.valid.tokens);
     assert_eq!(ids.len() as u64, meta.valid_tokens);
     let expected = file_stories(valid);
-    let got = split_at_eos(&ids);
-    assert_eq!(got.len(), expected.len());
     assert_eq!(stats.valid.stories, expected.len() as u64);
-    for (story, story_ids) in expected.iter().zip(&got) {
+    // The saved tokenizer, story by story, each followed by <eos>, gives the same stream.
+    let mut stream = Vec::with_capacity(ids.len());
+    for story in &expected {
         let fresh = reloaded.encode(story.as_str(), false).unwrap();
-        assert_eq!(fresh.get_ids(), *story_ids, "ids differ for story {story:?}");
         if lossless {
-            assert_eq!(&reloaded.decode(story_ids, false).unwrap(), story);
+            assert_eq!(&reloaded.decode(fresh.get_ids(), false).unwrap(), story);
         }
+        stream.extend_from_slice(fresh.get_ids());
+        stream.push(EOS_ID);
     }
+    if let Some(at) = stream.iter().zip(&ids).position(|(a, b)| a != b) {
+        panic!(
+            "valid.bin differs from the saved tokenizer's encoding at token {at}: {:?} vs {:?}",
+            &ids[at.saturating_sub(3)..(at + 5).min(ids.len())],
+            &stream[at.saturating_sub(3)..(at + 5).min(stream.len())]
+        );
+    }
+    assert_eq!(stream.len(), ids.len());
     (meta, stats)
 }
 
@@ -181,7 +190,7 @@ fn stats_are_right_on_a_hand_checkable_text() {
     assert_eq!(t.bytes_per_token, 1.0);
     // Distinct bytes of "Hello world." + "Hi!": H e l o ␠ w r d . i ! = 11, plus <eos>.
     assert_eq!(t.vocabulary_used, 12);
-    assert_eq!(t.vocabulary_coverage, 12.0 / 260.0);
+    assert!((t.vocabulary_coverage - 12.0 / 260.0).abs() < 1e-12, "{}", t.vocabulary_coverage);
     assert_eq!((t.top_tokens[0].token.as_str(), t.top_tokens[0].count), ("l", 3));
     // The BOM and the spaces around the story are not story text.
     assert_eq!((stats.valid.stories, stats.valid.text_bytes, stats.valid.tokens), (1, 9, 10));
@@ -197,6 +206,18 @@ fn stats_are_right_on_a_hand_checkable_text() {
     let ids = read_ids(&out.join("train.bin"), Dtype::U16);
     // Hello world . <eos> Hi ! <eos>
     assert_eq!(ids, [0, 0, 5, 3, 0, 4, 3]);
+}
+
+#[test]
+fn special_token_text_inside_a_story_matches_the_saved_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = "Tom saw <b>a dog</b>.\n<|endoftext|>\nSue said <EOS> and <eos>  twice.\n<|endoftext|>\n";
+    let corpus = tiny_corpus(tmp.path(), text, text);
+    for (scheme, extra) in [("bpe", "vocab_size = 300\nmin_frequency = 1"), ("word", "min_frequency = 1\nlowercase = true")] {
+        let p = params(&format!("scheme = \"{scheme}\"\n{extra}"));
+        let out = run(&p, &corpus, &tmp.path().join(scheme)).unwrap();
+        check_against_source(&out, &corpus.join("TinyStories-valid.txt"), false);
+    }
 }
 
 #[test]

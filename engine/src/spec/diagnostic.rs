@@ -12,6 +12,9 @@ pub struct Location {
     pub place: String,
     /// The line to show with a caret under the offending part, if there is one.
     pub snippet: Option<Snippet>,
+    /// Sorts problems in reading order: files in load order, each by offset, then the
+    /// `--set` arguments in order.
+    pub(crate) order: (usize, usize, usize),
 }
 
 /// A source line (or command-line argument) with the part a problem is about.
@@ -87,7 +90,9 @@ impl fmt::Display for Diagnostic {
         if let Some(s) = snippet {
             writeln!(f, "{pad} |")?;
             let number = s.line.map(|n| n.to_string()).unwrap_or_default();
-            writeln!(f, "{number:>width$} | {}", s.text.trim_end())?;
+            // A tab is shown as one space so the caret (counted in characters) lines up.
+            let text = s.text.trim_end().replace('\t', " ");
+            writeln!(f, "{number:>width$} | {text}")?;
             let marks = format!("{}{}", " ".repeat(s.column), "^".repeat(s.width.max(1)));
             match &self.label {
                 Some(label) => writeln!(f, "{pad} | {marks} {label}")?,
@@ -132,6 +137,12 @@ impl Diagnostics {
         for d in ds {
             self.push(d);
         }
+    }
+    /// Puts the problems in reading order (problems without a place first); problems at
+    /// the same place keep the order they were found in.
+    pub(crate) fn sort(&mut self) {
+        self.items
+            .sort_by_key(|d| d.origin.as_ref().map(|o| o.order));
     }
     /// Number of problems.
     pub fn len(&self) -> usize {
@@ -185,7 +196,10 @@ where
         } else {
             strsim::levenshtein(word, c)
         };
-        if d <= 2 && d < word.chars().count() && best.is_none_or(|(bd, bc)| d < bd || (d == bd && c < bc)) {
+        if d <= 2
+            && d < word.chars().count()
+            && best.is_none_or(|(bd, bc)| d < bd || (d == bd && c < bc))
+        {
             best = Some((d, c));
         }
     }
@@ -217,6 +231,7 @@ mod tests {
 
     fn at(line: usize, text: &str, column: usize, width: usize) -> Option<Location> {
         Some(Location {
+            order: (0, line, column),
             place: format!("pipelines/bad.toml:{line}:{}", column + 1),
             snippet: Some(Snippet {
                 line: Some(line),
@@ -261,6 +276,7 @@ mod tests {
         let d = Diagnostic::new(
             "x",
             Some(Location {
+                order: (1, 0, 0),
                 place: "--set train.steps=x".into(),
                 snippet: Some(Snippet {
                     line: None,
@@ -277,9 +293,18 @@ mod tests {
     }
 
     #[test]
+    fn tabs_keep_the_caret_aligned() {
+        let d = Diagnostic::new("x", at(1, "\tsteps = 0", 9, 1));
+        assert!(d.to_string().contains(" 1 |  steps = 0\n   |          ^\n"));
+    }
+
+    #[test]
     fn suggestions() {
         let names = ["hidden_size", "steps", "seed", "lr"];
-        assert_eq!(suggest("hiden_size", &names).as_deref(), Some("hidden_size"));
+        assert_eq!(
+            suggest("hiden_size", &names).as_deref(),
+            Some("hidden_size")
+        );
         assert_eq!(suggest("setps", &names).as_deref(), Some("steps"));
         assert_eq!(suggest("Steps", &names).as_deref(), Some("steps"));
         assert_eq!(suggest("completely_else", &names), None);

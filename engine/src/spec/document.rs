@@ -77,7 +77,9 @@ fn load_link(
                     format!("cannot read `{name}`, the file this one extends: {e}"),
                     Some(sources.locate(&node.origin)),
                 )
-                .with_help("the `extends` path is relative to the folder of the file that names it"),
+                .with_help(
+                    "the `extends` path is relative to the folder of the file that names it",
+                ),
             };
             diags.push(d);
             return None;
@@ -178,7 +180,13 @@ fn syntax_diagnostics(
             };
             let first = path
                 .as_deref()
-                .and_then(|p| first_definition(recovered, p))
+                .and_then(|p| {
+                    if is_header {
+                        first_header(text, line.start, p)
+                    } else {
+                        first_definition(recovered, p)
+                    }
+                })
                 .filter(|first| *first != span);
             let what = match (&path, is_header) {
                 (Some(p), true) if p.len() == 2 && p[0] == "stages" => {
@@ -198,7 +206,10 @@ fn syntax_diagnostics(
             }
             out.push(d.with_help("keep one definition and merge the keys into it"));
         } else {
-            out.push(Diagnostic::new(format!("invalid TOML: {message}"), location));
+            out.push(Diagnostic::new(
+                format!("invalid TOML: {message}"),
+                location,
+            ));
         }
     }
     out
@@ -222,6 +233,34 @@ fn next_header(text: &str, from: usize) -> usize {
         pos += line.len();
     }
     text.len()
+}
+
+/// Span of the last key segment of the first `[header]` before `before` that names `path`.
+fn first_header(text: &str, before: usize, path: &[String]) -> Option<Range<usize>> {
+    let mut pos = 0;
+    for line in text[..before].split_inclusive('\n') {
+        let start = pos;
+        pos += line.len();
+        let indent = line.len() - line.trim_start().len();
+        let body = line.trim_start();
+        let Some(inner) = body.strip_prefix('[') else {
+            continue;
+        };
+        let brackets = if inner.starts_with('[') { 2 } else { 1 };
+        let inner = &body[brackets..];
+        let Some(end) = inner.find(']') else {
+            continue;
+        };
+        let Some(segments) = key_segments(&inner[..end]) else {
+            continue;
+        };
+        if segments.iter().map(|(s, _)| s).eq(path.iter()) {
+            let (_, span) = segments.last()?;
+            let offset = start + indent + brackets;
+            return Some(offset + span.start..offset + span.end);
+        }
+    }
+    None
 }
 
 /// The dotted key of the last `[header]` (or `[[header]]`) before `offset`.
@@ -296,7 +335,10 @@ mod tests {
     #[test]
     fn headers() {
         let text = "[pipeline]\nname = 1\n[stages.a]\nx = 1\n";
-        assert_eq!(current_header(text, text.len()).as_deref(), Some("stages.a"));
+        assert_eq!(
+            current_header(text, text.len()).as_deref(),
+            Some("stages.a")
+        );
         assert_eq!(current_header(text, 11).as_deref(), Some("pipeline"));
         assert_eq!(next_header(text, 11), 20);
     }

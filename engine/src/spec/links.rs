@@ -99,7 +99,8 @@ pub(crate) fn parse_ref(text: &str) -> Option<InputRef> {
 
 /// Every check that relates stages to each other.
 pub(crate) fn check(drafts: &[StageDraft<'_>], sources: &Sources, diags: &mut Vec<Diagnostic>) {
-    let by_name: BTreeMap<&str, &StageDraft> = drafts.iter().map(|d| (d.name.as_str(), d)).collect();
+    let by_name: BTreeMap<&str, &StageDraft> =
+        drafts.iter().map(|d| (d.name.as_str(), d)).collect();
     let names: Vec<&str> = by_name.keys().copied().collect();
     for d in drafts {
         for slot in &d.inputs {
@@ -126,8 +127,11 @@ fn check_ref(
     let at = Some(sources.locate(&node.origin));
     if r.stage == d.name {
         diags.push(
-            Diagnostic::new(format!("stage `{}` uses its own output as input `{slot}`", d.name), at)
-                .with_help("a stage can only read the outputs of other stages"),
+            Diagnostic::new(
+                format!("stage `{}` uses its own output as input `{slot}`", d.name),
+                at,
+            )
+            .with_help("a stage can only read the outputs of other stages"),
         );
         return;
     }
@@ -148,7 +152,8 @@ fn check_ref(
         );
         return;
     };
-    let (Some(output), Some((kind, stage)), Some(params)) = (&r.output, &up.kind, &up.params) else {
+    let (Some(output), Some((kind, stage)), Some(params)) = (&r.output, &up.kind, &up.params)
+    else {
         return;
     };
     let outputs: Vec<String> = stage.outputs(params).into_iter().map(|o| o.name).collect();
@@ -164,7 +169,10 @@ fn check_ref(
         };
         diags.push(
             Diagnostic::new(
-                format!("stage `{}` (kind `{kind}`) has no output `{output}`", up.name),
+                format!(
+                    "stage `{}` (kind `{kind}`) has no output `{output}`",
+                    up.name
+                ),
                 at,
             )
             .with_help(help),
@@ -191,7 +199,10 @@ fn check_slots(d: &StageDraft<'_>, sources: &Sources, diags: &mut Vec<Diagnostic
             };
             diags.push(
                 Diagnostic::new(
-                    format!("stage `{}` (kind `{kind}`) has no input `{}`", d.name, slot.name),
+                    format!(
+                        "stage `{}` (kind `{kind}`) has no input `{}`",
+                        d.name, slot.name
+                    ),
                     Some(sources.locate(&slot.node.key)),
                 )
                 .with_help(help),
@@ -214,10 +225,15 @@ fn check_slots(d: &StageDraft<'_>, sources: &Sources, diags: &mut Vec<Diagnostic
             );
         }
     }
+    // A malformed `inputs` was reported already; its slots are unknown, not missing.
+    if d.inputs_node.is_some_and(|n| n.as_table().is_none()) {
+        return;
+    }
     for decl in accepted.iter().filter(|s| s.required) {
         let given = d.inputs.iter().find(|s| s.name == decl.name);
         // An empty list for a required slot is as good as missing (bad items were reported).
-        let empty = given.is_some_and(|s| s.refs.is_empty() && matches!(s.node.value, Value::Array(_)));
+        let empty =
+            given.is_some_and(|s| s.refs.is_empty() && matches!(s.node.value, Value::Array(_)));
         if given.is_some() && !empty {
             continue;
         }
@@ -339,11 +355,17 @@ mod tests {
     fn references() {
         assert_eq!(
             parse_ref("fetch"),
-            Some(InputRef { stage: "fetch".into(), output: None })
+            Some(InputRef {
+                stage: "fetch".into(),
+                output: None
+            })
         );
         assert_eq!(
             parse_ref("train.model.safetensors"),
-            Some(InputRef { stage: "train".into(), output: Some("model.safetensors".into()) })
+            Some(InputRef {
+                stage: "train".into(),
+                output: Some("model.safetensors".into())
+            })
         );
         assert_eq!(parse_ref("train."), None);
         assert_eq!(parse_ref(".x"), None);

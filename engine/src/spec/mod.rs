@@ -21,13 +21,17 @@ pub use diagnostic::{suggest, Diagnostic, Diagnostics, Location, Snippet};
 pub use model::{InputRef, Pipeline, Resources, StageName, StageSpec};
 
 use crate::stage::Registry;
-pub(crate) use validate::PipelineHeader;
 use tree::{Node, Sources};
+pub(crate) use validate::PipelineHeader;
 
 /// Loads the pipeline file at `path` (as given by the user; messages print it so), applies
 /// `extends`, then the `--set` `overrides` (each `KEY=VALUE`, without `--set`), and checks
 /// everything against the kinds in `registry`.
-pub fn load(path: &Path, overrides: &[String], registry: &Registry) -> Result<Pipeline, Diagnostics> {
+pub fn load(
+    path: &Path,
+    overrides: &[String],
+    registry: &Registry,
+) -> Result<Pipeline, Diagnostics> {
     let mut sources = Sources::default();
     let mut diags = Vec::new();
     let file = path.display().to_string();
@@ -57,9 +61,12 @@ pub fn load_resolved(
     let mut sources = Sources::default();
     let mut diags = Vec::new();
     let name = format!("{} (resolved)", source.display());
-    let Some((root, id)) =
-        document::parse_text(name.clone(), resolved_toml.to_owned(), &mut sources, &mut diags)
-    else {
+    let Some((root, id)) = document::parse_text(
+        name.clone(),
+        resolved_toml.to_owned(),
+        &mut sources,
+        &mut diags,
+    ) else {
         return Err(collect(name, diags));
     };
     finish(root, id, &sources, registry, &name, diags, |p| Pipeline {
@@ -109,6 +116,7 @@ fn finish(
 fn collect(file: String, diags: Vec<Diagnostic>) -> Diagnostics {
     let mut all = Diagnostics::new(file);
     all.extend(diags);
+    all.sort();
     all
 }
 

@@ -25,19 +25,20 @@ pub(crate) struct Override {
 }
 
 /// Parses one `--set` argument (registered in `sources` as argument `arg`).
-pub(crate) fn parse(arg: usize, text: &str) -> Result<Override, Diagnostic> {
+pub(crate) fn parse(arg: usize, text: &str) -> Result<Override, Box<Diagnostic>> {
     let set = |span: Range<usize>| Origin::Set { arg, span };
     let Some(eq) = text.find('=') else {
-        return Err(Diagnostic::new(
-            format!("`--set {text}` has no value"),
-            None,
-        )
-        .with_help("write `--set STAGE.KEY=VALUE`, e.g. `--set train.steps=200`"));
+        return Err(Box::new(
+            Diagnostic::new(format!("`--set {text}` has no value"), None)
+                .with_help("write `--set STAGE.KEY=VALUE`, e.g. `--set train.steps=200`"),
+        ));
     };
     let key = &text[..eq];
     let path = key_segments(key).ok_or_else(|| {
-        Diagnostic::new(format!("`{}` is not a valid TOML key", key.trim()), None)
-            .with_help("write `--set STAGE.KEY=VALUE`; quote key parts with dots in them")
+        Box::new(
+            Diagnostic::new(format!("`{}` is not a valid TOML key", key.trim()), None)
+                .with_help("write `--set STAGE.KEY=VALUE`; quote key parts with dots in them"),
+        )
     })?;
     let key_origin = set(path.last().map_or(0..eq, |(_, span)| span.clone()));
     let raw = &text[eq + 1..];
@@ -51,16 +52,21 @@ pub(crate) fn parse(arg: usize, text: &str) -> Result<Override, Diagnostic> {
             let mut errors = Vec::new();
             let node = Node::from_de(key_origin, &parsed, &at, &mut errors);
             if let Some(e) = errors.into_iter().next() {
-                return Err(Diagnostic::new(format!("invalid value: {}", e.message), None));
+                return Err(Box::new(Diagnostic::new(
+                    format!("invalid value: {}", e.message),
+                    None,
+                )));
             }
             node
         }
         Err(e) if trimmed.starts_with(['"', '\'', '[', '{']) => {
-            return Err(Diagnostic::new(
-                format!("invalid TOML value `{trimmed}`: {}", e.message()),
-                None,
-            )
-            .with_help("quote strings, e.g. `--set 'tokenize.scheme=\"bpe\"'`"));
+            return Err(Box::new(
+                Diagnostic::new(
+                    format!("invalid TOML value `{trimmed}`: {}", e.message()),
+                    None,
+                )
+                .with_help("quote strings, e.g. `--set 'tokenize.scheme=\"bpe\"'`"),
+            ));
         }
         Err(_) => Node {
             value: Value::Scalar(toml::Value::String(trimmed.to_owned())),
@@ -86,38 +92,38 @@ pub(crate) fn apply(
         };
         match parse(arg, text) {
             Ok(o) => {
-                if let Err((d, span)) = apply_one(root, o) {
+                if let Err(failed) = apply_one(root, arg, o) {
+                    let (d, span) = *failed;
                     diags.push(located(d, span));
                 }
             }
-            Err(d) => diags.push(located(d, 0..text.len())),
+            Err(d) => diags.push(located(*d, 0..text.len())),
         }
     }
 }
 
-/// Applies one override; an error comes with the span of the argument to point at.
-fn apply_one(root: &mut Node, o: Override) -> Result<(), (Diagnostic, Range<usize>)> {
+/// Applies one override (argument number `arg`); an error comes with the span of the
+/// argument to point at.
+fn apply_one(
+    root: &mut Node,
+    arg: usize,
+    o: Override,
+) -> Result<(), Box<(Diagnostic, Range<usize>)>> {
     let Override { path, value } = o;
-    let arg = match &value.key {
-        Origin::Set { arg, .. } => *arg,
-        Origin::File { .. } => unreachable!("override values come from arguments"),
-    };
     let set = |span: &Range<usize>| Origin::Set {
         arg,
         span: span.clone(),
     };
     let (first, first_span) = &path[0];
     let whole = first_span.start..path[path.len() - 1].1.end;
-    let table = root
-        .as_table_mut()
-        .expect("the document root is a table");
+    let table = root.as_table_mut().expect("the document root is a table");
     let (target, rest): (&mut Node, &[(String, Range<usize>)]) = match first.as_str() {
         EXTENDS => {
-            return Err((
+            return Err(Box::new((
                 Diagnostic::new("`extends` cannot be set from the command line", None)
                     .with_help("write a small file that extends the pipeline instead"),
                 whole,
-            ))
+            )))
         }
         "pipeline" => {
             let node = table.entry("pipeline".to_owned()).or_insert_with(|| Node {
@@ -139,7 +145,7 @@ fn apply_one(root: &mut Node, o: Override) -> Result<(), (Diagnostic, Range<usiz
                 .map(|t| t.keys().cloned().collect())
                 .unwrap_or_default();
             let Some((stage, stage_span)) = stage_path.first() else {
-                return Err((missing_key_help(), whole));
+                return Err(Box::new((missing_key_help(), whole)));
             };
             let Some(node) = table
                 .get_mut("stages")
@@ -148,17 +154,15 @@ fn apply_one(root: &mut Node, o: Override) -> Result<(), (Diagnostic, Range<usiz
             else {
                 let d = Diagnostic::new(format!("`--set` names unknown stage `{stage}`"), None)
                     .with_help_opt(did_you_mean(stage, &names).or_else(|| {
-                        Some(
-                            "the first part of the key is a stage name, or `pipeline`".to_owned(),
-                        )
+                        Some("the first part of the key is a stage name, or `pipeline`".to_owned())
                     }));
-                return Err((d, stage_span.clone()));
+                return Err(Box::new((d, stage_span.clone())));
             };
             (node, &stage_path[1..])
         }
     };
     if rest.is_empty() {
-        return Err((missing_key_help(), whole));
+        return Err(Box::new((missing_key_help(), whole)));
     }
     let mut node = target;
     let mut walked: Vec<&str> = path[..path.len() - rest.len()]
@@ -168,7 +172,7 @@ fn apply_one(root: &mut Node, o: Override) -> Result<(), (Diagnostic, Range<usiz
     for (segment, span) in &rest[..rest.len() - 1] {
         let type_name = node.type_name();
         let Some(t) = node.as_table_mut() else {
-            return Err((not_a_table(&walked, type_name), span.clone()));
+            return Err(Box::new((not_a_table(&walked, type_name), span.clone())));
         };
         node = t.entry(segment.clone()).or_insert_with(|| Node {
             value: Value::Table(BTreeMap::new()),
@@ -180,7 +184,10 @@ fn apply_one(root: &mut Node, o: Override) -> Result<(), (Diagnostic, Range<usiz
     let (leaf, leaf_span) = &rest[rest.len() - 1];
     let type_name = node.type_name();
     let Some(t) = node.as_table_mut() else {
-        return Err((not_a_table(&walked, type_name), leaf_span.clone()));
+        return Err(Box::new((
+            not_a_table(&walked, type_name),
+            leaf_span.clone(),
+        )));
     };
     match t.get_mut(leaf) {
         Some(existing) => existing.merge(value),
@@ -226,7 +233,10 @@ mod tests {
         assert_eq!(value_of("a.b=true"), toml::Value::Boolean(true));
         assert_eq!(value_of("a.b=\"bpe\""), toml::Value::String("bpe".into()));
         assert_eq!(value_of("a.b=bpe"), toml::Value::String("bpe".into()));
-        assert_eq!(value_of("a.b= data/x y "), toml::Value::String("data/x y".into()));
+        assert_eq!(
+            value_of("a.b= data/x y "),
+            toml::Value::String("data/x y".into())
+        );
         assert_eq!(
             value_of("a.b=[1, 2]"),
             toml::Value::Array(vec![1.into(), 2.into()])
@@ -241,7 +251,13 @@ mod tests {
         let names: Vec<&str> = o.path.iter().map(|(s, _)| s.as_str()).collect();
         assert_eq!(names, ["train", "model.x", "size"]);
         assert_eq!(o.path[2].1, 16..20);
-        assert_eq!(o.value.origin, Origin::Set { arg: 0, span: 21..22 });
+        assert_eq!(
+            o.value.origin,
+            Origin::Set {
+                arg: 0,
+                span: 21..22
+            }
+        );
     }
 
     #[test]

@@ -56,6 +56,7 @@ impl Sources {
                 let width = text[start..end].chars().count().max(1);
                 let line = text[line_start..line_end].trim_end_matches('\r');
                 Location {
+                    order: (0, *source, start),
                     place: format!("{name}:{line_no}:{}", column + 1),
                     snippet: Some(Snippet {
                         line: Some(line_no),
@@ -72,6 +73,7 @@ impl Sources {
                 let start = span.start.min(arg_text.len());
                 let end = span.end.clamp(start, arg_text.len());
                 Location {
+                    order: (1, *arg, start),
                     place: text.clone(),
                     snippet: Some(Snippet {
                         line: None,
@@ -87,6 +89,8 @@ impl Sources {
     /// A location naming a whole file, without a line.
     pub fn whole_file(&self, source: usize) -> Location {
         Location {
+            // After the problems with a line in the same file.
+            order: (0, source, usize::MAX),
             place: self.files[source].0.clone(),
             snippet: None,
         }
@@ -108,6 +112,8 @@ pub(crate) enum Value {
     Table(BTreeMap<String, Node>),
     Array(Vec<Node>),
     Scalar(toml::Value),
+    /// A value that cannot be represented (reported when read; skipped by typed checks).
+    Invalid,
 }
 
 /// A value that cannot be represented (an integer outside the 64-bit range).
@@ -135,7 +141,7 @@ impl Node {
                         origin: origin.clone(),
                         message: format!("integer `{i}` does not fit in 64 bits"),
                     });
-                    Value::Scalar(toml::Value::Integer(0))
+                    Value::Invalid
                 }
             },
             DeValue::Float(x) => {
@@ -198,6 +204,7 @@ impl Node {
             Value::Table(_) => "table",
             Value::Array(_) => "array",
             Value::Scalar(v) => v.type_str(),
+            Value::Invalid => "invalid value",
         }
     }
 
@@ -235,7 +242,7 @@ impl Node {
         let next = match &self.value {
             Value::Table(t) => t.get(first),
             Value::Array(items) => first.parse::<usize>().ok().and_then(|i| items.get(i)),
-            Value::Scalar(_) => None,
+            Value::Scalar(_) | Value::Invalid => None,
         }?;
         next.get_path(rest)
     }
@@ -258,6 +265,18 @@ impl Node {
             Value::Scalar(v) => v.clone(),
             Value::Array(items) => toml::Value::Array(items.iter().map(Node::to_toml).collect()),
             Value::Table(t) => toml::Value::Table(table_to_toml(t)),
+            // Never part of a valid pipeline: loading fails once one has been read.
+            Value::Invalid => toml::Value::Integer(0),
+        }
+    }
+
+    /// Whether this value or one inside it could not be represented.
+    pub fn has_invalid(&self) -> bool {
+        match &self.value {
+            Value::Invalid => true,
+            Value::Table(t) => t.values().any(Node::has_invalid),
+            Value::Array(items) => items.iter().any(Node::has_invalid),
+            Value::Scalar(_) => false,
         }
     }
 }
@@ -290,7 +309,10 @@ mod tests {
             "[a]\nx = 1\nlist = [1, 2]\n[a.inner]\np = 1\nq = 2\n[b]\ny = 1\n",
             0,
         );
-        let over = parse("[a]\nlist = [3]\n[a.inner]\nq = 20\n[b]\ny = { t = 1 }\n", 1);
+        let over = parse(
+            "[a]\nlist = [3]\n[a.inner]\nq = 20\n[b]\ny = { t = 1 }\n",
+            1,
+        );
         base.merge(over);
         let expected = parse(
             "[a]\nx = 1\nlist = [3]\n[a.inner]\np = 1\nq = 20\n[b]\ny = { t = 1 }\n",
@@ -298,9 +320,13 @@ mod tests {
         );
         assert_eq!(base.to_toml(), expected.to_toml());
         // Merged values keep the origin of the file that wrote them.
-        let q = base.get_path(&["a".into(), "inner".into(), "q".into()]).unwrap();
+        let q = base
+            .get_path(&["a".into(), "inner".into(), "q".into()])
+            .unwrap();
         assert!(matches!(q.origin, Origin::File { source: 1, .. }));
-        let p = base.get_path(&["a".into(), "inner".into(), "p".into()]).unwrap();
+        let p = base
+            .get_path(&["a".into(), "inner".into(), "p".into()])
+            .unwrap();
         assert!(matches!(p.origin, Origin::File { source: 0, .. }));
     }
 
@@ -315,7 +341,10 @@ mod tests {
         assert_eq!(loc.place, "f.toml:3:5");
         let name = node.get_path(&["a".into(), "name".into()]).unwrap();
         let snippet = sources.locate(&name.origin).snippet.unwrap();
-        assert_eq!((snippet.line, snippet.column, snippet.width), (Some(2), 7, 7));
+        assert_eq!(
+            (snippet.line, snippet.column, snippet.width),
+            (Some(2), 7, 7)
+        );
     }
 
     #[test]

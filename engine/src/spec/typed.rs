@@ -9,8 +9,8 @@ use schemars::{JsonSchema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json};
 
-use super::diagnostic::{did_you_mean, list, Diagnostic};
-use super::tree::{table_to_toml, Node, Sources};
+use super::diagnostic::{did_you_mean, list, suggest, Diagnostic};
+use super::tree::{table_to_toml, Node, Sources, Value};
 use crate::stage::{ParamIssue, Stage};
 
 /// A JSON schema with its definitions, for looking up which keys a table accepts.
@@ -81,6 +81,27 @@ impl SchemaView {
             .unwrap_or_default()
     }
 
+    /// Every key path the schema describes (nested objects up to four levels deep).
+    pub fn all_paths(&self) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        self.collect_paths(&self.root, &mut Vec::new(), &mut out);
+        out
+    }
+
+    fn collect_paths(&self, schema: &Json, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        let Some((props, _)) = self.object(schema) else {
+            return;
+        };
+        for (key, sub) in props {
+            prefix.push(key.clone());
+            out.push(prefix.clone());
+            if prefix.len() < 4 {
+                self.collect_paths(sub, prefix, out);
+            }
+            prefix.pop();
+        }
+    }
+
     /// Every key of `table` (at any depth) the schema does not accept, with the keys it
     /// would accept there. `extra` are further keys accepted at the top level.
     pub fn unknown_keys(
@@ -139,6 +160,16 @@ pub(crate) struct Subject {
     pub owner: String,
     /// The table's header without brackets, e.g. "stages.train", for help texts.
     pub header: String,
+    /// Leading key segments that `header` already names (1 for `[pipeline.slurm]` inside
+    /// `[pipeline]`), left out when a key path is shown.
+    pub strip: usize,
+}
+
+impl Subject {
+    /// A key path as shown in messages, relative to the named table.
+    fn show(&self, path: &[String]) -> String {
+        path[self.strip.min(path.len())..].join(".")
+    }
 }
 
 /// Serde's own error messages, as opposed to a `validate` hook's.
@@ -178,11 +209,26 @@ pub(crate) fn check_table(
 ) -> Result<Json, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let mut plain = table_to_toml(table);
+    // Values taken out of the typed check because they are not what was written:
+    // unrepresentable ones (reported when read) and, below, each value of the wrong type.
+    // Unknown keys are taken out too, but they change no typed value.
+    let mut removed: Vec<Vec<String>> = Vec::new();
+    for path in invalid_paths(table) {
+        remove_path(&mut plain, &path);
+        removed.push(path);
+    }
     for (path, candidates) in schema.unknown_keys(table, extra_keys) {
-        diags.push(unknown_key(node, table, &path, &candidates, subject_of, sources));
+        diags.push(unknown_key(
+            node,
+            table,
+            &path,
+            &candidates,
+            schema,
+            subject_of,
+            sources,
+        ));
         remove_path(&mut plain, &path);
     }
-    let mut changed_values = false;
     // Each round removes one bad key, so this ends; the bound is a second guarantee.
     for _ in 0..=count_keys(&plain) {
         match check(&plain) {
@@ -191,7 +237,9 @@ pub(crate) fn check_table(
             Err(issues) => {
                 let serde = issues.len() == 1 && is_serde_message(&issues[0].message);
                 if !serde {
-                    if !changed_values {
+                    // A `validate` hook's findings are only meaningful for the table as
+                    // written, not one with values taken out.
+                    if removed.is_empty() {
                         for issue in &issues {
                             diags.push(issue_diagnostic(
                                 node, table, issue, schema, subject_of, sources,
@@ -201,26 +249,54 @@ pub(crate) fn check_table(
                     return Err(diags);
                 }
                 let issue = &issues[0];
+                if issue.message.starts_with("missing field") {
+                    let mut full = issue.path.clone();
+                    full.extend(quoted_name(&issue.message).map(str::to_owned));
+                    if !removed.contains(&full) {
+                        diags.push(issue_diagnostic(
+                            node, table, issue, schema, subject_of, sources,
+                        ));
+                    }
+                    return Err(diags);
+                }
                 diags.push(issue_diagnostic(
                     node, table, issue, schema, subject_of, sources,
                 ));
-                if issue.message.starts_with("missing field") || !remove_path(&mut plain, &issue.path)
-                {
+                if !remove_path(&mut plain, &issue.path) {
                     return Err(diags);
                 }
-                changed_values = true;
+                removed.push(issue.path.clone());
             }
         }
     }
     Err(diags)
 }
 
+/// Paths of values that could not be represented (reported when the file was read).
+fn invalid_paths(table: &BTreeMap<String, Node>) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (key, node) in table {
+        match &node.value {
+            Value::Invalid => out.push(vec![key.clone()]),
+            Value::Table(t) => out.extend(invalid_paths(t).into_iter().map(|mut p| {
+                p.insert(0, key.clone());
+                p
+            })),
+            Value::Array(items) if items.iter().any(Node::has_invalid) => {
+                out.push(vec![key.clone()])
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Deserializes a plain table into `T` as `check_table` wants it.
 pub(crate) fn deserialize_check<T: DeserializeOwned + serde::Serialize>(
     table: &toml::Table,
 ) -> Result<Json, Vec<ParamIssue>> {
-    let typed: T = serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(
-        |e| {
+    let typed: T =
+        serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
             let path = e
                 .path()
                 .iter()
@@ -236,10 +312,31 @@ pub(crate) fn deserialize_check<T: DeserializeOwned + serde::Serialize>(
                 message: e.into_inner().to_string(),
                 help: None,
             }]
-        },
-    )?;
-    serde_json::to_value(&typed)
-        .map_err(|e| vec![ParamIssue::new("", format!("cannot be represented as JSON: {e}"))])
+        })?;
+    serde_json::to_value(&typed).map_err(|e| {
+        vec![ParamIssue::new(
+            "",
+            format!("cannot be represented as JSON: {e}"),
+        )]
+    })
+}
+
+/// A diagnostic for every key of `table` (inside `node`) that `schema` does not accept.
+pub(crate) fn unknown_key_diagnostics(
+    node: &Node,
+    table: &BTreeMap<String, Node>,
+    schema: &SchemaView,
+    extra_keys: &[&str],
+    subject_of: &dyn Fn(&[String], &Node) -> Subject,
+    sources: &Sources,
+) -> Vec<Diagnostic> {
+    schema
+        .unknown_keys(table, extra_keys)
+        .into_iter()
+        .map(|(path, candidates)| {
+            unknown_key(node, table, &path, &candidates, schema, subject_of, sources)
+        })
+        .collect()
 }
 
 fn unknown_key(
@@ -247,22 +344,38 @@ fn unknown_key(
     table: &BTreeMap<String, Node>,
     path: &[String],
     candidates: &[String],
+    schema: &SchemaView,
     subject_of: &dyn Fn(&[String], &Node) -> Subject,
     sources: &Sources,
 ) -> Diagnostic {
     let target = lookup(node, table, path);
     let subject = subject_of(path, target);
     let name = path.last().map(String::as_str).unwrap_or_default();
-    let help = did_you_mean(name, candidates).unwrap_or_else(|| {
-        let mut sorted = candidates.to_vec();
-        sorted.sort();
-        format!("expected one of {}", list(&sorted))
-    });
+    let help = did_you_mean(name, candidates)
+        .or_else(|| {
+            // A key written at the wrong depth (`hidden_size` for `model.hidden_size`).
+            let elsewhere: Vec<String> = schema
+                .all_paths()
+                .into_iter()
+                .filter(|p| {
+                    p.len() > 1
+                        && p.last()
+                            .is_some_and(|last| suggest(name, [last]).is_some() || last == name)
+                })
+                .map(|p| p.join("."))
+                .collect();
+            elsewhere.first().map(|p| format!("did you mean `{p}`?"))
+        })
+        .unwrap_or_else(|| {
+            let mut sorted = candidates.to_vec();
+            sorted.sort();
+            format!("expected one of {}", list(&sorted))
+        });
     Diagnostic::new(
         format!(
             "unknown {} `{}` {}",
             subject.noun,
-            path.join("."),
+            subject.show(path),
             subject.owner
         ),
         Some(sources.locate(&target.key)),
@@ -278,7 +391,12 @@ fn issue_diagnostic(
     subject_of: &dyn Fn(&[String], &Node) -> Subject,
     sources: &Sources,
 ) -> Diagnostic {
-    let message = issue.message.as_str();
+    // toml's errors append "in `key`" on further lines; the location says that already.
+    let message = if is_serde_message(&issue.message) {
+        issue.message.lines().next().unwrap_or_default()
+    } else {
+        issue.message.as_str()
+    };
     if message.starts_with("unknown field") {
         let mut path = issue.path.clone();
         if let Some(name) = quoted_name(message) {
@@ -291,7 +409,7 @@ fn issue_diagnostic(
         } else {
             Vec::new()
         };
-        return unknown_key(node, table, &path, &candidates, subject_of, sources);
+        return unknown_key(node, table, &path, &candidates, schema, subject_of, sources);
     }
     if message.starts_with("missing field") {
         let (parent, depth) = deepest(node, table, &issue.path);
@@ -299,16 +417,17 @@ fn issue_diagnostic(
         let field = quoted_name(message).unwrap_or("?");
         let mut full = issue.path.clone();
         full.push(field.to_owned());
-        let header = if issue.path.is_empty() {
+        let inner = subject.show(&issue.path);
+        let header = if inner.is_empty() {
             subject.header.clone()
         } else {
-            format!("{}.{}", subject.header, issue.path.join("."))
+            format!("{}.{inner}", subject.header)
         };
         return Diagnostic::new(
             format!(
                 "missing required {} `{}` {}",
                 subject.noun,
-                full.join("."),
+                subject.show(&full),
                 subject.owner
             ),
             Some(sources.locate(&parent.key)),
@@ -317,14 +436,18 @@ fn issue_diagnostic(
     }
     let (target, depth) = deepest(node, table, &issue.path);
     let subject = subject_of(&issue.path[..depth], target);
-    let origin = if depth == 0 { &target.key } else { &target.origin };
+    let origin = if depth == 0 {
+        &target.key
+    } else {
+        &target.origin
+    };
     let what = if issue.path.is_empty() {
         format!("invalid {}s {}", subject.noun, subject.owner)
     } else {
         format!(
             "invalid {} `{}` {}",
             subject.noun,
-            issue.path.join("."),
+            subject.show(&issue.path),
             subject.owner
         )
     };
@@ -380,4 +503,99 @@ fn count_keys(table: &toml::Table) -> usize {
             _ => 1,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::tree::Origin;
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        count: u32,
+        #[serde(default)]
+        inner: Option<Inner>,
+        #[serde(default)]
+        free: BTreeMap<String, u32>,
+    }
+
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        width: u32,
+    }
+
+    fn table(src: &str) -> Node {
+        let doc = toml::de::DeTable::parse(src).expect("test document parses");
+        let at = |span| Origin::File { source: 0, span };
+        let mut errors = Vec::new();
+        let t = Node::table_from_de(doc.get_ref(), &at, &mut errors);
+        Node {
+            value: Value::Table(t),
+            origin: at(0..0),
+            key: at(0..0),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_found_at_every_depth_through_options() {
+        let schema = SchemaView::of::<Outer>();
+        let node =
+            table("count = 1\ncuont = 2\ninner = { width = 1, widht = 2 }\nfree = { any = 1 }\n");
+        let found = schema.unknown_keys(node.as_table().unwrap(), &["kind"]);
+        let paths: Vec<String> = found.iter().map(|(p, _)| p.join(".")).collect();
+        assert_eq!(paths, ["cuont", "inner.widht"]);
+        assert!(
+            found[0].1.contains(&"kind".to_owned()),
+            "extra keys are candidates"
+        );
+        assert_eq!(found[1].1, ["width"]);
+        assert_eq!(
+            schema
+                .all_paths()
+                .iter()
+                .map(|p| p.join("."))
+                .collect::<Vec<_>>(),
+            ["count", "free", "inner", "inner.width"]
+        );
+    }
+
+    #[test]
+    fn every_wrong_type_is_reported_and_its_missing_field_is_not() {
+        let mut sources = Sources::default();
+        let src = "count = \"x\"\ninner = { width = -1 }\n";
+        sources.add_file("t.toml".into(), src.into());
+        let node = table(src);
+        let subject = |_: &[String], _: &Node| Subject {
+            noun: "key",
+            owner: "in `[t]`".into(),
+            header: "t".into(),
+            strip: 0,
+        };
+        let diags = check_table(
+            &node,
+            node.as_table().unwrap(),
+            &SchemaView::of::<Outer>(),
+            &[],
+            &deserialize_check::<Outer>,
+            &subject,
+            &sources,
+        )
+        .expect_err("two bad values");
+        let messages: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "invalid key `count` in `[t]`",
+                "invalid key `inner.width` in `[t]`"
+            ]
+        );
+        assert_eq!(
+            diags[0].label.as_deref(),
+            Some("invalid type: string \"x\", expected u32")
+        );
+    }
 }

@@ -13,7 +13,7 @@ use super::diagnostic::{did_you_mean, list, Diagnostic};
 use super::links::{self, SlotDraft};
 use super::model::{Resources, StageSpec};
 use super::tree::{Node, Sources, Value};
-use super::typed::{check_table, deserialize_check, SchemaView, Subject};
+use super::typed::{check_table, deserialize_check, unknown_key_diagnostics, SchemaView, Subject};
 use crate::stage::{Registry, Stage};
 
 /// Keys of a stage table that are not params.
@@ -71,9 +71,11 @@ pub(crate) fn validate(
                     format!("unknown top-level key `{key}`"),
                     Some(sources.locate(&node.key)),
                 )
-                .with_help(did_you_mean(key, &["pipeline", "stages", "extends"]).unwrap_or_else(
-                    || "the top level holds `extends`, `[pipeline]` and `[stages.NAME]`".into(),
-                )),
+                .with_help(
+                    did_you_mean(key, &["pipeline", "stages", "extends"]).unwrap_or_else(|| {
+                        "the top level holds `extends`, `[pipeline]` and `[stages.NAME]`".into()
+                    }),
+                ),
             );
         }
     }
@@ -159,10 +161,32 @@ fn check_pipeline<'a>(
     };
     let mut rest = table.clone();
     rest.remove("defaults");
-    let subject = |_: &[String], _: &Node| Subject {
-        noun: "key",
-        owner: "in `[pipeline]`".into(),
-        header: "pipeline".into(),
+    // `stages.x = ...` written under `[pipeline]` lands inside it.
+    if let Some(misplaced) = rest.remove("stages") {
+        diags.push(
+            Diagnostic::new(
+                "`stages` is inside the `[pipeline]` table",
+                Some(sources.locate(&misplaced.key)),
+            )
+            .with_help("keys after a `[table]` header belong to that table: write each stage as its own `[stages.NAME]` table"),
+        );
+    }
+    let subject = |path: &[String], _: &Node| {
+        if path.len() > 1 && path[0] == "slurm" {
+            Subject {
+                noun: "key",
+                owner: "in `[pipeline.slurm]`".into(),
+                header: "pipeline.slurm".into(),
+                strip: 1,
+            }
+        } else {
+            Subject {
+                noun: "key",
+                owner: "in `[pipeline]`".into(),
+                header: "pipeline".into(),
+                strip: 0,
+            }
+        }
     };
     let header = match check_table(
         node,
@@ -224,35 +248,23 @@ fn check_defaults(
         ));
         return;
     };
+    // The same wording as when a stage inheriting the default is checked, so a problem
+    // is shown once however many stages inherit it.
     let schema = SchemaView::of_stage(stage.as_ref());
-    for (path, candidates) in schema.unknown_keys(table, &RESERVED) {
-        let target = node.get_path(&path).unwrap_or(node);
-        diags.push(unknown_default(kind, &path, target, &candidates, sources));
-    }
+    let subject = |_: &[String], _: &Node| defaults_subject(kind);
+    diags.extend(unknown_key_diagnostics(
+        node, table, &schema, &RESERVED, &subject, sources,
+    ));
 }
 
-/// The diagnostic for an unknown key in `[pipeline.defaults.KIND]` (the same whether found
-/// through the defaults table or through a stage that inherits it, so it is shown once).
-fn unknown_default(
-    kind: &str,
-    path: &[String],
-    target: &Node,
-    candidates: &[String],
-    sources: &Sources,
-) -> Diagnostic {
-    let name = path.last().map(String::as_str).unwrap_or_default();
-    let mut sorted = candidates.to_vec();
-    sorted.sort();
-    Diagnostic::new(
-        format!(
-            "unknown parameter `{}` in `[pipeline.defaults.{kind}]`",
-            path.join(".")
-        ),
-        Some(sources.locate(&target.key)),
-    )
-    .with_help(
-        did_you_mean(name, &sorted).unwrap_or_else(|| format!("expected one of {}", list(&sorted))),
-    )
+/// How problems in `[pipeline.defaults.KIND]` are named.
+fn defaults_subject(kind: &str) -> Subject {
+    Subject {
+        noun: "parameter",
+        owner: format!("in `[pipeline.defaults.{kind}]`"),
+        header: format!("pipeline.defaults.{kind}"),
+        strip: 0,
+    }
 }
 
 /// One `[stages.NAME]` table.
@@ -279,7 +291,9 @@ fn check_stage<'a>(
                 format!("invalid stage name `{name}`"),
                 Some(sources.locate(&node.key)),
             )
-            .with_help("use letters, digits, `_` and `-` (the name is used in references and file names)"),
+            .with_help(
+                "use letters, digits, `_` and `-` (the name is used in references and file names)",
+            ),
         );
     }
     let Some(table) = node.as_table() else {
@@ -301,7 +315,10 @@ fn check_stage<'a>(
         Some(k) => match k.as_str() {
             None => diags.push(
                 Diagnostic::new(
-                    format!("`kind` of stage `{name}` must be a string, found {}", k.type_name()),
+                    format!(
+                        "`kind` of stage `{name}` must be a string, found {}",
+                        k.type_name()
+                    ),
                     Some(sources.locate(&k.origin)),
                 )
                 .with_help(format!("known kinds: {}", list(&known))),
@@ -353,16 +370,13 @@ fn check_stage<'a>(
                     .and_then(|d| d.get_path(path))
                     .is_some_and(|d| d.origin == target.origin && d.key == target.key);
             if from_default {
-                Subject {
-                    noun: "parameter",
-                    owner: format!("in `[pipeline.defaults.{kind}]`"),
-                    header: format!("pipeline.defaults.{kind}"),
-                }
+                defaults_subject(kind)
             } else {
                 Subject {
                     noun: "parameter",
                     owner: format!("for stage `{name}` (kind `{kind}`)"),
                     header: format!("stages.{name}"),
+                    strip: 0,
                 }
             }
         };
@@ -407,6 +421,7 @@ fn check_resources(
         noun: "key",
         owner: format!("in `[stages.{stage}.resources]`"),
         header: format!("stages.{stage}.resources"),
+        strip: 0,
     };
     match check_table(
         node,

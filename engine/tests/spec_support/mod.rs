@@ -176,7 +176,10 @@ impl StageKind for Train {
             issues.push(ParamIssue::new("steps", "must be at least 1, found 0"));
         }
         if !(p.lr > 0.0 && p.lr < 1.0) {
-            issues.push(ParamIssue::new("lr", format!("must be in (0, 1), found {}", p.lr)));
+            issues.push(ParamIssue::new(
+                "lr",
+                format!("must be in (0, 1), found {}", p.lr),
+            ));
         }
         if p.model.hidden_size % 8 != 0 {
             issues.push(
@@ -205,7 +208,11 @@ impl StageKind for Train {
         ]
     }
     fn run(params: &Self::Params, ctx: &StageContext) -> anyhow::Result<()> {
-        write_out(ctx, "model/config.json", &params.model.hidden_size.to_string())?;
+        write_out(
+            ctx,
+            "model/config.json",
+            &params.model.hidden_size.to_string(),
+        )?;
         write_out(ctx, "metrics.json", &params.steps.to_string())
     }
 }
@@ -235,7 +242,11 @@ impl StageKind for Compare {
     }
     fn run(params: &Self::Params, ctx: &StageContext) -> anyhow::Result<()> {
         let n = ctx.inputs_of("models").len();
-        write_out(ctx, "report.txt", &format!("{} over {n} models", params.metric))
+        write_out(
+            ctx,
+            "report.txt",
+            &format!("{} over {n} models", params.metric),
+        )
     }
 }
 

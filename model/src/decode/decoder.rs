@@ -27,7 +27,10 @@ pub enum DecodeError {
     EmptyPrompt,
     /// A sampling setting is out of range.
     #[error("invalid sampling setting {field}: {message}")]
-    InvalidSampling { field: &'static str, message: String },
+    InvalidSampling {
+        field: &'static str,
+        message: String,
+    },
 }
 
 /// How the decoder stores weights and computes matvecs.
@@ -35,10 +38,13 @@ pub enum DecodeError {
 pub enum Precision {
     /// f32 weights, f32 arithmetic.
     F32,
-    /// f16 weights (half the memory traffic), upcast to f32 inside the matvec.
+    /// f16 weights (half the memory traffic), upcast to f32 inside the matvec. In both f16
+    /// modes every parameter takes its f16 value, exactly as in a half-converted checkpoint.
     F16,
     /// f16 weights with f16 arithmetic in the matvecs (f16 inputs and accumulators); the
-    /// rest of the step (norms, scan, activations) stays f32.
+    /// rest of the step (norms, scan, activations) stays f32. Without AVX512-FP16 (e.g. on
+    /// AMD Zen 4) the f16 rounding is emulated with F16C: this mode then shows the accuracy
+    /// of f16 arithmetic, and is slower than [`Precision::F16`].
     F16Native,
 }
 
@@ -54,7 +60,10 @@ struct Expert {
 
 enum FeedForward {
     Plain(Expert),
-    Moe { router: Linear, experts: Vec<Expert> },
+    Moe {
+        router: Linear,
+        experts: Vec<Expert>,
+    },
 }
 
 struct Layer {
@@ -86,7 +95,8 @@ pub struct Decoder {
     head: PackedMatrix,
 }
 
-/// The recurrent state of one sequence plus the step's scratch buffers.
+/// The recurrent state of one sequence plus the step's scratch buffers; made by
+/// [`Decoder::new_state`] and only valid with decoders of the same model config.
 pub struct State {
     position: usize,
     /// Per layer: the last K-1 conv inputs `[K-1][Di]`, oldest first.
@@ -148,7 +158,7 @@ impl Decoder {
             }
         };
         let mat = |name: &str| {
-            let t = weights.tensor(name);
+            let t = weights.required(name);
             PackedMatrix::pack(&t.data, t.shape[0], t.shape[1], half)
         };
         let linear = |w: &str, b: Option<&str>| Linear {
@@ -161,7 +171,10 @@ impl Decoder {
             .map(|l| {
                 let p = |n: &str| format!("layers.{l}.{n}");
                 let lin = |n: &str, bias: bool| {
-                    linear(&p(&format!("{n}.weight")), bias.then(|| p(&format!("{n}.bias"))).as_deref())
+                    linear(
+                        &p(&format!("{n}.weight")),
+                        bias.then(|| p(&format!("{n}.bias"))).as_deref(),
+                    )
                 };
                 let expert = |prefix: String| Expert {
                     up: lin(&format!("{prefix}.up"), true),
@@ -199,7 +212,11 @@ impl Decoder {
                 }
             })
             .collect();
-        let head_name = if c.tie_embeddings { "embed.weight" } else { "lm_head.weight" };
+        let head_name = if c.tie_embeddings {
+            "embed.weight"
+        } else {
+            "lm_head.weight"
+        };
         Self {
             precision,
             isa: isa.or_supported(),
@@ -235,7 +252,11 @@ impl Decoder {
             total += match &layer.ffn {
                 FeedForward::Plain(e) => lin(&e.up) + lin(&e.down),
                 FeedForward::Moe { router, experts } => {
-                    lin(router) + experts.iter().map(|e| lin(&e.up) + lin(&e.down)).sum::<usize>()
+                    lin(router)
+                        + experts
+                            .iter()
+                            .map(|e| lin(&e.up) + lin(&e.down))
+                            .sum::<usize>()
                 }
             };
         }
@@ -314,6 +335,15 @@ impl Decoder {
 
     fn advance(&self, state: &mut State, token: u32, head: bool) -> Result<(), DecodeError> {
         let c = &self.config;
+        assert!(
+            state.logits.len() == c.vocab_size
+                && state.e.len() == c.hidden_size
+                && state.u.len() == c.d_inner()
+                && state.h.len() == c.num_layers
+                && state.h[0].len() == c.ssm_state_size
+                && state.conv[0].len() == (c.ssm_conv_kernel - 1) * c.d_inner(),
+            "the State was made by a decoder of another model: use this decoder's new_state()"
+        );
         if token as usize >= c.vocab_size {
             return Err(DecodeError::TokenOutOfRange {
                 token,
@@ -367,11 +397,10 @@ impl Decoder {
         let eps = c.layer_norm_eps as f32;
         // e_t = embed[tok] + pos_embed[t]
         let t = s.position;
-        for ((e, &a), &b) in s
-            .e
-            .iter_mut()
-            .zip(&self.embed[token * d..(token + 1) * d])
-            .zip(&self.pos_embed[t * d..(t + 1) * d])
+        for ((e, &a), &b) in
+            s.e.iter_mut()
+                .zip(&self.embed[token * d..(token + 1) * d])
+                .zip(&self.pos_embed[t * d..(t + 1) * d])
         {
             *e = a + b;
         }
@@ -400,7 +429,10 @@ impl Decoder {
             }
             // dt = mean(softplus(dt_proj(u)))
             mv(&layer.dt_proj, &s.u, &mut s.dt);
-            let dt = s.dt.iter().map(|&z| fastmath::softplus(z)).sum::<f32>() / di as f32;
+            for z in s.dt.iter_mut() {
+                *z = fastmath::softplus(*z);
+            }
+            let dt = fastmath::sum(&s.dt) / di as f32;
             // h = exp(dt A) h + dt (B u)
             mv(&layer.b, &s.u, &mut s.bu);
             let h = &mut s.h[l];
@@ -422,7 +454,9 @@ impl Decoder {
                 FeedForward::Plain(ffn) => {
                     let hidden = &mut s.hidden[..ffn.up.w.rows()];
                     mv(&ffn.up, &s.normed, hidden);
-                    hidden.iter_mut().for_each(|v| *v = fastmath::gelu(*v));
+                    for v in hidden.iter_mut() {
+                        *v = fastmath::gelu(*v);
+                    }
                     mv(&ffn.down, hidden, &mut s.d_out);
                     for (e, &o) in s.e.iter_mut().zip(&s.d_out) {
                         *e += o;
@@ -439,7 +473,9 @@ impl Decoder {
                         let expert = &experts[ex];
                         let hidden = &mut s.hidden[..expert.up.w.rows()];
                         mv(&expert.up, &s.normed, hidden);
-                        hidden.iter_mut().for_each(|v| *v = fastmath::gelu(*v));
+                        for v in hidden.iter_mut() {
+                            *v = fastmath::gelu(*v);
+                        }
                         mv(&expert.down, hidden, &mut s.d_out);
                         for (acc, &o) in s.ffn_acc.iter_mut().zip(&s.d_out) {
                             *acc += gate * o;
@@ -479,8 +515,11 @@ fn top_k(values: &[f32], k: usize, out: &mut Vec<usize>) {
 #[inline(always)]
 fn layer_norm(x: &[f32], (w, b): &(Vec<f32>, Vec<f32>), eps: f32, out: &mut [f32]) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = fastmath::sum(x) / n;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v - mean) * (v - mean);
+    }
+    let var = fastmath::sum(out) / n;
     let inv = 1.0 / (var + eps).sqrt();
     for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(w).zip(b) {
         *o = (v - mean) * inv * w + b;

@@ -83,6 +83,21 @@ pub fn softplus(x: f32) -> f32 {
     x.max(0.0) + ln(1.0 + exp(-x.abs()))
 }
 
+/// Sum of `xs` in 16 interleaved partial sums, so the loop vectorizes (a plain float
+/// `sum()` must add in order and stays scalar).
+#[inline(always)]
+pub fn sum(xs: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += x;
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// Exact (erf) GELU: x * (1 + erf(x / sqrt 2)) / 2.
 #[inline(always)]
 pub fn gelu(x: f32) -> f32 {
@@ -105,13 +120,21 @@ mod tests {
             let erf64 = libm::erf(x as f64);
             assert!((erf(x) as f64 - erf64).abs() < 3e-7, "erf({x})");
             let sp = (x as f64).max(0.0) + (-(x as f64).abs()).exp().ln_1p();
-            assert!((softplus(x) as f64 - sp).abs() < 1e-6 * sp.max(1.0), "softplus({x})");
+            assert!(
+                (softplus(x) as f64 - sp).abs() < 1e-6 * sp.max(1.0),
+                "softplus({x})"
+            );
         }
         for x in [1e-30f32, 1e-5, 0.3, 1.0, 2.5, 1e5, 3e38] {
             let l = (x as f64).ln();
-            assert!((ln(x) as f64 - l).abs() < 1e-6 * l.abs().max(1.0), "ln({x})");
+            assert!(
+                (ln(x) as f64 - l).abs() < 1e-6 * l.abs().max(1.0),
+                "ln({x})"
+            );
         }
         assert_eq!(exp(-200.0), exp(-87.0));
-        assert!(exp(-87.0) < 1e-37 && silu(-200.0).abs() < 1e-30 && (silu(200.0) - 200.0).abs() < 1e-3);
+        assert!(
+            exp(-87.0) < 1e-37 && silu(-200.0).abs() < 1e-30 && (silu(200.0) - 200.0).abs() < 1e-3
+        );
     }
 }

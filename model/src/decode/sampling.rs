@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::decoder::{DecodeError, Decoder};
 use super::fastmath;
+use super::kernels::Isa;
 
 /// How tokens are drawn from the model's distribution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -85,6 +86,7 @@ pub struct Sampler {
     candidates: Vec<(f32, u32)>,
     /// Unnormalized probabilities of the whole vocabulary.
     weights: Vec<f32>,
+    isa: Isa,
 }
 
 /// Largest weight first, ties to the lower token: a total order, so results do not depend
@@ -99,13 +101,19 @@ fn largest(values: &[f32], m: usize, out: &mut Vec<(f32, u32)>) {
     out.clear();
     let cap = 2 * m.max(32);
     let mut threshold = f32::NEG_INFINITY;
-    for (i, &v) in values.iter().enumerate() {
-        if v >= threshold {
-            out.push((v, i as u32));
-            if out.len() == cap {
-                out.select_nth_unstable_by(m - 1, order);
-                out.truncate(m);
-                threshold = out.iter().fold(f32::INFINITY, |t, x| t.min(x.0));
+    for (c, chunk) in values.chunks(16).enumerate() {
+        // Most chunks hold nothing at or above the threshold: one vectorized test skips them.
+        if !chunk.iter().fold(false, |any, &v| any | (v >= threshold)) {
+            continue;
+        }
+        for (j, &v) in chunk.iter().enumerate() {
+            if v >= threshold {
+                out.push((v, (c * 16 + j) as u32));
+                if out.len() == cap {
+                    out.select_nth_unstable_by(m - 1, order);
+                    out.truncate(m);
+                    threshold = out.iter().fold(f32::INFINITY, |t, x| t.min(x.0));
+                }
             }
         }
     }
@@ -113,6 +121,19 @@ fn largest(values: &[f32], m: usize, out: &mut Vec<(f32, u32)>) {
         out.select_nth_unstable_by(m - 1, order);
         out.truncate(m);
     }
+}
+
+/// Sum in f64 over 8 interleaved partial sums (vectorizes, unlike an ordered sum).
+#[inline(always)]
+fn sum_f64(xs: &[f32]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += x as f64;
+        }
+    }
+    lanes.iter().sum::<f64>() + chunks.remainder().iter().map(|&x| x as f64).sum::<f64>()
 }
 
 impl Sampler {
@@ -123,11 +144,38 @@ impl Sampler {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             candidates: Vec::new(),
             weights: Vec::new(),
+            isa: Isa::detect(),
         })
     }
 
     /// The next token for `logits` (which must not be empty).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx512` is only chosen after runtime feature detection.
+            Isa::Avx512 => unsafe { self.sample_avx512(logits) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` is only chosen after runtime feature detection.
+            Isa::Avx2 => unsafe { self.sample_avx2(logits) },
+            _ => self.sample_body(logits),
+        }
+    }
+
+    /// The sampler compiled for AVX-512 so the passes over the vocabulary vectorize.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn sample_avx512(&mut self, logits: &[f32]) -> u32 {
+        self.sample_body(logits)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn sample_avx2(&mut self, logits: &[f32]) -> u32 {
+        self.sample_body(logits)
+    }
+
+    #[inline(always)]
+    fn sample_body(&mut self, logits: &[f32]) -> u32 {
         let cfg = &self.config;
         if cfg.temperature == 0.0 || cfg.top_k == Some(1) {
             return argmax(logits);
@@ -147,23 +195,24 @@ impl Sampler {
             }
             true
         } else {
-            let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            self.weights.clear();
-            self.weights
-                .extend(logits.iter().map(|&l| fastmath::exp((l - max) * inv_t)));
+            let max = logits[argmax(logits) as usize];
+            self.weights.resize(logits.len(), 0.0);
+            for (w, &l) in self.weights.iter_mut().zip(logits) {
+                *w = fastmath::exp((l - max) * inv_t);
+            }
             if let Some(p) = top_p {
-                let target = p as f64 * self.weights.iter().map(|&w| w as f64).sum::<f64>();
+                let target = p as f64 * sum_f64(&self.weights);
                 // Sort only as many of the largest as the nucleus needs.
                 let mut m = 64.min(logits.len());
                 loop {
                     largest(&self.weights, m, c);
-                    c.sort_unstable_by(order);
                     let mass: f64 = c.iter().map(|x| x.0 as f64).sum();
                     if mass >= target || m == logits.len() {
+                        c.sort_unstable_by(order);
                         nucleus(c, target);
                         break;
                     }
-                    m = (m * 4).min(logits.len());
+                    m = (m * 2).min(logits.len());
                 }
                 true
             } else {
@@ -175,9 +224,22 @@ impl Sampler {
             let u = self.rng.gen::<f64>() * total;
             draw(c.iter().map(|x| (x.0, x.1)), u)
         } else {
-            let total: f64 = self.weights.iter().map(|&w| w as f64).sum();
-            let u = self.rng.gen::<f64>() * total;
-            draw(self.weights.iter().enumerate().map(|(i, &w)| (w, i as u32)), u)
+            let w = &self.weights;
+            let mut u = self.rng.gen::<f64>() * sum_f64(w);
+            // Skip whole chunks by their (vectorized) sums, then walk the chunk that holds u.
+            const CHUNK: usize = 64;
+            let mut start = 0;
+            while start + CHUNK < w.len() {
+                let mass = sum_f64(&w[start..start + CHUNK]);
+                if u < mass {
+                    break;
+                }
+                u -= mass;
+                start += CHUNK;
+            }
+            let end = (start + CHUNK).min(w.len());
+            let chunk = w[start..end].iter().enumerate();
+            draw(chunk.map(|(i, &x)| (x, (start + i) as u32)), u)
         }
     }
 }
@@ -210,15 +272,32 @@ fn draw(candidates: impl Iterator<Item = (f32, u32)>, mut u: f64) -> u32 {
     last.unwrap_or(0)
 }
 
-/// The index of the largest logit (the first one on ties).
+/// The index of the largest logit (the first one on ties; NaN never wins).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
+    // One pass that vectorizes: per lane the largest value and where it was first seen.
+    let mut best = [f32::NEG_INFINITY; 16];
+    let mut at = [0u32; 16];
+    let mut chunks = logits.chunks_exact(16);
+    for (c, chunk) in (&mut chunks).enumerate() {
+        for l in 0..16 {
+            let take = chunk[l] > best[l];
+            best[l] = if take { chunk[l] } else { best[l] };
+            at[l] = if take { (c * 16 + l) as u32 } else { at[l] };
         }
     }
-    best as u32
+    let base = logits.len() - chunks.remainder().len();
+    let tail = chunks
+        .remainder()
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (v, (base + i) as u32));
+    let mut winner = (f32::NEG_INFINITY, 0u32);
+    for (v, i) in best.iter().copied().zip(at).chain(tail) {
+        if v > winner.0 || (v == winner.0 && i < winner.1) {
+            winner = (v, i);
+        }
+    }
+    winner.1
 }
 
 /// Generates up to `max_new_tokens` after `prompt_ids` and returns them (without the

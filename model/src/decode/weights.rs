@@ -330,7 +330,7 @@ impl Weights {
             };
             let data = if name.ends_with("norm.weight") {
                 uniform(0.2, 1.0)
-            } else if name.ends_with("norm.bias") || name.ends_with(".bias") {
+            } else if name.ends_with(".bias") {
                 uniform(0.1, 0.0)
             } else if name.ends_with("A_log") {
                 let noise = uniform(0.1, 0.0);
@@ -356,16 +356,22 @@ impl Weights {
         &self.config
     }
 
-    /// The tensor `name`; the name must be one of [`expected_tensors`] (validated on load).
-    pub fn tensor(&self, name: &str) -> &Tensor {
-        self.tensors
-            .get(name)
-            .unwrap_or_else(|| panic!("weights were validated on construction; `{name}` is not a model tensor name"))
+    /// The tensor `name`, if the model has one by that name (see [`expected_tensors`]).
+    pub fn tensor(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
     }
 
-    /// The values of tensor `name` (see [`Weights::tensor`]).
-    pub fn get(&self, name: &str) -> &[f32] {
-        &self.tensor(name).data
+    /// The values of a tensor the config requires; construction checked they all exist.
+    pub(crate) fn get(&self, name: &str) -> &[f32] {
+        &self.required(name).data
+    }
+
+    pub(crate) fn required(&self, name: &str) -> &Tensor {
+        self.tensors.get(name).unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not a tensor of this config (weights are validated on construction)"
+            )
+        })
     }
 
     /// The output head `[V, D]`: the embedding when tied.

@@ -65,9 +65,6 @@ impl RepoCache {
     pub fn safe_name(path_in_repo: &str) -> String {
         path_in_repo.replace('/', "--")
     }
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
     pub fn ref_path(&self, revision: &str) -> PathBuf {
         self.root.join("refs").join(revision)
     }

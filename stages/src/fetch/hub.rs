@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hf_hub::{HFClient, HFClientSync, HFError, RepoTypeDataset, RepoTypeModel};
+use hf_hub::{HFClient, HFError, RepoTypeDataset, RepoTypeModel};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -218,12 +218,11 @@ pub enum HubRepo {
     Model(hf_hub::HFRepositorySync<RepoTypeModel>),
 }
 
-/// File facts from a `HEAD` on the resolve URL.
+/// File facts from a `HEAD` on the resolve URL (at a commit sha, so they cannot move).
 #[derive(Debug, Clone)]
 pub struct RemoteFile {
     pub etag: String,
     pub size: u64,
-    pub commit: String,
 }
 
 macro_rules! each_kind {
@@ -267,7 +266,6 @@ impl HubRepo {
         Ok(RemoteFile {
             etag: meta.etag,
             size: meta.file_size,
-            commit: meta.commit_hash,
         })
     }
 

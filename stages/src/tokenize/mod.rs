@@ -19,7 +19,6 @@ use itera_engine::stage::{InputSlot, InputSlots, OutputDecl, ParamIssue, StageCo
 use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokenizers::Tokenizer;
 
 pub use corpus::{stories, Block, BlockReader};
 pub use encoder::{byte_level_pieces, word_pieces, FastEncoder, PieceCache};

@@ -69,7 +69,7 @@ fn byte_level_pre() -> ByteLevel {
 
 /// The `byte` scheme: byte `b` is token `4 + b`.
 pub fn byte_tokenizer() -> Result<Tokenizer, TokenizeError> {
-    let mut vocab: HashMap<String, u32> = SPECIALS
+    let mut vocab: ahash::AHashMap<String, u32> = SPECIALS
         .iter()
         .enumerate()
         .map(|(i, s)| ((*s).to_owned(), i as u32))

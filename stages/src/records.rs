@@ -1,0 +1,277 @@
+//! The JSON files the study stages exchange: `train_log.jsonl` and `summary.json` (written by
+//! `train`), `eval.json` (written by `evaluate`), read by `report`. The formats are
+//! documented in docs/PHASE8.md; every number in them is finite (a NaN is an error at write
+//! time, never a `null` in the file).
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use itera_model::config::ModelConfig;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// File names inside the artifacts.
+pub const TRAIN_LOG_FILE: &str = "train_log.jsonl";
+pub const SUMMARY_FILE: &str = "summary.json";
+pub const EVAL_FILE: &str = "eval.json";
+
+/// One line of `train_log.jsonl`: the state after `step` optimizer steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainLogLine {
+    /// Optimizer steps done (1-based: the first line after one step says 1).
+    pub step: u64,
+    /// Training tokens consumed so far (`step * batch_size * seq_len`).
+    pub tokens: u64,
+    /// Mean training loss (cross-entropy + load-balance term) over the steps since the last line.
+    pub loss: f64,
+    /// Learning rate used by this step.
+    pub lr: f64,
+    /// Validation cross-entropy (nats per token), on `eval_every` steps and the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// Training throughput since the last line (tokens per second of wall time).
+    pub tokens_per_s: f64,
+    /// Wall seconds of training so far (across resumes; evaluation excluded).
+    pub elapsed_s: f64,
+}
+
+/// `summary.json`: the outcome of a `train` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSummary {
+    /// The model trained (vocab_size filled from the tokenizer).
+    pub config: ModelConfig,
+    /// Scalar weights in the model.
+    pub parameters: u64,
+    pub steps: u64,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    /// Tokens in the training split and tokens consumed (`steps * batch_size * seq_len`).
+    pub train_tokens_available: u64,
+    pub tokens_seen: u64,
+    /// `tokens_seen / train_tokens_available`.
+    pub epochs: f64,
+    /// Mean training loss over the last logged interval.
+    pub final_train_loss: f64,
+    /// Validation loss after the last step, and the best one seen.
+    pub final_val_loss: f64,
+    pub best_val_loss: f64,
+    /// Tokens of the validation split each validation pass used.
+    pub val_tokens: u64,
+    /// Wall seconds of training (across resumes; validation passes excluded).
+    pub train_seconds: f64,
+    /// `tokens_seen / train_seconds`.
+    pub tokens_per_s: f64,
+    pub threads: usize,
+    pub seed: u64,
+    /// The step training resumed from after an interruption (absent for an uninterrupted run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_step: Option<u64>,
+}
+
+/// `eval.json`: every model evaluated on the same validation tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalReport {
+    /// Validation tokens scored for every model (predicted positions).
+    pub eval_tokens: u64,
+    /// UTF-8 bytes of text those tokens stand for (see docs/PHASE8.md for the formula).
+    pub eval_bytes: f64,
+    /// Sequence length the validation tokens were scored in.
+    pub seq_len: usize,
+    /// Threads every speed was measured with.
+    pub threads: usize,
+    /// Timed repetitions behind each median speed.
+    pub speed_runs: usize,
+    /// Tokens generated per prompt.
+    pub max_new_tokens: usize,
+    /// Sampling settings of the `sampled` generations.
+    pub sampling: SamplingRecord,
+    /// The models, the reference first.
+    pub models: Vec<ModelEval>,
+}
+
+/// Sampling settings recorded in `eval.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingRecord {
+    pub temperature: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    pub seed: u64,
+}
+
+/// One model's results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEval {
+    /// The upstream stage that produced the model.
+    pub name: String,
+    /// Storage dtype of the weights (`F32`, `F16`, `BF16`).
+    pub dtype: String,
+    pub parameters: u64,
+    /// Size of `model.safetensors`.
+    pub file_bytes: u64,
+    /// Mean cross-entropy in nats per token.
+    pub val_loss: f64,
+    /// `exp(val_loss)`.
+    pub perplexity: f64,
+    /// `val_loss / ln 2`.
+    pub bits_per_token: f64,
+    /// `val_loss * eval_tokens / (ln 2 * eval_bytes)`.
+    pub bits_per_byte: f64,
+    /// Against the reference (the first model; zero for itself).
+    pub delta: Deltas,
+    /// Median scoring throughput (batched parallel forward, tokens per second).
+    pub scoring_tokens_per_s: f64,
+    /// Batch-1 generation with the recurrent decoder, per precision.
+    pub generation_speed: Vec<SpeedRecord>,
+    /// One entry per prompt.
+    pub generations: Vec<GenerationRecord>,
+}
+
+/// Differences against the reference model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deltas {
+    pub val_loss: f64,
+    /// Relative change of the validation loss, in percent.
+    pub val_loss_pct: f64,
+    pub perplexity: f64,
+    pub bits_per_byte: f64,
+    /// `file_bytes / reference file_bytes`.
+    pub size_ratio: f64,
+}
+
+/// A measured speed: the median of `runs` timed repetitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedRecord {
+    /// `f32`, `f16-upcast` (F16 weights widened to f32 at load) or `f16-native` (f16 arithmetic).
+    pub precision: String,
+    pub tokens_per_s: f64,
+    /// Every repetition's tokens per second, in the order measured.
+    pub runs: Vec<f64>,
+    pub threads: usize,
+}
+
+/// Continuations of one prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationRecord {
+    pub prompt: String,
+    /// Greedy (argmax) continuation, decoded text.
+    pub greedy: String,
+    /// Sampled continuation with the recorded sampling settings.
+    pub sampled: String,
+}
+
+/// Serializes `value` as pretty JSON into `path`, refusing non-finite numbers (which
+/// serde_json would silently write as `null`).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let json =
+        to_finite_json(value).with_context(|| format!("cannot write `{}`", path.display()))?;
+    let text = serde_json::to_string_pretty(&json)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("cannot write `{}`", path.display()))
+}
+
+/// `value` as JSON, or an error naming the first non-finite number.
+pub fn to_finite_json<T: Serialize>(value: &T) -> anyhow::Result<serde_json::Value> {
+    let json = serde_json::to_value(value)?;
+    if let Some(path) = first_null(&json, String::new()) {
+        anyhow::bail!("the value at `{path}` is not a finite number (NaN or infinity)");
+    }
+    Ok(json)
+}
+
+/// Path of the first `null` in `value` (our records skip absent options, so a `null` is
+/// always a NaN or an infinity).
+fn first_null(value: &serde_json::Value, path: String) -> Option<String> {
+    match value {
+        serde_json::Value::Null => Some(if path.is_empty() { ".".into() } else { path }),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| first_null(v, format!("{path}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            first_null(v, p)
+        }),
+        _ => None,
+    }
+}
+
+/// Reads a JSON file into `T`, naming the file in errors.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read `{}`", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("`{}` is not in the expected format", path.display()))
+}
+
+/// Reads `train_log.jsonl`.
+pub fn read_train_log(path: &Path) -> anyhow::Result<Vec<TrainLogLine>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read `{}`", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| {
+                format!("`{}` line {}: not a train log line", path.display(), i + 1)
+            })
+        })
+        .collect()
+}
+
+/// Median of `values` (the mean of the middle two for an even count); 0 when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_numbers_are_refused_with_their_path() {
+        let line = TrainLogLine {
+            step: 1,
+            tokens: 10,
+            loss: f64::NAN,
+            lr: 1e-3,
+            val_loss: None,
+            tokens_per_s: 1.0,
+            elapsed_s: 1.0,
+        };
+        let err = to_finite_json(&line).unwrap_err();
+        assert!(err.to_string().contains("`loss`"), "{err}");
+        let ok = TrainLogLine { loss: 2.0, ..line };
+        let json = to_finite_json(&ok).unwrap();
+        assert!(json.get("val_loss").is_none());
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+}
