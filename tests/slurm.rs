@@ -59,12 +59,16 @@ const SUBMIT_WAIT: &[&str] = &[
     "lines",
 ];
 
+fn read(t: &Test, rel: &str) -> String {
+    std::fs::read_to_string(t.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+}
+
 fn run_json(t: &Test) -> Value {
-    serde_json::from_str(&t.read("runs/latest/run.json")).unwrap()
+    serde_json::from_str(&read(t, "runs/latest/run.json")).unwrap()
 }
 
 fn jobs_json(t: &Test) -> Value {
-    serde_json::from_str(&t.read("runs/latest/slurm/jobs.json")).unwrap()
+    serde_json::from_str(&read(t, "runs/latest/slurm/jobs.json")).unwrap()
 }
 
 fn submitted_stages(t: &Test) -> Vec<String> {
@@ -159,13 +163,13 @@ fn fan_out_fan_in_dag_completes_via_afterok_with_local_digests() {
     );
     assert_eq!(run_json(&t)["status"], "succeeded");
     assert_eq!(run_json(&t)["executor"], "slurm");
-    let script = t.read("runs/latest/slurm/d.sbatch");
+    let script = read(&t, "runs/latest/slurm/d.sbatch");
     assert!(
         script.contains("#SBATCH --job-name=itera-diamond-d"),
         "{script}"
     );
     // Every job really ran under SLURM (its own output file, its exit code).
-    assert_eq!(t.read("runs/latest/slurm/d.exitcode"), "0\n");
+    assert_eq!(read(&t, "runs/latest/slurm/d.exitcode"), "0\n");
     let slurm_digests = digests(&t);
 
     // The same pipeline run locally elsewhere produces the same digests.

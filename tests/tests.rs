@@ -17,3 +17,5 @@ mod failures;
 mod maintenance;
 /// `rerun` and `rerun --verify`.
 mod rerun;
+/// `--executor slurm` against a real SLURM.
+mod slurm;

@@ -15,6 +15,7 @@ mod run;
 mod runs;
 mod schema;
 mod show;
+mod slurm;
 mod status;
 mod validate;
 mod verify;
@@ -100,6 +101,8 @@ enum Command {
     Runs(runs::RunsArgs),
     /// Show one recorded run.
     Show(show::ShowArgs),
+    /// Cancel the pending and running SLURM jobs of a run.
+    Cancel(slurm::CancelArgs),
     /// Re-execute a recorded run from its resolved pipeline.
     Rerun(rerun::RerunArgs),
     /// Remove store entries no recent run refers to.
@@ -151,6 +154,7 @@ pub fn main() -> ExitCode {
         Command::Schema(a) => schema::main(g, a),
         Command::Runs(a) => runs::main(g, a),
         Command::Show(a) => show::main(g, a),
+        Command::Cancel(a) => slurm::cancel_main(g, a),
         Command::Rerun(a) => rerun::main(g, a),
         Command::Gc(a) => gc::main(g, a),
         Command::Verify(a) => verify::main(g, a),

@@ -48,12 +48,16 @@ pub struct ExecArgs {
     /// Where stages execute.
     #[arg(long, value_enum, default_value_t = ExecutorKind::Local)]
     pub executor: ExecutorKind,
+    #[command(flatten)]
+    pub slurm: super::slurm::SlurmRunArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExecutorKind {
     /// Threads of this process.
     Local,
+    /// One SLURM batch job per stage that is not cached (see docs/HPC.md).
+    Slurm,
 }
 
 pub fn main(g: &Global, args: RunArgs) -> anyhow::Result<u8> {
@@ -68,6 +72,9 @@ pub fn main(g: &Global, args: RunArgs) -> anyhow::Result<u8> {
     } else {
         Force::Stages(args.force.iter().cloned().collect())
     };
+    if args.dry_run && args.exec.executor == ExecutorKind::Slurm {
+        return super::slurm::dry_run(g, loaded.pipeline, selected, force, &args.exec.slurm);
+    }
     if args.dry_run {
         return super::status::print_preview(g, &loaded, &registry, &selected, &force);
     }
@@ -101,6 +108,7 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
         ExecutorKind::Local => Box::new(LocalExecutor {
             jobs: plan.exec.jobs as usize,
         }),
+        ExecutorKind::Slurm => Box::new(plan.exec.slurm.executor()?),
     };
     let cores = host::cores();
     let run = RunDir::create(&g.runs_dir, &pipeline.name)?;
@@ -157,12 +165,28 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
         events: display.clone(),
         cores,
     };
-    let outcome = executor.execute(&job)?;
+    let outcome = match executor.execute(&job) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            record.stages.extend(run.load().map(|r| r.stages).unwrap_or_default());
+            record.status = RunStatus::Failed;
+            record.finished = Some(host::timestamp(SystemTime::now()));
+            run.write_record(&record)?;
+            return Err(anyhow::Error::new(super::Reported {
+                code: exit::FAILED,
+                text: format!("error: run {} failed: {e}", run.id()),
+            }));
+        }
+    };
+    // Queued batch jobs (without `--wait`): the run goes on without us.
+    let submitted = !outcome.with_status(StageStatus::Pending).is_empty();
 
     record.stages.extend(outcome.stages.clone());
     record.finished = Some(host::timestamp(SystemTime::now()));
     record.status = if outcome.interrupted {
         RunStatus::Interrupted
+    } else if submitted && outcome.failed().is_empty() {
+        RunStatus::Submitted
     } else if outcome.succeeded() {
         RunStatus::Succeeded
     } else {
@@ -182,6 +206,9 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
         clock.elapsed().as_secs_f64()
     ));
     report_failures(&display, &outcome.stages, &run);
+    if record.status == RunStatus::Submitted {
+        super::slurm::print_submitted(&run)?;
+    }
     let mismatches = outcome.verify_mismatches();
     if !mismatches.is_empty() {
         let mut text = format!(

@@ -26,6 +26,9 @@ pub fn main(g: &Global, args: StatusArgs) -> anyhow::Result<u8> {
     if !args.pipeline.file.exists() {
         let query = args.pipeline.file.display().to_string();
         if let Ok(run) = itera_engine::record::find_run(&g.runs_dir, &query) {
+            if itera_engine::exec::slurm::jobs::JobsFile::path(run.path()).exists() {
+                return super::slurm::status_main(g, &query);
+            }
             return super::show::print_run(&run);
         }
     }
