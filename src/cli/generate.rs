@@ -76,7 +76,10 @@ pub fn main(g: &Global, args: GenerateArgs) -> anyhow::Result<u8> {
     let mut io_error = None;
     let stats = session
         .generate(&args.prompt, args.max_tokens, &sampling, |piece| {
-            let glue = if first && !args.prompt.ends_with(char::is_whitespace) && piece.starts_with(char::is_alphanumeric) {
+            let glue = if first
+                && !args.prompt.ends_with(char::is_whitespace)
+                && piece.starts_with(char::is_alphanumeric)
+            {
                 " "
             } else {
                 ""
@@ -110,30 +113,58 @@ fn model_dir(g: &Global, args: &GenerateArgs) -> anyhow::Result<PathBuf> {
         return Ok(as_path.to_owned());
     }
     let run = find_run(&g.runs_dir, &args.model).map_err(|e| {
-        invalid(format!("`{}` is neither a model folder (no model.safetensors) nor a run: {e}", args.model))
+        invalid(format!(
+            "`{}` is neither a model folder (no model.safetensors) nor a run: {e}",
+            args.model
+        ))
     })?;
     let record = run.load()?;
     let stage = match &args.stage {
         Some(s) => s.clone(),
         None => {
-            let trains: Vec<&String> = record.stages.iter().filter(|(_, r)| r.kind == "train").map(|(n, _)| n).collect();
+            let trains: Vec<&String> = record
+                .stages
+                .iter()
+                .filter(|(_, r)| r.kind == "train")
+                .map(|(n, _)| n)
+                .collect();
             match trains.as_slice() {
                 [one] => (*one).clone(),
-                [] => return Err(invalid(format!("run {} has no `train` stage: name the model's stage with --stage", record.id.0))),
+                [] => {
+                    return Err(invalid(format!(
+                        "run {} has no `train` stage: name the model's stage with --stage",
+                        record.id.0
+                    )))
+                }
                 many => {
                     let names: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
-                    return Err(invalid(format!("run {} has several train stages ({}): pick one with --stage", record.id.0, names.join(", "))));
+                    return Err(invalid(format!(
+                        "run {} has several train stages ({}): pick one with --stage",
+                        record.id.0,
+                        names.join(", ")
+                    )));
                 }
             }
         }
     };
     let Some(rec) = record.stages.get(&stage) else {
         let names: Vec<&str> = record.stages.keys().map(String::as_str).collect();
-        return Err(invalid(format!("run {} has no stage `{stage}` (stages: {})", record.id.0, names.join(", "))));
+        return Err(invalid(format!(
+            "run {} has no stage `{stage}` (stages: {})",
+            record.id.0,
+            names.join(", ")
+        )));
     };
-    let key = rec.key.as_ref().filter(|_| rec.status.succeeded()).ok_or_else(|| {
-        invalid(format!("stage `{stage}` of run {} has no result ({:?}): run the pipeline first", record.id.0, rec.status))
-    })?;
+    let key = rec
+        .key
+        .as_ref()
+        .filter(|_| rec.status.succeeded())
+        .ok_or_else(|| {
+            invalid(format!(
+                "stage `{stage}` of run {} has no result ({:?}): run the pipeline first",
+                record.id.0, rec.status
+            ))
+        })?;
     let dir = Store::new(&g.runs_dir).entry_dir(key).join("out");
     if !dir.join("model.safetensors").is_file() {
         return Err(invalid(format!(

@@ -41,7 +41,12 @@ fn cpu_seconds() -> f64 {
     // Fields after the `(comm)`; utime and stime are fields 14 and 15 overall.
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -70,14 +75,20 @@ fn main() -> anyhow::Result<()> {
         }
         f.flush()?;
     }
-    std::fs::copy(data.join("valid-part-00.txt"), corpus.join("TinyStories-valid.txt"))?;
+    std::fs::copy(
+        data.join("valid-part-00.txt"),
+        corpus.join("TinyStories-valid.txt"),
+    )?;
     let train_bytes = std::fs::metadata(&train)?.len();
     println!(
         "corpus: {:.1} MB train (the shared sample repeated), scheme {scheme}, {threads} threads",
         train_bytes as f64 / 1e6
     );
 
-    let stage = itera_stages::registry().get("tokenize").expect("registered").clone();
+    let stage = itera_stages::registry()
+        .get("tokenize")
+        .expect("registered")
+        .clone();
     let table: toml::Table = toml::from_str(&format!("scheme = \"{scheme}\""))?;
     let params = stage
         .check_params(&table)
@@ -118,7 +129,10 @@ fn main() -> anyhow::Result<()> {
             vm_hwm_kib() as f64 / 1024.0
         );
         times.push(secs);
-        print!("{}", std::fs::read_to_string(tmp.path().join(format!("run{run}.log")))?);
+        print!(
+            "{}",
+            std::fs::read_to_string(tmp.path().join(format!("run{run}.log")))?
+        );
         std::fs::remove_dir_all(&root)?;
     }
     times.sort_by(f64::total_cmp);

@@ -9,7 +9,13 @@ use std::path::{Path, PathBuf};
 
 use itera_engine::stage::{CancelToken, InputArtifact, Progress, StageContext, StageLog};
 
-fn run(kind: &str, params: &str, inputs: &[(&str, &Path)], out: &Path, threads: usize) -> anyhow::Result<f64> {
+fn run(
+    kind: &str,
+    params: &str,
+    inputs: &[(&str, &Path)],
+    out: &Path,
+    threads: usize,
+) -> anyhow::Result<f64> {
     let registry = itera_stages::registry();
     let stage = registry.get(kind).expect("built-in kind");
     let params = stage
@@ -23,7 +29,12 @@ fn run(kind: &str, params: &str, inputs: &[(&str, &Path)], out: &Path, threads: 
         inputs: inputs
             .iter()
             .map(|(slot, p)| {
-                let art = InputArtifact { stage: (*slot).into(), output: None, path: p.to_path_buf(), digest: String::new() };
+                let art = InputArtifact {
+                    stage: (*slot).into(),
+                    output: None,
+                    path: p.to_path_buf(),
+                    digest: String::new(),
+                };
                 ((*slot).to_owned(), vec![art])
             })
             .collect::<BTreeMap<_, _>>(),
@@ -45,7 +56,10 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let steps: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let threads: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
-    let data = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/tinystories"));
+    let data = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/tinystories"
+    ));
     let tmp = tempfile::tempdir()?;
     let tok = tmp.path().join("tokenize");
     let secs = run(
@@ -61,7 +75,8 @@ fn main() -> anyhow::Result<()> {
         "steps = {steps}\nlog_every = {steps}\neval_every = {steps}\neval_tokens = 16384\ncheckpoint_every = 0\n[schedule]\nwarmup_steps = 1\n"
     );
     let secs = run("train", &params, &[("data", &tok)], &train, threads)?;
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(train.join("summary.json"))?)?;
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(train.join("summary.json"))?)?;
     println!(
         "train: {steps} steps of 32 x 128 on {threads} threads: {secs:.1} s wall, {:.1} s training, {:.0} tokens/s, {:.2} s/step; {} parameters",
         summary["train_seconds"].as_f64().unwrap_or(0.0),

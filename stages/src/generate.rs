@@ -41,10 +41,14 @@ impl Session {
         );
         let tokenizer = Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| anyhow::anyhow!("cannot load `{}`: {e}", tokenizer_path.display()))?;
-        let weights = Weights::load_dir(dir).with_context(|| format!("cannot load the model in `{}`", dir.display()))?;
+        let weights = Weights::load_dir(dir)
+            .with_context(|| format!("cannot load the model in `{}`", dir.display()))?;
         let rules = match tokenizer.token_to_id("<eos>") {
             Some(eos) => TextRules::new(&tokenizer, eos),
-            None => TextRules { eos: None, banned: Vec::new() },
+            None => TextRules {
+                eos: None,
+                banned: Vec::new(),
+            },
         };
         Ok(Self {
             decoder: Decoder::new(&weights, precision),
@@ -78,7 +82,13 @@ impl Session {
         let mut out: Vec<u32> = Vec::new();
         let mut shown = 0usize;
         let mut decode_error = None;
-        let new = continue_prompt(&self.decoder, &ids, max_new_tokens, sampling, &self.rules, |token| {
+        let new = continue_prompt(
+            &self.decoder,
+            &ids,
+            max_new_tokens,
+            sampling,
+            &self.rules,
+            |token| {
                 out.push(token);
                 match self.tokenizer.decode(&out, true) {
                     // Text ending in a partial UTF-8 sequence (byte-level tokens) waits for more.
@@ -86,7 +96,8 @@ impl Session {
                         if text.len() > shown && text.is_char_boundary(shown) {
                             let piece = &text[shown..];
                             // Word-level tokenizers join words with spaces: keep them apart.
-                            if shown > 0 && !piece.starts_with(' ') && !text[..shown].ends_with(' ') {
+                            if shown > 0 && !piece.starts_with(' ') && !text[..shown].ends_with(' ')
+                            {
                                 on_text(" ");
                             }
                             on_text(piece);
@@ -100,7 +111,8 @@ impl Session {
                         false
                     }
                 }
-        })?;
+            },
+        )?;
         if let Some(e) = decode_error {
             anyhow::bail!("cannot decode the generated tokens: {e}");
         }

@@ -18,7 +18,10 @@ const TRAIN: &str = "TinyStories-train.txt";
 const VALID: &str = "TinyStories-valid.txt";
 
 fn stage() -> std::sync::Arc<dyn Stage> {
-    itera_stages::registry().get("hf-fetch").expect("hf-fetch is registered").clone()
+    itera_stages::registry()
+        .get("hf-fetch")
+        .expect("hf-fetch is registered")
+        .clone()
 }
 
 /// A server holding the shared samples as `roneneldan/TinyStories` with `main` at them.
@@ -32,7 +35,9 @@ fn server() -> (HubServer, String) {
 /// Canonical params from TOML text, through the stage's own parsing and validation.
 fn params(toml_text: &str) -> serde_json::Value {
     let table: toml::Table = toml::from_str(toml_text).expect("test params are TOML");
-    stage().check_params(&table).unwrap_or_else(|issues| panic!("params rejected: {issues:?}"))
+    stage()
+        .check_params(&table)
+        .unwrap_or_else(|issues| panic!("params rejected: {issues:?}"))
 }
 
 fn online(endpoint: &str, cache: &Path, extra: &str) -> serde_json::Value {
@@ -60,7 +65,10 @@ fn fingerprint(params: &serde_json::Value, root: &Path) -> anyhow::Result<Option
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]
@@ -68,7 +76,11 @@ fn full_fetch_gives_the_source_bytes_through_the_hub_cache() {
     let (server, sha) = server();
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("hub");
-    let p = online(&server.endpoint(), &cache, &format!("files = {{ \"{TRAIN}\" = \"{TRAIN}\", \"{VALID}\" = \"{VALID}\" }}"));
+    let p = online(
+        &server.endpoint(),
+        &cache,
+        &format!("files = {{ \"{TRAIN}\" = \"{TRAIN}\", \"{VALID}\" = \"{VALID}\" }}"),
+    );
     assert_eq!(fingerprint(&p, tmp.path()).unwrap(), Some(sha.clone()));
 
     let prov = run(&p, &tmp.path().join("a")).unwrap();
@@ -82,14 +94,20 @@ fn full_fetch_gives_the_source_bytes_through_the_hub_cache() {
     assert_eq!(prov.resolved_revision, sha);
     let train = &prov.files[TRAIN];
     assert_eq!(train.size, 2_097_152);
-    assert_eq!(train.sha256, "5352b299dcb1a32898b2d779b145b5a05f3e1265953fd21c264c9f9f9c9ae33d");
+    assert_eq!(
+        train.sha256,
+        "5352b299dcb1a32898b2d779b145b5a05f3e1265953fd21c264c9f9f9c9ae33d"
+    );
     assert_eq!(train.etag, train.sha256, "LFS etag is the content sha256");
     assert!(!train.prefix);
     assert_eq!(train.source, "network");
 
     // Standard layout, shared with Python: refs/main, snapshots/<sha>/<file> -> blobs/<etag>.
     let repo_dir = cache.join("datasets--roneneldan--TinyStories");
-    assert_eq!(std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(), sha);
+    assert_eq!(
+        std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(),
+        sha
+    );
     let link = repo_dir.join("snapshots").join(&sha).join(TRAIN);
     assert_eq!(
         std::fs::read_link(&link).unwrap(),
@@ -116,9 +134,16 @@ fn max_bytes_fetches_a_prefix_cut_after_the_last_story() {
     let prov = run(&p, tmp.path()).unwrap();
     let got = std::fs::read(tmp.path().join("out").join(TRAIN)).unwrap();
     let source = train_sample();
-    assert!(got.len() <= 300_000 && got.len() > 250_000, "prefix of {} bytes", got.len());
+    assert!(
+        got.len() <= 300_000 && got.len() > 250_000,
+        "prefix of {} bytes",
+        got.len()
+    );
     assert_eq!(&source[..got.len()], &got[..], "a prefix of the source");
-    assert!(got.ends_with(b"<|endoftext|>\n"), "ends right after a separator line");
+    assert!(
+        got.ends_with(b"<|endoftext|>\n"),
+        "ends right after a separator line"
+    );
     // Nothing after the cut would complete another story within the limit.
     let rest = &source[got.len()..300_000];
     assert!(!rest.windows(13).any(|w| w == b"<|endoftext|>"));
@@ -128,12 +153,24 @@ fn max_bytes_fetches_a_prefix_cut_after_the_last_story() {
     assert_eq!(record.size, got.len() as u64);
     assert_eq!(record.sha256, sha256(&got));
     assert_eq!(record.remote_size, Some(source.len() as u64));
-    assert_eq!(record.etag, sha256(&source), "the etag of the whole file is recorded");
+    assert_eq!(
+        record.etag,
+        sha256(&source),
+        "the etag of the whole file is recorded"
+    );
     // Downloaded with range requests, and the prefix is not in the hub cache.
-    let ranges: Vec<_> = server.requests().into_iter().filter_map(|r| r.range).collect();
+    let ranges: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.range)
+        .collect();
     assert_eq!(ranges, vec!["bytes=0-299999"]);
     let blobs = cache.join("datasets--roneneldan--TinyStories/blobs");
-    assert!(listing(&blobs).is_empty(), "no blob for a prefix: {:?}", listing(&blobs));
+    assert!(
+        listing(&blobs).is_empty(),
+        "no blob for a prefix: {:?}",
+        listing(&blobs)
+    );
 }
 
 #[test]
@@ -141,7 +178,11 @@ fn a_prefix_of_a_cached_file_needs_no_request() {
     let (server, _) = server();
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("hub");
-    let whole = online(&server.endpoint(), &cache, &format!("files = {{ \"{VALID}\" = \"{VALID}\" }}"));
+    let whole = online(
+        &server.endpoint(),
+        &cache,
+        &format!("files = {{ \"{VALID}\" = \"{VALID}\" }}"),
+    );
     run(&whole, &tmp.path().join("a")).unwrap();
     let before = server.requests().len();
     let part = online(
@@ -151,7 +192,10 @@ fn a_prefix_of_a_cached_file_needs_no_request() {
     );
     let prov = run(&part, &tmp.path().join("b")).unwrap();
     // Only the revision lookup; the bytes come from the cached blob.
-    let after: Vec<_> = server.requests()[before..].iter().map(|r| r.path.clone()).collect();
+    let after: Vec<_> = server.requests()[before..]
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
     assert!(after.iter().all(|p| p.starts_with("/api/")), "{after:?}");
     assert_eq!(prov.files[VALID].source, "hub-cache");
     let got = std::fs::read(tmp.path().join("b/out").join(VALID)).unwrap();
@@ -169,16 +213,28 @@ fn a_pinned_commit_is_not_fetched_again() {
         &format!("revision = \"{sha}\"\nfiles = {{ \"{VALID}\" = \"{VALID}\" }}"),
     );
     assert_eq!(fingerprint(&p, tmp.path()).unwrap(), Some(sha.clone()));
-    assert_eq!(server.requests().len(), 0, "a commit sha needs no request to resolve");
+    assert_eq!(
+        server.requests().len(),
+        0,
+        "a commit sha needs no request to resolve"
+    );
     run(&p, &tmp.path().join("a")).unwrap();
     assert_eq!(server.file_gets(), 1);
     let seen = server.requests().len();
 
     assert_eq!(fingerprint(&p, tmp.path()).unwrap(), Some(sha.clone()));
     let prov = run(&p, &tmp.path().join("b")).unwrap();
-    assert_eq!(server.requests().len(), seen, "second run made requests: {:?}", &server.requests()[seen..]);
+    assert_eq!(
+        server.requests().len(),
+        seen,
+        "second run made requests: {:?}",
+        &server.requests()[seen..]
+    );
     assert_eq!(prov.files[VALID].source, "hub-cache");
-    assert_eq!(std::fs::read(tmp.path().join("b/out").join(VALID)).unwrap(), *valid_sample());
+    assert_eq!(
+        std::fs::read(tmp.path().join("b/out").join(VALID)).unwrap(),
+        *valid_sample()
+    );
 }
 
 #[test]
@@ -186,7 +242,11 @@ fn moving_main_changes_the_fingerprint_and_the_data() {
     let (server, first) = server();
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("hub");
-    let p = online(&server.endpoint(), &cache, &format!("files = {{ \"{VALID}\" = \"{VALID}\" }}"));
+    let p = online(
+        &server.endpoint(),
+        &cache,
+        &format!("files = {{ \"{VALID}\" = \"{VALID}\" }}"),
+    );
     assert_eq!(fingerprint(&p, tmp.path()).unwrap(), Some(first.clone()));
     run(&p, &tmp.path().join("a")).unwrap();
 
@@ -200,7 +260,10 @@ fn moving_main_changes_the_fingerprint_and_the_data() {
     assert_eq!(fingerprint(&p, tmp.path()).unwrap(), Some(second.clone()));
     let prov = run(&p, &tmp.path().join("b")).unwrap();
     assert_eq!(prov.resolved_revision, second);
-    assert_eq!(std::fs::read(tmp.path().join("b/out").join(VALID)).unwrap(), *edited);
+    assert_eq!(
+        std::fs::read(tmp.path().join("b/out").join(VALID)).unwrap(),
+        *edited
+    );
     let refs = cache.join("datasets--roneneldan--TinyStories/refs/main");
     assert_eq!(std::fs::read_to_string(refs).unwrap(), second);
 }
@@ -224,13 +287,24 @@ fn a_missing_repository_is_named() {
 fn a_missing_file_names_the_file_and_the_repository() {
     let (server, _) = server();
     let tmp = tempfile::tempdir().unwrap();
-    let p = online(&server.endpoint(), &tmp.path().join("hub"), "files = { x = \"TinyStories-test.txt\" }");
+    let p = online(
+        &server.endpoint(),
+        &tmp.path().join("hub"),
+        "files = { x = \"TinyStories-test.txt\" }",
+    );
     let err = run(&p, tmp.path()).unwrap_err().to_string();
-    assert!(err.contains("`TinyStories-test.txt` was not found"), "{err}");
+    assert!(
+        err.contains("`TinyStories-test.txt` was not found"),
+        "{err}"
+    );
     assert!(err.contains(REPO), "{err}");
     assert!(listing(&tmp.path().join("out")).is_empty());
 
-    let p = online(&server.endpoint(), &tmp.path().join("hub"), "revision = \"v9\"\nfiles = { x = \"a.txt\" }");
+    let p = online(
+        &server.endpoint(),
+        &tmp.path().join("hub"),
+        "revision = \"v9\"\nfiles = { x = \"a.txt\" }",
+    );
     let err = fingerprint(&p, tmp.path()).unwrap_err().to_string();
     assert!(err.contains("revision `v9`") && err.contains(REPO), "{err}");
 }
@@ -240,10 +314,17 @@ fn a_dropped_connection_is_retried() {
     let (server, _) = server();
     server.set_drop_mode(DropMode::Next(1));
     let tmp = tempfile::tempdir().unwrap();
-    let p = online(&server.endpoint(), &tmp.path().join("hub"), &format!("files = {{ \"{TRAIN}\" = \"{TRAIN}\" }}"));
+    let p = online(
+        &server.endpoint(),
+        &tmp.path().join("hub"),
+        &format!("files = {{ \"{TRAIN}\" = \"{TRAIN}\" }}"),
+    );
     run(&p, tmp.path()).unwrap();
     assert_eq!(server.file_gets(), 2, "one cut-short body, one retry");
-    assert_eq!(std::fs::read(tmp.path().join("out").join(TRAIN)).unwrap(), *train_sample());
+    assert_eq!(
+        std::fs::read(tmp.path().join("out").join(TRAIN)).unwrap(),
+        *train_sample()
+    );
 }
 
 #[test]
@@ -252,15 +333,27 @@ fn a_connection_that_keeps_dropping_fails_clearly_and_publishes_nothing() {
     server.set_drop_mode(DropMode::Always);
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("hub");
-    let p = online(&server.endpoint(), &cache, &format!("files = {{ \"{TRAIN}\" = \"{TRAIN}\" }}"));
+    let p = online(
+        &server.endpoint(),
+        &cache,
+        &format!("files = {{ \"{TRAIN}\" = \"{TRAIN}\" }}"),
+    );
     let err = run(&p, tmp.path()).unwrap_err().to_string();
     assert!(err.contains(&format!("downloading `{TRAIN}`")), "{err}");
-    assert!(err.contains("failed 3 time(s)") && err.contains("Nothing was published"), "{err}");
+    assert!(
+        err.contains("failed 3 time(s)") && err.contains("Nothing was published"),
+        "{err}"
+    );
     assert!(listing(&tmp.path().join("out")).is_empty());
     let repo_dir = cache.join("datasets--roneneldan--TinyStories");
     assert!(!repo_dir.join("snapshots").join(&sha).join(TRAIN).exists());
     let blobs: Vec<String> = listing(&repo_dir.join("blobs"));
-    assert!(blobs.iter().all(|b| b.ends_with(".incomplete") || b.ends_with(".lock")), "{blobs:?}");
+    assert!(
+        blobs
+            .iter()
+            .all(|b| b.ends_with(".incomplete") || b.ends_with(".lock")),
+        "{blobs:?}"
+    );
 
     // The same with a prefix: range requests cut short, nothing in the artifact.
     let p = online(
@@ -280,16 +373,26 @@ fn an_interrupted_prefix_resumes_from_the_work_folder() {
     let p = online(
         &server.endpoint(),
         &tmp.path().join("hub"),
-        &format!("files = {{ \"{TRAIN}\" = \"{TRAIN}\" }}\nmax_bytes = {{ \"{TRAIN}\" = 1000000 }}"),
+        &format!(
+            "files = {{ \"{TRAIN}\" = \"{TRAIN}\" }}\nmax_bytes = {{ \"{TRAIN}\" = 1000000 }}"
+        ),
     );
     // First 8 MiB chunk would be the whole prefix, so plant a partial part file by hand
     // the way a killed run leaves it, then check only the rest is requested.
     let etag = sha256(&train_sample());
     let part_dir = tmp.path().join("work/prefix");
     std::fs::create_dir_all(&part_dir).unwrap();
-    std::fs::write(part_dir.join(format!("{TRAIN}.{etag}.part")), &train_sample()[..400_000]).unwrap();
+    std::fs::write(
+        part_dir.join(format!("{TRAIN}.{etag}.part")),
+        &train_sample()[..400_000],
+    )
+    .unwrap();
     let prov = run(&p, tmp.path()).unwrap();
-    let ranges: Vec<_> = server.requests().into_iter().filter_map(|r| r.range).collect();
+    let ranges: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.range)
+        .collect();
     assert_eq!(ranges, vec!["bytes=400000-999999"]);
     assert_eq!(prov.files[TRAIN].source, "work-dir");
     let got = std::fs::read(tmp.path().join("out").join(TRAIN)).unwrap();
@@ -302,7 +405,11 @@ fn offline_uses_a_populated_cache_without_any_server() {
     let cache = tmp.path().join("hub");
     let sha = {
         let (server, sha) = server();
-        let p = online(&server.endpoint(), &cache, &format!("files = {{ \"{VALID}\" = \"{VALID}\" }}"));
+        let p = online(
+            &server.endpoint(),
+            &cache,
+            &format!("files = {{ \"{VALID}\" = \"{VALID}\" }}"),
+        );
         run(&p, &tmp.path().join("a")).unwrap();
         sha
         // The server stops here.
@@ -315,7 +422,10 @@ fn offline_uses_a_populated_cache_without_any_server() {
     let prov = run(&p, tmp.path()).unwrap();
     assert!(prov.offline);
     assert_eq!(prov.resolved_revision, sha);
-    assert_eq!(std::fs::read(tmp.path().join("out").join(VALID)).unwrap(), *valid_sample());
+    assert_eq!(
+        std::fs::read(tmp.path().join("out").join(VALID)).unwrap(),
+        *valid_sample()
+    );
 }
 
 #[test]
@@ -335,17 +445,31 @@ fn offline_with_an_empty_cache_says_how_to_work_offline() {
         "a".repeat(40)
     ));
     let err = run(&p, tmp.path()).unwrap_err().to_string();
-    assert!(err.contains(&format!("file `{VALID}`")) && err.contains("itera hub import"), "{err}");
+    assert!(
+        err.contains(&format!("file `{VALID}`")) && err.contains("itera hub import"),
+        "{err}"
+    );
 }
 
 #[test]
 fn an_unreachable_hub_says_how_to_work_offline() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let p = online(&format!("http://127.0.0.1:{port}"), &tmp.path().join("hub"), "files = { a = \"a.txt\" }");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = online(
+        &format!("http://127.0.0.1:{port}"),
+        &tmp.path().join("hub"),
+        "files = { a = \"a.txt\" }",
+    );
     let err = fingerprint(&p, tmp.path()).unwrap_err().to_string();
     assert!(err.contains("cannot reach the hub"), "{err}");
-    assert!(err.contains("offline = true") && err.contains("HF_ENDPOINT"), "{err}");
+    assert!(
+        err.contains("offline = true") && err.contains("HF_ENDPOINT"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -353,20 +477,43 @@ fn imported_files_serve_an_offline_fetch() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("hub");
     let local = support::data_dir().join("valid-part-00.txt");
-    let resolved = import_into_cache(REPO, RepoKind::Dataset, "main", &[(VALID.to_owned(), local.clone())], &cache).unwrap();
+    let resolved = import_into_cache(
+        REPO,
+        RepoKind::Dataset,
+        "main",
+        &[(VALID.to_owned(), local.clone())],
+        &cache,
+    )
+    .unwrap();
     assert_eq!(resolved.sha.len(), 40);
     // Importing the same content again gives the same commit.
-    let again = import_into_cache(REPO, RepoKind::Dataset, "main", &[(VALID.to_owned(), local)], &cache).unwrap();
+    let again = import_into_cache(
+        REPO,
+        RepoKind::Dataset,
+        "main",
+        &[(VALID.to_owned(), local)],
+        &cache,
+    )
+    .unwrap();
     assert_eq!(again, resolved);
 
     let p = params(&format!(
         "repo = \"{REPO}\"\ncache_dir = \"hub\"\noffline = true\nfiles = {{ \"{VALID}\" = \"{VALID}\" }}"
     ));
-    assert_eq!(fingerprint(&p, tmp.path()).unwrap(), Some(resolved.sha.clone()));
+    assert_eq!(
+        fingerprint(&p, tmp.path()).unwrap(),
+        Some(resolved.sha.clone())
+    );
     let prov = run(&p, tmp.path()).unwrap();
     assert_eq!(prov.resolved_revision, resolved.sha);
-    assert_eq!(prov.files[VALID].sha256, "9e755c4eb98340138cb8047e6f9b0af645f66ee7cc43d50c8d7854e25d24fd01");
-    assert_eq!(std::fs::read(tmp.path().join("out").join(VALID)).unwrap(), *valid_sample());
+    assert_eq!(
+        prov.files[VALID].sha256,
+        "9e755c4eb98340138cb8047e6f9b0af645f66ee7cc43d50c8d7854e25d24fd01"
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("out").join(VALID)).unwrap(),
+        *valid_sample()
+    );
 }
 
 #[test]
@@ -377,7 +524,17 @@ fn params_are_checked_before_anything_runs() {
     .unwrap();
     let issues = stage().check_params(&table).unwrap_err();
     let paths: Vec<String> = issues.iter().map(|i| i.path.join(".")).collect();
-    assert_eq!(paths, vec!["repo", "files.a/b", "files.a/b", "max_bytes.c", "max_bytes.c", "endpoint"]);
+    assert_eq!(
+        paths,
+        vec![
+            "repo",
+            "files.a/b",
+            "files.a/b",
+            "max_bytes.c",
+            "max_bytes.c",
+            "endpoint"
+        ]
+    );
     let table: toml::Table = toml::from_str("repo = \"a/b\"\nfiles = {}\nrevison = \"x\"").unwrap();
     let issues = stage().check_params(&table).unwrap_err();
     assert!(issues[0].message.contains("revison"), "{issues:?}");

@@ -14,7 +14,10 @@ fn hf_token_is_sent_and_never_logged() {
     // This binary has this one test, so nothing reads the environment concurrently.
     std::env::set_var("HF_TOKEN", token);
     let server = HubServer::start();
-    let sha = server.add_commit("roneneldan/TinyStories", &[("TinyStories-valid.txt", support::valid_sample())]);
+    let sha = server.add_commit(
+        "roneneldan/TinyStories",
+        &[("TinyStories-valid.txt", support::valid_sample())],
+    );
     server.set_ref("roneneldan/TinyStories", "main", &sha);
 
     let tmp = tempfile::tempdir().unwrap();
@@ -33,10 +36,19 @@ fn hf_token_is_sent_and_never_logged() {
     let requests = server.requests();
     assert!(!requests.is_empty());
     for r in &requests {
-        assert_eq!(r.authorization.as_deref(), Some(format!("Bearer {token}").as_str()), "{} {}", r.method, r.path);
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some(format!("Bearer {token}").as_str()),
+            "{} {}",
+            r.method,
+            r.path
+        );
     }
     let log = std::fs::read_to_string(&log_path).unwrap();
-    assert!(log.contains("roneneldan/TinyStories"), "the log says what was fetched: {log}");
+    assert!(
+        log.contains("roneneldan/TinyStories"),
+        "the log says what was fetched: {log}"
+    );
     assert!(!log.contains(token), "the token leaked into the log");
     let provenance = std::fs::read_to_string(ctx.out_dir.join("provenance.json")).unwrap();
     assert!(!provenance.contains(token));

@@ -13,16 +13,22 @@ use support::{context, data_dir};
 use tokenizers::Tokenizer;
 
 fn stage() -> std::sync::Arc<dyn Stage> {
-    itera_stages::registry().get("tokenize").expect("tokenize is registered").clone()
+    itera_stages::registry()
+        .get("tokenize")
+        .expect("tokenize is registered")
+        .clone()
 }
 
 fn params(toml_text: &str) -> serde_json::Value {
     let table: toml::Table = toml::from_str(toml_text).expect("test params are TOML");
-    stage().check_params(&table).unwrap_or_else(|issues| panic!("params rejected: {issues:?}"))
+    stage()
+        .check_params(&table)
+        .unwrap_or_else(|issues| panic!("params rejected: {issues:?}"))
 }
 
 /// The shared samples as a `files`-stage-like corpus (their own names).
-const SAMPLE_FILES: &str = "train_file = \"train-sample-00.txt\"\nvalid_file = \"valid-part-00.txt\"\n";
+const SAMPLE_FILES: &str =
+    "train_file = \"train-sample-00.txt\"\nvalid_file = \"valid-part-00.txt\"\n";
 
 /// Runs the stage on `corpus`; returns the artifact folder.
 fn run(params: &serde_json::Value, corpus: &Path, root: &Path) -> anyhow::Result<PathBuf> {
@@ -43,8 +49,14 @@ fn run(params: &serde_json::Value, corpus: &Path, root: &Path) -> anyhow::Result
 fn read_ids(path: &Path, dtype: Dtype) -> Vec<u32> {
     let bytes = std::fs::read(path).unwrap();
     match dtype {
-        Dtype::U16 => bytes.chunks_exact(2).map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))).collect(),
-        Dtype::U32 => bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::U16 => bytes
+            .chunks_exact(2)
+            .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        Dtype::U32 => bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
     }
 }
 
@@ -100,17 +112,26 @@ fn check_against_source(out: &Path, valid: &Path, lossless: bool) -> (Meta, Stat
 #[test]
 fn bpe_on_the_real_sample_is_lossless_and_reloads_to_the_same_ids() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = params(&format!("scheme = \"bpe\"\nvocab_size = 1024\n{SAMPLE_FILES}"));
+    let p = params(&format!(
+        "scheme = \"bpe\"\nvocab_size = 1024\n{SAMPLE_FILES}"
+    ));
     let out = run(&p, &data_dir(), tmp.path()).unwrap();
     let (meta, stats) = check_against_source(&out, &data_dir().join("valid-part-00.txt"), true);
-    assert_eq!(meta.vocab_size, 1024, "the trainer fills the vocabulary it is given");
+    assert_eq!(
+        meta.vocab_size, 1024,
+        "the trainer fills the vocabulary it is given"
+    );
     assert_eq!(meta.dtype, Dtype::U16);
     assert_eq!(stats.train.unknown_tokens, 0);
     assert_eq!(stats.valid.unknown_rate, 0.0);
     // The train sample: 2,316 separated stories plus the truncated last one.
     assert_eq!(stats.train.stories, 2317);
     assert_eq!(stats.train.file_bytes, 2_097_152);
-    assert!(stats.train.bytes_per_token > 2.5, "BPE compresses: {}", stats.train.bytes_per_token);
+    assert!(
+        stats.train.bytes_per_token > 2.5,
+        "BPE compresses: {}",
+        stats.train.bytes_per_token
+    );
     let train_ids = read_ids(&out.join("train.bin"), meta.dtype);
     let reloaded = Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
     let train_stories = file_stories(&data_dir().join("train-sample-00.txt"));
@@ -120,7 +141,11 @@ fn bpe_on_the_real_sample_is_lossless_and_reloads_to_the_same_ids() {
     // The corpus separator maps to <eos> in the saved tokenizer too.
     let sep = reloaded.encode("<|endoftext|>", false).unwrap();
     assert_eq!(sep.get_ids(), &[EOS_ID]);
-    python_reload_check(&out.join("tokenizer.json"), &train_stories[..50], &train_ids);
+    python_reload_check(
+        &out.join("tokenizer.json"),
+        &train_stories[..50],
+        &train_ids,
+    );
 }
 
 #[test]
@@ -142,14 +167,26 @@ fn byte_scheme_maps_each_byte_and_round_trips() {
 #[test]
 fn word_scheme_caps_the_vocabulary_by_frequency() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = params(&format!("scheme = \"word\"\nvocab_size = 500\nlowercase = true\n{SAMPLE_FILES}"));
+    let p = params(&format!(
+        "scheme = \"word\"\nvocab_size = 500\nlowercase = true\n{SAMPLE_FILES}"
+    ));
     let out = run(&p, &data_dir(), tmp.path()).unwrap();
     let (meta, stats) = check_against_source(&out, &data_dir().join("valid-part-00.txt"), false);
     assert_eq!(meta.vocab_size, 500);
     assert!(meta.lowercase);
-    assert!(stats.valid.unknown_rate > 0.0 && stats.valid.unknown_rate < 0.2, "{}", stats.valid.unknown_rate);
+    assert!(
+        stats.valid.unknown_rate > 0.0 && stats.valid.unknown_rate < 0.2,
+        "{}",
+        stats.valid.unknown_rate
+    );
     // The most frequent tokens of children's stories.
-    let top: Vec<&str> = stats.train.top_tokens.iter().take(6).map(|t| t.token.as_str()).collect();
+    let top: Vec<&str> = stats
+        .train
+        .top_tokens
+        .iter()
+        .take(6)
+        .map(|t| t.token.as_str())
+        .collect();
     for word in [".", "the", ","] {
         assert!(top.contains(&word), "{word} not in {top:?}");
     }
@@ -161,8 +198,13 @@ fn word_scheme_caps_the_vocabulary_by_frequency() {
 #[test]
 fn word_normalization_splits_words_and_punctuation() {
     let mut pieces = Vec::new();
-    itera_stages::tokenize::word_pieces("Lily's “red” ball!\n  Tom-cat 3.5", false, |w| pieces.push(w.to_owned()));
-    assert_eq!(pieces, ["Lily", "'", "s", "“", "red", "”", "ball", "!", "Tom", "-", "cat", "3", ".", "5"]);
+    itera_stages::tokenize::word_pieces("Lily's “red” ball!\n  Tom-cat 3.5", false, |w| {
+        pieces.push(w.to_owned())
+    });
+    assert_eq!(
+        pieces,
+        ["Lily", "'", "s", "“", "red", "”", "ball", "!", "Tom", "-", "cat", "3", ".", "5"]
+    );
     let mut lowered = Vec::new();
     itera_stages::tokenize::word_pieces("Ben SAID", true, |w| lowered.push(w.to_owned()));
     assert_eq!(lowered, ["ben", "said"]);
@@ -183,24 +225,55 @@ fn stats_are_right_on_a_hand_checkable_text() {
     let train = "Hello world.\n<|endoftext|>\nHi!\n<|endoftext|>\n";
     let corpus = tiny_corpus(tmp.path(), train, "\u{feff} Hi world.\n<|endoftext|>\n\n");
 
-    let out = run(&params("scheme = \"byte\""), &corpus, &tmp.path().join("byte")).unwrap();
+    let out = run(
+        &params("scheme = \"byte\""),
+        &corpus,
+        &tmp.path().join("byte"),
+    )
+    .unwrap();
     let stats: Stats = json(&out.join("stats.json"));
     let t = &stats.train;
-    assert_eq!((t.file_bytes, t.text_bytes, t.stories, t.tokens, t.text_tokens), (train.len() as u64, 15, 2, 17, 15));
+    assert_eq!(
+        (
+            t.file_bytes,
+            t.text_bytes,
+            t.stories,
+            t.tokens,
+            t.text_tokens
+        ),
+        (train.len() as u64, 15, 2, 17, 15)
+    );
     assert_eq!(t.bytes_per_token, 1.0);
     // Distinct bytes of "Hello world." + "Hi!": H e l o ␠ w r d . i ! = 11, plus <eos>.
     assert_eq!(t.vocabulary_used, 12);
-    assert!((t.vocabulary_coverage - 12.0 / 260.0).abs() < 1e-12, "{}", t.vocabulary_coverage);
-    assert_eq!((t.top_tokens[0].token.as_str(), t.top_tokens[0].count), ("l", 3));
+    assert!(
+        (t.vocabulary_coverage - 12.0 / 260.0).abs() < 1e-12,
+        "{}",
+        t.vocabulary_coverage
+    );
+    assert_eq!(
+        (t.top_tokens[0].token.as_str(), t.top_tokens[0].count),
+        ("l", 3)
+    );
     // The BOM and the spaces around the story are not story text.
-    assert_eq!((stats.valid.stories, stats.valid.text_bytes, stats.valid.tokens), (1, 9, 10));
+    assert_eq!(
+        (
+            stats.valid.stories,
+            stats.valid.text_bytes,
+            stats.valid.tokens
+        ),
+        (1, 9, 10)
+    );
 
     // Word scheme, min_frequency 1, room for 2 words: ties go alphabetically ("!" and ".").
     let p = params("scheme = \"word\"\nvocab_size = 6\nmin_frequency = 1");
     let out = run(&p, &corpus, &tmp.path().join("word")).unwrap();
     let stats: Stats = json(&out.join("stats.json"));
     let t = &stats.train;
-    assert_eq!((t.stories, t.tokens, t.text_tokens, t.unknown_tokens), (2, 7, 5, 3));
+    assert_eq!(
+        (t.stories, t.tokens, t.text_tokens, t.unknown_tokens),
+        (2, 7, 5, 3)
+    );
     assert_eq!(t.unknown_rate, 0.6);
     assert_eq!(t.bytes_per_token, 3.0);
     let ids = read_ids(&out.join("train.bin"), Dtype::U16);
@@ -211,9 +284,13 @@ fn stats_are_right_on_a_hand_checkable_text() {
 #[test]
 fn special_token_text_inside_a_story_matches_the_saved_tokenizer() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = "Tom saw <b>a dog</b>.\n<|endoftext|>\nSue said <EOS> and <eos>  twice.\n<|endoftext|>\n";
+    let text =
+        "Tom saw <b>a dog</b>.\n<|endoftext|>\nSue said <EOS> and <eos>  twice.\n<|endoftext|>\n";
     let corpus = tiny_corpus(tmp.path(), text, text);
-    for (scheme, extra) in [("bpe", "vocab_size = 300\nmin_frequency = 1"), ("word", "min_frequency = 1\nlowercase = true")] {
+    for (scheme, extra) in [
+        ("bpe", "vocab_size = 300\nmin_frequency = 1"),
+        ("word", "min_frequency = 1\nlowercase = true"),
+    ] {
         let p = params(&format!("scheme = \"{scheme}\"\n{extra}"));
         let out = run(&p, &corpus, &tmp.path().join(scheme)).unwrap();
         check_against_source(&out, &corpus.join("TinyStories-valid.txt"), false);
@@ -223,7 +300,9 @@ fn special_token_text_inside_a_story_matches_the_saved_tokenizer() {
 #[test]
 fn max_train_bytes_uses_a_story_boundary_prefix() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = params(&format!("scheme = \"byte\"\nmax_train_bytes = 100000\n{SAMPLE_FILES}"));
+    let p = params(&format!(
+        "scheme = \"byte\"\nmax_train_bytes = 100000\n{SAMPLE_FILES}"
+    ));
     let out = run(&p, &data_dir(), tmp.path()).unwrap();
     let stats: Stats = json(&out.join("stats.json"));
     let text = std::fs::read(data_dir().join("train-sample-00.txt")).unwrap();
@@ -239,7 +318,10 @@ fn blocks_split_on_story_boundaries_whatever_their_size() {
     let whole = file_stories(&path);
     for block in [100, 5_000, 1 << 20] {
         let mut got = Vec::new();
-        for b in BlockReader::open(&path, None).unwrap().with_block_bytes(block) {
+        for b in BlockReader::open(&path, None)
+            .unwrap()
+            .with_block_bytes(block)
+        {
             got.extend(stories(&b.unwrap().text).map(str::to_owned));
         }
         assert_eq!(got, whole, "block size {block}");
@@ -251,7 +333,10 @@ fn blocks_split_on_story_boundaries_whatever_their_size() {
     for block in [100, 5_000, 99_999, 1 << 20] {
         let mut got = Vec::new();
         let mut file_bytes = 0;
-        for b in BlockReader::open(&path, Some(100_000)).unwrap().with_block_bytes(block) {
+        for b in BlockReader::open(&path, Some(100_000))
+            .unwrap()
+            .with_block_bytes(block)
+        {
             let b = b.unwrap();
             file_bytes += b.file_bytes;
             got.extend(stories(&b.text).map(str::to_owned));
@@ -266,16 +351,29 @@ fn a_missing_corpus_file_lists_what_is_there() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = tiny_corpus(tmp.path(), "a\n<|endoftext|>\n", "b\n");
     let p = params("scheme = \"byte\"\ntrain_file = \"train.txt\"");
-    let err = run(&p, &corpus, &tmp.path().join("x")).unwrap_err().to_string();
-    assert!(err.contains("no file `train.txt` (set by `train_file`)"), "{err}");
-    assert!(err.contains("TinyStories-train.txt, TinyStories-valid.txt"), "{err}");
+    let err = run(&p, &corpus, &tmp.path().join("x"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no file `train.txt` (set by `train_file`)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("TinyStories-train.txt, TinyStories-valid.txt"),
+        "{err}"
+    );
 }
 
 #[test]
 fn params_are_checked() {
     let check = |text: &str| {
         let table: toml::Table = toml::from_str(text).unwrap();
-        stage().check_params(&table).unwrap_err().iter().map(|i| i.path.join(".")).collect::<Vec<_>>()
+        stage()
+            .check_params(&table)
+            .unwrap_err()
+            .iter()
+            .map(|i| i.path.join("."))
+            .collect::<Vec<_>>()
     };
     assert_eq!(check("scheme = \"bpe\"\nlowercase = true"), ["lowercase"]);
     assert_eq!(check("scheme = \"byte\"\nvocab_size = 300"), ["vocab_size"]);
@@ -322,7 +420,11 @@ print(json.dumps([tok.encode(s, add_special_tokens=False).ids for s in stories])
     serde_json::to_writer(child.stdin.take().unwrap(), stories).unwrap();
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "python failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     if let Some(reason) = stdout.strip_prefix("SKIP: ") {
         println!("skipping the Python reload check: {}", reason.trim());
         return;
@@ -332,7 +434,10 @@ print(json.dumps([tok.encode(s, add_special_tokens=False).ids for s in stories])
         assert_eq!(story_ids.as_slice(), rust_ids);
     }
     assert_eq!(python.len(), stories.len());
-    println!("Python tokenizers reloaded tokenizer.json: same ids for {} stories", python.len());
+    println!(
+        "Python tokenizers reloaded tokenizer.json: same ids for {} stories",
+        python.len()
+    );
 }
 
 /// The hand-written pre-tokenizer cuts text exactly where `tokenizers`' `ByteLevel` (with
@@ -343,7 +448,9 @@ fn byte_level_pieces_match_the_tokenizers_pre_tokenizer() {
     use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
     let reference = |text: &str| -> Vec<(usize, usize)> {
         let mut pts = PreTokenizedString::from(text);
-        ByteLevel::new(false, true, true).pre_tokenize(&mut pts).unwrap();
+        ByteLevel::new(false, true, true)
+            .pre_tokenize(&mut pts)
+            .unwrap();
         pts.get_splits(OffsetReferential::Original, OffsetType::Byte)
             .into_iter()
             .map(|(_, offsets, _)| offsets)
@@ -361,9 +468,22 @@ fn byte_level_pieces_match_the_tokenizers_pre_tokenizer() {
     let tricky = [
         "  hello\n\n world's 'll  café  x\u{a0}y 12ab!!  ",
         "don't I'M ''s '  \t\r\n\u{2003}Über 42nd ١٢٣ “quoted” — end.\n",
-        " ", "\n", "a", "'", "'re", " 's", "x  ", "\u{feff} Spot.", "!!\"#$ %&'()*+,-./:;<=>?@[\\]^_`{|}~",
+        " ",
+        "\n",
+        "a",
+        "'",
+        "'re",
+        " 's",
+        "x  ",
+        "\u{feff} Spot.",
+        "!!\"#$ %&'()*+,-./:;<=>?@[\\]^_`{|}~",
     ];
     for text in tricky.iter().copied().chain([valid.as_str()]) {
-        assert_eq!(ours(text), reference(text), "pieces differ for {:?}", &text[..text.len().min(60)]);
+        assert_eq!(
+            ours(text),
+            reference(text),
+            "pieces differ for {:?}",
+            &text[..text.len().min(60)]
+        );
     }
 }

@@ -107,7 +107,13 @@ impl Manifest {
                 p == x || p.strip_prefix(x).is_some_and(|rest| rest.starts_with('/'))
             })
         };
-        Manifest(self.0.iter().filter(|e| !excluded(&e.path)).cloned().collect())
+        Manifest(
+            self.0
+                .iter()
+                .filter(|e| !excluded(&e.path))
+                .cloned()
+                .collect(),
+        )
     }
     /// Total bytes of the files.
     pub fn total_size(&self) -> u64 {

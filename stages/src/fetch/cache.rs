@@ -42,7 +42,10 @@ pub fn default_cache_dir() -> PathBuf {
         return PathBuf::from(xdg).join("huggingface").join("hub");
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(".cache").join("huggingface").join("hub")
+    PathBuf::from(home)
+        .join(".cache")
+        .join("huggingface")
+        .join("hub")
 }
 
 /// One repository's folder inside the cache.
@@ -108,7 +111,12 @@ impl RepoCache {
     }
 
     /// Links `snapshots/<sha>/<path_in_repo>` to `blobs/<etag>` with a relative symlink.
-    pub fn link_snapshot(&self, sha: &str, path_in_repo: &str, etag: &str) -> Result<PathBuf, FetchError> {
+    pub fn link_snapshot(
+        &self,
+        sha: &str,
+        path_in_repo: &str,
+        etag: &str,
+    ) -> Result<PathBuf, FetchError> {
         let pointer = self.snapshot_path(sha, path_in_repo);
         let parent = pointer.parent().expect("a snapshot path has a parent");
         std::fs::create_dir_all(parent).map_err(|source| FetchError::Io {

@@ -104,7 +104,9 @@ impl HubSettings {
             };
         }
         let client = self.client()?;
-        let sha = client.info_sha(revision).map_err(|e| self.map_error(e, revision, None))?;
+        let sha = client
+            .info_sha(revision)
+            .map_err(|e| self.map_error(e, revision, None))?;
         Ok(ResolvedCommit {
             requested: revision.into(),
             sha,
@@ -190,7 +192,12 @@ impl HubSettings {
 /// `HF_HUB_OFFLINE` set to a true value (`1`, `true`, `yes`, `on`).
 pub fn offline_from_env() -> bool {
     std::env::var("HF_HUB_OFFLINE")
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
         .unwrap_or(false)
 }
 
@@ -241,7 +248,11 @@ impl HubRepo {
             HubRepo::Dataset(r) => r.info().revision(revision).send()?.sha,
             HubRepo::Model(r) => r.info().revision(revision).send()?.sha,
         };
-        sha.ok_or_else(|| HFError::Other(format!("the hub returned no commit sha for revision `{revision}`")))
+        sha.ok_or_else(|| {
+            HFError::Other(format!(
+                "the hub returned no commit sha for revision `{revision}`"
+            ))
+        })
     }
 
     /// Downloads `path` at commit `sha` into the cache (or finds it there); returns the
@@ -262,7 +273,8 @@ impl HubRepo {
 
     /// `HEAD` on the file: etag, size and commit.
     pub fn metadata(&self, path: &str, sha: &str) -> Result<RemoteFile, HFError> {
-        let meta = each_kind!(self, r => r.get_file_metadata().filepath(path).revision(sha).send())?;
+        let meta =
+            each_kind!(self, r => r.get_file_metadata().filepath(path).revision(sha).send())?;
         Ok(RemoteFile {
             etag: meta.etag,
             size: meta.file_size,
@@ -270,7 +282,12 @@ impl HubRepo {
     }
 
     /// The bytes `range` of `path` at commit `sha` (an HTTP range request).
-    pub fn range(&self, path: &str, sha: &str, range: std::ops::Range<u64>) -> Result<bytes::Bytes, HFError> {
+    pub fn range(
+        &self,
+        path: &str,
+        sha: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, HFError> {
         each_kind!(self, r => r
             .download_file_to_bytes()
             .filename(path)

@@ -17,7 +17,9 @@ mod transfer;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use itera_engine::stage::{FingerprintContext, InputSlots, OutputDecl, ParamIssue, StageContext, StageKind};
+use itera_engine::stage::{
+    FingerprintContext, InputSlots, OutputDecl, ParamIssue, StageContext, StageKind,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +36,9 @@ pub const PROVENANCE_FILE: &str = "provenance.json";
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The repository id is not `owner/name`.
-    #[error("`{repo}` is not a repository id; expected `owner/name` (e.g. `roneneldan/TinyStories`)")]
+    #[error(
+        "`{repo}` is not a repository id; expected `owner/name` (e.g. `roneneldan/TinyStories`)"
+    )]
     BadRepoId { repo: String },
     /// A path inside the repository is unusable.
     #[error("bad path in repository `{path}`: {message}")]
@@ -66,7 +70,9 @@ pub enum FetchError {
         path: String,
     },
     /// The hub refused access.
-    #[error("access to `{repo}` was refused ({message}); set HF_TOKEN to a token that can read it")]
+    #[error(
+        "access to `{repo}` was refused ({message}); set HF_TOKEN to a token that can read it"
+    )]
     AccessDenied { repo: String, message: String },
     /// No connection to the hub.
     #[error(
@@ -119,7 +125,9 @@ pub enum FetchError {
     #[error("nothing to import: give at least one file")]
     NothingToImport,
     /// The HTTP client could not be set up.
-    #[error("cannot set up a hub client for {endpoint}: {message}; check `endpoint` / HF_ENDPOINT")]
+    #[error(
+        "cannot set up a hub client for {endpoint}: {message}; check `endpoint` / HF_ENDPOINT"
+    )]
     Client { endpoint: String, message: String },
     /// Any other answer from the hub.
     #[error("hub error for `{repo}`{}: {message}", path.as_ref().map(|p| format!(" file `{p}`")).unwrap_or_default())]
@@ -130,7 +138,10 @@ pub enum FetchError {
     },
     /// A local file operation failed.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Parameters of `kind = "hf-fetch"`.
@@ -189,7 +200,10 @@ pub(crate) fn check_path_in_repo(path: &str) -> Result<(), String> {
     if path.starts_with('/') || path.contains('\\') {
         return Err("must be a relative path with `/` separators".into());
     }
-    if path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if path
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err("must not contain empty, `.` or `..` segments".into());
     }
     Ok(())
@@ -223,16 +237,23 @@ impl StageKind for HfFetch {
             issues.push(ParamIssue::new("repo", e.to_string()));
         }
         if p.revision.trim().is_empty() {
-            issues.push(ParamIssue::new("revision", "must not be empty").with_help("use `main`, a tag or a commit sha"));
-        }
-        if p.files.is_empty() {
             issues.push(
-                ParamIssue::new("files", "names no file")
-                    .with_help(r#"e.g. files = { "TinyStories-valid.txt" = "TinyStories-valid.txt" }"#),
+                ParamIssue::new("revision", "must not be empty")
+                    .with_help("use `main`, a tag or a commit sha"),
             );
         }
+        if p.files.is_empty() {
+            issues.push(ParamIssue::new("files", "names no file").with_help(
+                r#"e.g. files = { "TinyStories-valid.txt" = "TinyStories-valid.txt" }"#,
+            ));
+        }
         for (name, path) in &p.files {
-            if name.is_empty() || name.contains('/') || name == "." || name == ".." || name == PROVENANCE_FILE {
+            if name.is_empty()
+                || name.contains('/')
+                || name == "."
+                || name == ".."
+                || name == PROVENANCE_FILE
+            {
                 issues.push(issue_at(
                     "files",
                     name,
@@ -247,8 +268,12 @@ impl StageKind for HfFetch {
             if !p.files.contains_key(name) {
                 let known: Vec<&str> = p.files.keys().map(String::as_str).collect();
                 issues.push(
-                    issue_at("max_bytes", name, format!("`{name}` is not a key of `files`"))
-                        .with_help(format!("known files: {}", known.join(", "))),
+                    issue_at(
+                        "max_bytes",
+                        name,
+                        format!("`{name}` is not a key of `files`"),
+                    )
+                    .with_help(format!("known files: {}", known.join(", "))),
                 );
             }
             if bytes == 0 {
@@ -271,7 +296,11 @@ impl StageKind for HfFetch {
     }
 
     fn outputs(p: &HfFetchParams) -> Vec<OutputDecl> {
-        let mut outs: Vec<OutputDecl> = p.files.keys().map(|name| OutputDecl::new(name.clone(), name.clone())).collect();
+        let mut outs: Vec<OutputDecl> = p
+            .files
+            .keys()
+            .map(|name| OutputDecl::new(name.clone(), name.clone()))
+            .collect();
         outs.push(OutputDecl::new("provenance", PROVENANCE_FILE));
         outs
     }
@@ -284,7 +313,11 @@ impl StageKind for HfFetch {
     fn run(p: &HfFetchParams, ctx: &StageContext) -> anyhow::Result<()> {
         let hub = p.settings(&ctx.base_dir);
         let resolved = hub.resolve(&p.revision)?;
-        let client = if hub.offline { None } else { Some(hub.client()?) };
+        let client = if hub.offline {
+            None
+        } else {
+            Some(hub.client()?)
+        };
         ctx.log.line(format!(
             "hf-fetch {} `{}` revision `{}` -> commit {} (endpoint {}, cache {}, {})",
             hub.kind.singular(),
@@ -312,7 +345,14 @@ impl StageKind for HfFetch {
                     &ctx.work_dir,
                     &ctx.progress,
                 )?,
-                None => transfer::fetch_whole(&hub, client.as_ref(), path_in_repo, &resolved.sha, &dest, &ctx.progress)?,
+                None => transfer::fetch_whole(
+                    &hub,
+                    client.as_ref(),
+                    path_in_repo,
+                    &resolved.sha,
+                    &dest,
+                    &ctx.progress,
+                )?,
             };
             ctx.log.line(format!(
                 "{name} <- {path_in_repo}: {} bytes{}, sha256 {}, from {}",
@@ -325,7 +365,8 @@ impl StageKind for HfFetch {
         }
         // Recorded for offline runs and for Python tools: `refs/<branch>` -> the commit used.
         if !is_commit_sha(&resolved.requested) && !hub.offline {
-            hub.repo_cache().write_ref(&resolved.requested, &resolved.sha)?;
+            hub.repo_cache()
+                .write_ref(&resolved.requested, &resolved.sha)?;
         }
         let provenance = Provenance {
             repo: hub.repo.clone(),

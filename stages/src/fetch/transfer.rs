@@ -179,16 +179,24 @@ pub fn fetch_prefix(
             cache_dir: hub.cache_dir.clone(),
         });
     };
-    let remote = with_retries(path_in_repo, progress, || client.metadata(path_in_repo, sha))
-        .map_err(|(e, attempts)| download_error(hub, e, attempts, sha, path_in_repo))?;
+    let remote = with_retries(path_in_repo, progress, || {
+        client.metadata(path_in_repo, sha)
+    })
+    .map_err(|(e, attempts)| download_error(hub, e, attempts, sha, path_in_repo))?;
     if remote.size > 0 && remote.size <= max_bytes {
         return fetch_whole(hub, Some(client), path_in_repo, sha, dest, progress);
     }
-    let want = if remote.size > 0 { max_bytes.min(remote.size) } else { max_bytes };
+    let want = if remote.size > 0 {
+        max_bytes.min(remote.size)
+    } else {
+        max_bytes
+    };
     // Keyed by etag: a resumed part is only ever extended with bytes of the same file.
-    let part = work_dir
-        .join("prefix")
-        .join(format!("{}.{}.part", RepoCache::safe_name(path_in_repo), remote.etag));
+    let part = work_dir.join("prefix").join(format!(
+        "{}.{}.part",
+        RepoCache::safe_name(path_in_repo),
+        remote.etag
+    ));
     let dir = part.parent().expect("part paths have a parent");
     std::fs::create_dir_all(dir).map_err(|source| FetchError::Io {
         path: dir.to_owned(),
@@ -204,12 +212,18 @@ pub fn fetch_prefix(
             path: part.clone(),
             source,
         })?;
-    progress.start(&format!("download {path_in_repo} (first {want} bytes)"), Some(want), "bytes");
+    progress.start(
+        &format!("download {path_in_repo} (first {want} bytes)"),
+        Some(want),
+        "bytes",
+    );
     progress.set_position(have.min(want));
     while have < want {
         let end = (have + RANGE_CHUNK).min(want);
-        let bytes = with_retries(path_in_repo, progress, || client.range(path_in_repo, sha, have..end))
-            .map_err(|(e, attempts)| download_error(hub, e, attempts, sha, path_in_repo))?;
+        let bytes = with_retries(path_in_repo, progress, || {
+            client.range(path_in_repo, sha, have..end)
+        })
+        .map_err(|(e, attempts)| download_error(hub, e, attempts, sha, path_in_repo))?;
         if bytes.is_empty() || bytes.len() as u64 > end - have {
             return Err(FetchError::Hub {
                 repo: hub.repo.clone(),
@@ -259,7 +273,12 @@ fn prefix_provenance(
 
 /// Copies the first `max_bytes` of `src`, cut right after the last story separator line
 /// (the separator and its line break included), to `dest`.
-pub fn cut_prefix(src: &Path, max_bytes: u64, dest: &Path, path_in_repo: &str) -> Result<(), FetchError> {
+pub fn cut_prefix(
+    src: &Path,
+    max_bytes: u64,
+    dest: &Path,
+    path_in_repo: &str,
+) -> Result<(), FetchError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| FetchError::Io { path, source }
@@ -267,7 +286,8 @@ pub fn cut_prefix(src: &Path, max_bytes: u64, dest: &Path, path_in_repo: &str) -
     let file = std::fs::File::open(src).map_err(io(src))?;
     // The prefix is read once into memory: `max_bytes` bounds it.
     let mut head = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, max_bytes), &mut head).map_err(io(src))?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, max_bytes), &mut head)
+        .map_err(io(src))?;
     let cut = story_cut(&head).ok_or_else(|| FetchError::NoCompleteStory {
         path: path_in_repo.into(),
         max_bytes,
@@ -323,7 +343,13 @@ fn file_len(path: &Path) -> Result<u64, FetchError> {
         })
 }
 
-fn download_error(hub: &HubSettings, err: HFError, attempts: u32, sha: &str, path: &str) -> FetchError {
+fn download_error(
+    hub: &HubSettings,
+    err: HFError,
+    attempts: u32,
+    sha: &str,
+    path: &str,
+) -> FetchError {
     if retryable(&err) {
         if let HFError::Request { source, .. } = &err {
             if source.is_connect() {

@@ -86,10 +86,13 @@ impl BlockReader {
             }
             let start = self.pending.len();
             self.pending.resize(start + room, 0);
-            let n = self.file.read(&mut self.pending[start..]).map_err(|source| TokenizeError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+            let n = self
+                .file
+                .read(&mut self.pending[start..])
+                .map_err(|source| TokenizeError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
             self.pending.truncate(start + n);
             self.read += n as u64;
             if n == 0 {

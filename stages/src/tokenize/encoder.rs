@@ -107,7 +107,9 @@ fn ascii_piece(bytes: &[u8], at: usize) -> Option<usize> {
     if b == b'\'' {
         match (bytes.get(at + 1), bytes.get(at + 2)) {
             (Some(b's' | b't' | b'm' | b'd'), _) => return Some(at + 2),
-            (Some(b'r'), Some(b'e')) | (Some(b'v'), Some(b'e')) | (Some(b'l'), Some(b'l')) => return Some(at + 3),
+            (Some(b'r'), Some(b'e')) | (Some(b'v'), Some(b'e')) | (Some(b'l'), Some(b'l')) => {
+                return Some(at + 3)
+            }
             _ => {}
         }
     }
@@ -144,7 +146,10 @@ fn is_punctuation(c: char) -> bool {
 pub fn word_pieces(text: &str, lowercase: bool, mut f: impl FnMut(&str)) {
     let lowered;
     let text = if lowercase {
-        lowered = text.chars().flat_map(char::to_lowercase).collect::<String>();
+        lowered = text
+            .chars()
+            .flat_map(char::to_lowercase)
+            .collect::<String>();
         lowered.as_str()
     } else {
         text
@@ -225,13 +230,21 @@ impl<'t> FastEncoder<'t> {
     }
 
     fn slow(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
-        let encoding = self.tokenizer.encode_fast(text, false).map_err(TokenizeError::tokenizer)?;
+        let encoding = self
+            .tokenizer
+            .encode_fast(text, false)
+            .map_err(TokenizeError::tokenizer)?;
         Ok(encoding.get_ids().to_vec())
     }
 
     /// Appends the ids of `story` (no `<eos>`) to `out`; `local` caches pieces the shared
     /// cache lacks.
-    pub fn encode_into(&self, story: &str, out: &mut Vec<u32>, local: &mut PieceCache) -> Result<(), TokenizeError> {
+    pub fn encode_into(
+        &self,
+        story: &str,
+        out: &mut Vec<u32>,
+        local: &mut PieceCache,
+    ) -> Result<(), TokenizeError> {
         // Text that may hold a special token (`<eos>`, also after lowercasing) goes through
         // the tokenizer itself, which matches those first. Stories rarely contain `<`.
         if story.contains('<') {

@@ -55,13 +55,20 @@ pub enum TokenizeError {
         "{} has more than {max} bytes without a `<|endoftext|>` separator (from offset {offset}); is it a TinyStories-format file?",
         path.display()
     )]
-    StoryTooLong { path: PathBuf, offset: u64, max: usize },
+    StoryTooLong {
+        path: PathBuf,
+        offset: u64,
+        max: usize,
+    },
     /// The `tokenizers` library failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     /// A local file operation failed.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl TokenizeError {
@@ -174,23 +181,39 @@ impl StageKind for Tokenize {
         let mut issues = Vec::new();
         match (p.scheme, p.vocab_size) {
             (Scheme::Byte, Some(v)) if v as usize != BYTE_VOCAB => issues.push(
-                ParamIssue::new("vocab_size", format!("the byte scheme always has {BYTE_VOCAB} tokens, found {v}"))
-                    .with_help("remove `vocab_size`"),
+                ParamIssue::new(
+                    "vocab_size",
+                    format!("the byte scheme always has {BYTE_VOCAB} tokens, found {v}"),
+                )
+                .with_help("remove `vocab_size`"),
             ),
             (Scheme::Bpe, Some(v)) if (v as usize) < BYTE_VOCAB => issues.push(ParamIssue::new(
                 "vocab_size",
-                format!("must be at least {BYTE_VOCAB} for bpe (256 bytes + 4 specials), found {v}"),
+                format!(
+                    "must be at least {BYTE_VOCAB} for bpe (256 bytes + 4 specials), found {v}"
+                ),
             )),
-            (Scheme::Word, Some(v)) if (v as usize) <= SPECIALS.len() => issues.push(ParamIssue::new(
-                "vocab_size",
-                format!("must be more than {} (the special tokens), found {v}", SPECIALS.len()),
-            )),
+            (Scheme::Word, Some(v)) if (v as usize) <= SPECIALS.len() => {
+                issues.push(ParamIssue::new(
+                    "vocab_size",
+                    format!(
+                        "must be more than {} (the special tokens), found {v}",
+                        SPECIALS.len()
+                    ),
+                ))
+            }
             _ => {}
         }
         if p.lowercase && p.scheme != Scheme::Word {
             issues.push(
-                ParamIssue::new("lowercase", format!("only the word scheme lowercases; `{}` is lossless", p.scheme.name()))
-                    .with_help("remove `lowercase` or use scheme = \"word\""),
+                ParamIssue::new(
+                    "lowercase",
+                    format!(
+                        "only the word scheme lowercases; `{}` is lossless",
+                        p.scheme.name()
+                    ),
+                )
+                .with_help("remove `lowercase` or use scheme = \"word\""),
             );
         }
         if p.min_frequency == 0 {
@@ -204,7 +227,10 @@ impl StageKind for Tokenize {
         }
         for (key, value) in [("train_file", &p.train_file), ("valid_file", &p.valid_file)] {
             if value.is_empty() || value.starts_with('/') || value.split('/').any(|s| s == "..") {
-                issues.push(ParamIssue::new(key, format!("`{value}` must be a relative path inside the corpus artifact")));
+                issues.push(ParamIssue::new(
+                    key,
+                    format!("`{value}` must be a relative path inside the corpus artifact"),
+                ));
             }
         }
         issues
@@ -231,7 +257,9 @@ impl StageKind for Tokenize {
         let corpus = &ctx.input("corpus")?.path;
         let train_path = corpus_file(corpus, &p.train_file, "train_file")?;
         let valid_path = corpus_file(corpus, &p.valid_file, "valid_file")?;
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(ctx.threads.max(1)).build()?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(ctx.threads.max(1))
+            .build()?;
         pool.install(|| tokenize(p, ctx, &train_path, &valid_path))
     }
 }
@@ -239,37 +267,66 @@ impl StageKind for Tokenize {
 /// Finds `name` in the corpus folder, listing what is there if it is missing.
 fn corpus_file(corpus: &Path, name: &str, param: &'static str) -> Result<PathBuf, TokenizeError> {
     if corpus.is_file() {
-        return Err(TokenizeError::CorpusIsFile { path: corpus.to_owned() });
+        return Err(TokenizeError::CorpusIsFile {
+            path: corpus.to_owned(),
+        });
     }
     let path = corpus.join(name);
     if path.is_file() {
         return Ok(path);
     }
     let mut available: Vec<String> = std::fs::read_dir(corpus)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     available.sort();
     Err(TokenizeError::MissingFile {
         name: name.into(),
         param,
-        available: if available.is_empty() { "nothing".into() } else { available.join(", ") },
+        available: if available.is_empty() {
+            "nothing".into()
+        } else {
+            available.join(", ")
+        },
     })
 }
 
-fn tokenize(p: &TokenizeParams, ctx: &StageContext, train: &Path, valid: &Path) -> anyhow::Result<()> {
+fn tokenize(
+    p: &TokenizeParams,
+    ctx: &StageContext,
+    train: &Path,
+    valid: &Path,
+) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let sample_limit = p.max_train_bytes.map_or(p.train_sample_bytes, |m| m.min(p.train_sample_bytes));
+    let sample_limit = p
+        .max_train_bytes
+        .map_or(p.train_sample_bytes, |m| m.min(p.train_sample_bytes));
     let sample: Vec<String> = if p.scheme == Scheme::Byte {
         Vec::new()
     } else {
-        ctx.progress.message(format!("reading a {sample_limit}-byte sample to fit the vocabulary"));
+        ctx.progress.message(format!(
+            "reading a {sample_limit}-byte sample to fit the vocabulary"
+        ));
         BlockReader::open(train, Some(sample_limit))?
             .map(|b| b.map(|b| b.text))
             .collect::<Result<_, _>>()?
     };
     let sample_stories: Vec<&str> = sample.iter().flat_map(|b| stories(b)).collect();
-    ctx.progress.message(format!("fitting the {} vocabulary on {} stories", p.scheme.name(), sample_stories.len()));
-    let tokenizer = vocab::build(p.scheme, &sample_stories, p.vocab_size(), p.min_frequency, p.lowercase)?;
+    ctx.progress.message(format!(
+        "fitting the {} vocabulary on {} stories",
+        p.scheme.name(),
+        sample_stories.len()
+    ));
+    let tokenizer = vocab::build(
+        p.scheme,
+        &sample_stories,
+        p.vocab_size(),
+        p.min_frequency,
+        p.lowercase,
+    )?;
     let vocab_size = tokenizer.get_vocab_size(true);
     let mut encoder = FastEncoder::new(p.scheme, p.lowercase, &tokenizer);
     encoder.seed(&sample_stories)?;
@@ -278,19 +335,40 @@ fn tokenize(p: &TokenizeParams, ctx: &StageContext, train: &Path, valid: &Path) 
     let dtype = Dtype::for_vocab(vocab_size);
     let out = &ctx.out_dir;
     let fitted = started.elapsed().as_secs_f64();
-    ctx.log.line(format!("fitted the {} vocabulary ({vocab_size} tokens) in {fitted:.2} s", p.scheme.name()));
+    ctx.log.line(format!(
+        "fitted the {} vocabulary ({vocab_size} tokens) in {fitted:.2} s",
+        p.scheme.name()
+    ));
     tokenizer
         .save(out.join(TOKENIZER_FILE), true)
         .map_err(TokenizeError::tokenizer)?;
 
-    let train_stats = encode_file(ctx, &encoder, train, p.max_train_bytes, &out.join(TRAIN_FILE), dtype, vocab_size, "train")?;
+    let train_stats = encode_file(
+        ctx,
+        &encoder,
+        train,
+        p.max_train_bytes,
+        &out.join(TRAIN_FILE),
+        dtype,
+        vocab_size,
+        "train",
+    )?;
     let encoded = started.elapsed().as_secs_f64() - fitted;
     ctx.log.line(format!(
         "encoded {} train bytes in {encoded:.2} s ({:.1} MB/s)",
         train_stats.file_bytes,
         train_stats.file_bytes as f64 / 1e6 / encoded.max(1e-9)
     ));
-    let valid_stats = encode_file(ctx, &encoder, valid, None, &out.join(VALID_FILE), dtype, vocab_size, "valid")?;
+    let valid_stats = encode_file(
+        ctx,
+        &encoder,
+        valid,
+        None,
+        &out.join(VALID_FILE),
+        dtype,
+        vocab_size,
+        "valid",
+    )?;
 
     let meta = Meta {
         scheme: p.scheme.name().into(),
@@ -326,7 +404,11 @@ fn tokenize(p: &TokenizeParams, ctx: &StageContext, train: &Path, valid: &Path) 
 }
 
 /// Encodes one block: ids of every story, each followed by `<eos>`, and their counts.
-pub fn encode_block(encoder: &FastEncoder<'_>, block: &Block, vocab_size: usize) -> Result<(Vec<u32>, Counter), TokenizeError> {
+pub fn encode_block(
+    encoder: &FastEncoder<'_>,
+    block: &Block,
+    vocab_size: usize,
+) -> Result<(Vec<u32>, Counter), TokenizeError> {
     let mut ids = Vec::with_capacity(block.text.len() / 3);
     let mut counter = Counter::new(vocab_size);
     counter.file_bytes = block.file_bytes;
@@ -358,12 +440,14 @@ fn encode_file(
         Some(l) => l.min(std::fs::metadata(input)?.len()),
         None => std::fs::metadata(input)?.len(),
     };
-    ctx.progress.start(&format!("tokenize {split}"), Some(total), "bytes");
+    ctx.progress
+        .start(&format!("tokenize {split}"), Some(total), "bytes");
     let io = |source| TokenizeError::Io {
         path: output.to_owned(),
         source,
     };
-    let mut writer = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(output).map_err(io)?);
+    let mut writer =
+        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(output).map_err(io)?);
     let mut reader = BlockReader::open(input, limit)?;
     let mut counter = Counter::new(vocab_size);
     let batch = 2 * rayon::current_num_threads().max(1);

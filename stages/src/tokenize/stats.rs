@@ -58,7 +58,13 @@ impl Counter {
     pub fn summary(&self, tokenizer: &Tokenizer) -> SplitStats {
         let text_tokens = self.tokens.saturating_sub(self.stories);
         let used = self.per_id.iter().filter(|&&n| n > 0).count();
-        let mut ranked: Vec<(usize, u64)> = self.per_id.iter().copied().enumerate().filter(|(_, n)| *n > 0).collect();
+        let mut ranked: Vec<(usize, u64)> = self
+            .per_id
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, n)| *n > 0)
+            .collect();
         ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let top_tokens = ranked
             .into_iter()
@@ -161,8 +167,12 @@ impl Dtype {
         out.reserve(ids.len() * self.width());
         match self {
             // The vocabulary fits in u16, so every id does.
-            Self::U16 => ids.iter().for_each(|&id| out.extend_from_slice(&(id as u16).to_le_bytes())),
-            Self::U32 => ids.iter().for_each(|&id| out.extend_from_slice(&id.to_le_bytes())),
+            Self::U16 => ids
+                .iter()
+                .for_each(|&id| out.extend_from_slice(&(id as u16).to_le_bytes())),
+            Self::U32 => ids
+                .iter()
+                .for_each(|&id| out.extend_from_slice(&id.to_le_bytes())),
         }
     }
 }

@@ -15,7 +15,9 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::punctuation::Punctuation;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
-use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer, Trainer};
+use tokenizers::{
+    AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer, Trainer,
+};
 
 use super::encoder::{byte_level_pieces, word_pieces};
 use super::{Scheme, TokenizeError};
@@ -45,7 +47,10 @@ fn separator_to_eos() -> NormalizerWrapper {
 
 /// The GPT-2 byte -> printable char table of byte-level BPE.
 pub fn byte_chars() -> [char; 256] {
-    let mut printable: Vec<u8> = (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut printable: Vec<u8> = (b'!'..=b'~')
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut chars: Vec<u32> = printable.iter().map(|&b| u32::from(b)).collect();
     let mut n = 0;
     for b in 0..=255u8 {
@@ -96,7 +101,11 @@ pub fn byte_tokenizer() -> Result<Tokenizer, TokenizeError> {
 /// The `bpe` scheme: byte-level BPE trained on `stories`. The trainer is fed the pieces of
 /// the same pre-tokenization the saved tokenizer applies ([`byte_level_pieces`], checked
 /// against `tokenizers`' own), in groups of stories so that counting runs in parallel.
-pub fn bpe_tokenizer(stories: &[&str], vocab_size: usize, min_frequency: u64) -> Result<Tokenizer, TokenizeError> {
+pub fn bpe_tokenizer(
+    stories: &[&str],
+    vocab_size: usize,
+    min_frequency: u64,
+) -> Result<Tokenizer, TokenizeError> {
     let mut trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(min_frequency)
@@ -111,14 +120,21 @@ pub fn bpe_tokenizer(stories: &[&str], vocab_size: usize, min_frequency: u64) ->
             let mut words = Vec::new();
             for story in super::corpus::stories(group) {
                 byte_level_pieces(story, |piece| {
-                    words.push(piece.bytes().map(|b| table[usize::from(b)]).collect::<String>());
+                    words.push(
+                        piece
+                            .bytes()
+                            .map(|b| table[usize::from(b)])
+                            .collect::<String>(),
+                    );
                 });
             }
             Ok(words)
         })
         .map_err(TokenizeError::tokenizer)?;
     let mut model = BPE::default();
-    trainer.train(&mut model).map_err(TokenizeError::tokenizer)?;
+    trainer
+        .train(&mut model)
+        .map_err(TokenizeError::tokenizer)?;
     let mut tokenizer = Tokenizer::new(model);
     tokenizer
         .with_normalizer(Some(separator_to_eos()))

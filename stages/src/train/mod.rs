@@ -107,34 +107,30 @@ fn train(p: &TrainParams, ctx: &StageContext) -> anyhow::Result<()> {
 
     let ckpt = ctx.work_dir.join(CHECKPOINT_DIR);
     let resume_path = ctx.work_dir.join(RESUME_FILE);
-    let (mut trainer, mut sampler, mut st) = match resume(
-        &ckpt,
-        &resume_path,
-        threads,
-        &train_tokens,
-    )? {
-        Some((t, s, st))
-            if t.model_config() == &config
-                && t.train_config() == &train_config
-                && t.seed() == seed =>
-        {
-            ctx.log.line(format!(
-                "resuming from the checkpoint at step {}",
-                t.steps_done()
-            ));
-            (t, s, st)
-        }
-        other => {
-            if other.is_some() {
-                ctx.log.line(
+    let (mut trainer, mut sampler, mut st) =
+        match resume(&ckpt, &resume_path, threads, &train_tokens)? {
+            Some((t, s, st))
+                if t.model_config() == &config
+                    && t.train_config() == &train_config
+                    && t.seed() == seed =>
+            {
+                ctx.log.line(format!(
+                    "resuming from the checkpoint at step {}",
+                    t.steps_done()
+                ));
+                (t, s, st)
+            }
+            other => {
+                if other.is_some() {
+                    ctx.log.line(
                     "the checkpoint in the work folder was made with other settings: starting over",
                 );
+                }
+                let t = Trainer::<f32>::new(&config, &train_config, seed, threads)?;
+                let s = BatchSampler::new(train_tokens.clone(), batch, seq, seed)?;
+                (t, s, ResumeState::default())
             }
-            let t = Trainer::<f32>::new(&config, &train_config, seed, threads)?;
-            let s = BatchSampler::new(train_tokens.clone(), batch, seq, seed)?;
-            (t, s, ResumeState::default())
-        }
-    };
+        };
     if trainer.steps_done() > 0 && st.resumed_from_step.is_none() {
         st.resumed_from_step = Some(trainer.steps_done());
     }

@@ -65,7 +65,9 @@ fn hex(bytes: &[u8]) -> String {
 impl HubServer {
     pub fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        let addr = listener.local_addr().expect("a bound listener has an address");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         let state = Arc::new(Mutex::new(State {
             repos: HashMap::new(),
             requests: Vec::new(),
@@ -114,7 +116,10 @@ impl HubServer {
         let sha = hex(&hasher.finalize()[..20]);
         entry.commits.insert(
             sha.clone(),
-            files.iter().map(|(p, b)| ((*p).to_owned(), b.clone())).collect(),
+            files
+                .iter()
+                .map(|(p, b)| ((*p).to_owned(), b.clone()))
+                .collect(),
         );
         sha
     }
@@ -267,7 +272,10 @@ fn route(st: &State, method: &str, path: &str, range: Option<&str>) -> Response 
         let Some(sha) = resolve(repo, &rev) else {
             return not_found("RevisionNotFound", &format!("Invalid rev id: {rev}"));
         };
-        return Response::new(200).json(200, serde_json::json!({ "id": id, "sha": sha, "private": false }));
+        return Response::new(200).json(
+            200,
+            serde_json::json!({ "id": id, "sha": sha, "private": false }),
+        );
     }
     // /datasets/{owner}/{name}/resolve/{rev}/{path...}
     if segs.len() >= 6 && segs[0] == "datasets" && segs[3] == "resolve" {
@@ -280,8 +288,11 @@ fn route(st: &State, method: &str, path: &str, range: Option<&str>) -> Response 
         };
         let file = decode(&segs[5..].join("/"));
         let Some(bytes) = repo.commits[&sha].get(&file) else {
-            return not_found("EntryNotFound", &format!("{file} does not exist on \"{rev}\""))
-                .header("X-Repo-Commit", sha);
+            return not_found(
+                "EntryNotFound",
+                &format!("{file} does not exist on \"{rev}\""),
+            )
+            .header("X-Repo-Commit", sha);
         };
         let etag = hex(&Sha256::digest(bytes.as_slice()));
         let mut r = Response::new(200)
@@ -295,7 +306,10 @@ fn route(st: &State, method: &str, path: &str, range: Option<&str>) -> Response 
             if let Some((a, b)) = range.and_then(|r| parse_range(r, bytes.len())) {
                 r.status = 206;
                 r.range = Some((a, b));
-                r = r.header("Content-Range", format!("bytes {a}-{}/{}", b - 1, bytes.len()));
+                r = r.header(
+                    "Content-Range",
+                    format!("bytes {a}-{}/{}", b - 1, bytes.len()),
+                );
             }
         }
         return r;
@@ -315,7 +329,11 @@ fn parse_range(header: &str, len: usize) -> Option<(usize, usize)> {
     let spec = header.strip_prefix("bytes=")?;
     let (a, b) = spec.split_once('-')?;
     let a: usize = a.parse().ok()?;
-    let b: usize = if b.is_empty() { len - 1 } else { b.parse().ok()? };
+    let b: usize = if b.is_empty() {
+        len - 1
+    } else {
+        b.parse().ok()?
+    };
     (a < len).then_some((a, (b + 1).min(len)))
 }
 
@@ -331,7 +349,10 @@ fn write_response(mut conn: TcpStream, method: &str, r: Response) -> std::io::Re
     for (k, v) in &r.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", end - start));
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        end - start
+    ));
     conn.write_all(head.as_bytes())?;
     if method != "HEAD" {
         let body = &r.body[start..end];

@@ -12,19 +12,32 @@ use itera_engine::stage::{CancelToken, InputArtifact, Progress, StageContext, St
 
 /// The shared TinyStories samples (`../shared/data/tinystories` beside the repository).
 pub fn data_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/tinystories"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/tinystories"
+    ))
 }
 
 pub fn train_sample() -> Arc<Vec<u8>> {
-    Arc::new(std::fs::read(data_dir().join("train-sample-00.txt")).expect("the shared train sample exists"))
+    Arc::new(
+        std::fs::read(data_dir().join("train-sample-00.txt"))
+            .expect("the shared train sample exists"),
+    )
 }
 
 pub fn valid_sample() -> Arc<Vec<u8>> {
-    Arc::new(std::fs::read(data_dir().join("valid-part-00.txt")).expect("the shared valid sample exists"))
+    Arc::new(
+        std::fs::read(data_dir().join("valid-part-00.txt"))
+            .expect("the shared valid sample exists"),
+    )
 }
 
 /// A stage context writing into `root/out`, scratch in `root/work`.
-pub fn context(root: &Path, inputs: BTreeMap<String, Vec<InputArtifact>>, threads: usize) -> StageContext {
+pub fn context(
+    root: &Path,
+    inputs: BTreeMap<String, Vec<InputArtifact>>,
+    threads: usize,
+) -> StageContext {
     let out_dir = root.join("out");
     let work_dir = root.join("work");
     std::fs::create_dir_all(&out_dir).unwrap();
@@ -46,7 +59,11 @@ pub fn context(root: &Path, inputs: BTreeMap<String, Vec<InputArtifact>>, thread
 /// Files (names) in a folder, sorted.
 pub fn listing(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
