@@ -65,7 +65,7 @@ print(f"phase8 outputs ok: FP16/FP32 size {f16/f32:.3f}, val loss delta {rel:.4%
 PY
 
 start=$(date +%s%N)
-"$ITERA" --progress quiet run pipelines/phase8.toml "${SETS[@]}" | tee "$WORK/second.txt"
+"$ITERA" --progress quiet run pipelines/phase8.toml "${SETS[@]}" 2>&1 | tee "$WORK/second.txt"
 end=$(date +%s%N)
 grep -q " 0 ran" "$WORK/second.txt" || { echo "second identical run executed stages"; exit 1; }
 ms=$(( (end - start) / 1000000 ))
