@@ -168,7 +168,9 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
     let outcome = match executor.execute(&job) {
         Ok(outcome) => outcome,
         Err(e) => {
-            record.stages.extend(run.load().map(|r| r.stages).unwrap_or_default());
+            record
+                .stages
+                .extend(run.load().map(|r| r.stages).unwrap_or_default());
             record.status = RunStatus::Failed;
             record.finished = Some(host::timestamp(SystemTime::now()));
             run.write_record(&record)?;
