@@ -445,3 +445,25 @@ fn local_stage_after_a_job_runs_here_once_the_job_is_done() {
     assert_eq!(t.executions(), ["a", "b", "c", "d"]);
     assert_eq!(run_json(&t)["status"], "succeeded");
 }
+
+#[test]
+fn smoke_phase8_pipeline_runs_under_slurm() {
+    if !slurm_available("smoke_phase8_pipeline_runs_under_slurm") {
+        return;
+    }
+    let t = Test::new();
+    let smoke = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/smoke.toml");
+    let mut args = SUBMIT_WAIT.to_vec();
+    args[1] = smoke;
+    let partition = std::env::var("SLURM_TEST_PARTITION").unwrap_or_default();
+    let set = format!("pipeline.slurm.partition={partition}");
+    if !partition.is_empty() {
+        args.extend(["--set", &set]);
+    }
+    let out = t.itera(&args, 0);
+    let st = statuses(&t);
+    assert_eq!(st.len(), 6, "{st:?}\n{}", out.stderr);
+    assert!(st.iter().all(|(_, s)| s == "ran"), "{st:?}");
+    assert_eq!(submitted_stages(&t).len(), 6);
+    assert_eq!(run_json(&t)["status"], "succeeded");
+}
