@@ -310,6 +310,11 @@ impl StageKind for HfFetch {
         Ok(Some(resolved.sha))
     }
 
+    /// The provenance records when the files were fetched; the files themselves are exact.
+    fn measurements(_p: &HfFetchParams) -> Vec<String> {
+        vec![PROVENANCE_FILE.into()]
+    }
+
     fn run(p: &HfFetchParams, ctx: &StageContext) -> anyhow::Result<()> {
         let hub = p.settings(&ctx.base_dir);
         let resolved = hub.resolve(&p.revision)?;
