@@ -64,6 +64,20 @@ pub fn stage_of<'a>(
     Ok((spec, kind))
 }
 
+/// The result of upstream stage `stage` bound to `input`, or the error naming both.
+fn upstream<'a>(
+    resolved: &'a BTreeMap<StageName, Resolved>,
+    input: &str,
+    stage: &str,
+) -> Result<&'a Resolved, KeyError> {
+    resolved
+        .get(stage)
+        .ok_or_else(|| KeyError::UpstreamMissing {
+            input: input.to_owned(),
+            upstream: stage.to_owned(),
+        })
+}
+
 /// The cache-key parts of `stage`, given its upstream stages' results. Computes the
 /// kind's fingerprint, which may read outside state (a local folder, a remote revision).
 pub fn key_parts(
@@ -77,12 +91,7 @@ pub fn key_parts(
     for (input, refs) in &spec.inputs {
         let mut digests = Vec::with_capacity(refs.len());
         for r in refs {
-            let up = resolved
-                .get(&r.stage)
-                .ok_or_else(|| KeyError::UpstreamMissing {
-                    input: input.clone(),
-                    upstream: r.stage.clone(),
-                })?;
+            let up = upstream(resolved, input, &r.stage)?;
             digests.push(InputDigest {
                 output: r.output.clone(),
                 digest: up.digest.clone(),
@@ -126,12 +135,7 @@ pub fn input_artifacts(
     for (input, refs) in &spec.inputs {
         let mut list = Vec::with_capacity(refs.len());
         for r in refs {
-            let up = resolved
-                .get(&r.stage)
-                .ok_or_else(|| KeyError::UpstreamMissing {
-                    input: input.clone(),
-                    upstream: r.stage.clone(),
-                })?;
+            let up = upstream(resolved, input, &r.stage)?;
             let path = match &r.output {
                 None => up.out_dir.clone(),
                 Some(name) => {

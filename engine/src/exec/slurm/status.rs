@@ -11,7 +11,7 @@ use super::follow::{self, JobEnd};
 use super::jobs::{JobsError, JobsFile};
 use super::sbatch::JobId;
 use super::state::JobStatus;
-use crate::record::{RecordError, RunDir, RunStatus, StageRecord, StageStatus};
+use crate::record::{RecordError, RunDir, RunRecord, RunStatus, StageRecord, StageStatus};
 use crate::spec::StageName;
 
 /// One stage of a run as `itera status` shows it.
@@ -49,12 +49,9 @@ pub enum StatusError {
     Io(#[from] crate::fs::FsError),
 }
 
-/// Polls the run's open jobs, records what they could not, and returns the picture.
-pub fn status(run: &RunDir) -> Result<RunView, StatusError> {
-    let jobs = JobsFile::load(run.path())?;
-    let mut record = run.load()?;
-    let open: Vec<(StageName, JobId)> = jobs
-        .jobs
+/// The submitted jobs whose stages have not reached a final status in the record.
+fn open_jobs(jobs: &JobsFile, record: &RunRecord) -> Vec<(StageName, JobId)> {
+    jobs.jobs
         .iter()
         .filter(|(stage, _)| {
             record
@@ -63,7 +60,14 @@ pub fn status(run: &RunDir) -> Result<RunView, StatusError> {
                 .is_none_or(|r| !r.status.is_final())
         })
         .map(|(stage, rec)| (stage.clone(), rec.job.clone()))
-        .collect();
+        .collect()
+}
+
+/// Polls the run's open jobs, records what they could not, and returns the picture.
+pub fn status(run: &RunDir) -> Result<RunView, StatusError> {
+    let jobs = JobsFile::load(run.path())?;
+    let mut record = run.load()?;
+    let open = open_jobs(&jobs, &record);
     let polled = follow::poll_stages(run.path(), &open);
     for (stage, id) in &open {
         let Some(status) = polled.get(stage) else {
@@ -140,17 +144,7 @@ pub fn status(run: &RunDir) -> Result<RunView, StatusError> {
 pub fn cancel_run(run: &RunDir) -> Result<BTreeMap<StageName, JobId>, StatusError> {
     let jobs = JobsFile::load(run.path())?;
     let record = run.load()?;
-    let open: Vec<(StageName, JobId)> = jobs
-        .jobs
-        .iter()
-        .filter(|(stage, _)| {
-            record
-                .stages
-                .get(*stage)
-                .is_none_or(|r| !r.status.is_final())
-        })
-        .map(|(s, r)| (s.clone(), r.job.clone()))
-        .collect();
+    let open = open_jobs(&jobs, &record);
     let polled = follow::poll_stages(run.path(), &open);
     let to_cancel: BTreeMap<StageName, JobId> = open
         .into_iter()
