@@ -327,6 +327,40 @@ mod tests {
     use proptest::prelude::*;
     use std::fs;
 
+    #[test]
+    fn without_drops_only_the_named_files_and_folders() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        write_tree(
+            a.path(),
+            &[
+                ("w.bin", b"same"),
+                ("eval.json", b"1"),
+                ("m/t.txt", b"x"),
+                ("mx.txt", b"y"),
+            ],
+        );
+        write_tree(
+            b.path(),
+            &[
+                ("w.bin", b"same"),
+                ("eval.json", b"2"),
+                ("m/t.txt", b"z"),
+                ("mx.txt", b"y"),
+            ],
+        );
+        let (da, ma) = digest_tree(a.path()).unwrap();
+        let (db, mb) = digest_tree(b.path()).unwrap();
+        assert_ne!(da, db);
+        let skip = ["eval.json".to_owned(), "m/".to_owned()];
+        assert_eq!(ma.without(&skip).root(), mb.without(&skip).root());
+        // `m` must not swallow the sibling `mx.txt`, and a real difference still shows.
+        assert!(ma.without(&skip).0.iter().any(|e| e.path == "mx.txt"));
+        write_tree(b.path(), &[("w.bin", b"other")]);
+        let (_, mb) = digest_tree(b.path()).unwrap();
+        assert_ne!(ma.without(&skip).root(), mb.without(&skip).root());
+    }
+
     fn write_tree(root: &Path, files: &[(&str, &[u8])]) {
         for (path, content) in files {
             let p = root.join(path);
