@@ -10,7 +10,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
-use crate::spec::{suggest, Pipeline, StageName};
+use crate::spec::{base_name, suggest, Pipeline, StageName};
 
 /// Why a graph cannot be built or a selection made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -185,6 +185,8 @@ impl Dag {
 
     /// The stages to run: everything; or `until` and all its ancestors; or exactly `only`
     /// (whose inputs must then come from the cache or the selection: the executor decides).
+    /// The name of a swept stage as written selects all its variants; a variant's full
+    /// name selects that variant.
     pub fn select(
         &self,
         until: Option<&str>,
@@ -193,14 +195,20 @@ impl Dag {
         match (until, only) {
             (Some(_), [_, ..]) => Err(GraphError::ConflictingSelection),
             (None, []) => Ok(self.index.keys().cloned().collect()),
-            (None, only) => only
-                .iter()
-                .map(|name| self.known(name).map(|_| name.clone()))
-                .collect(),
-            (Some(target), []) => {
-                let start = self.known(target)?;
+            (None, only) => {
                 let mut selected = BTreeSet::new();
-                let mut stack = vec![start];
+                for name in only {
+                    selected.extend(self.resolve(name)?);
+                }
+                Ok(selected)
+            }
+            (Some(target), []) => {
+                let mut selected = BTreeSet::new();
+                let mut stack: Vec<NodeIndex> = self
+                    .resolve(target)?
+                    .iter()
+                    .map(|n| self.index[n])
+                    .collect();
                 while let Some(i) = stack.pop() {
                     if selected.insert(self.graph[i].clone()) {
                         stack.extend(self.graph.neighbors_directed(i, Direction::Incoming));
@@ -211,14 +219,27 @@ impl Dag {
         }
     }
 
-    fn known(&self, name: &str) -> Result<NodeIndex, GraphError> {
-        self.index
-            .get(name)
-            .copied()
-            .ok_or_else(|| GraphError::UnknownStage {
+    /// The stages a name given by the user means: the stage of that name, or every variant
+    /// of the swept stage written with that name (`train` -> `train@seq_len=64`, ...).
+    pub fn resolve(&self, name: &str) -> Result<Vec<StageName>, GraphError> {
+        if self.index.contains_key(name) {
+            return Ok(vec![name.to_owned()]);
+        }
+        let variants: Vec<StageName> = self
+            .index
+            .keys()
+            .filter(|n| base_name(n) == name)
+            .cloned()
+            .collect();
+        if variants.is_empty() {
+            let mut candidates: BTreeSet<&str> = self.index.keys().map(String::as_str).collect();
+            candidates.extend(self.index.keys().map(|n| base_name(n)));
+            return Err(GraphError::UnknownStage {
                 name: name.to_owned(),
-                suggestion: suggest(name, self.index.keys()),
-            })
+                suggestion: suggest(name, &candidates),
+            });
+        }
+        Ok(variants)
     }
 
     /// One line per stage in topological order: `name (kind) <- upstream, ...`.

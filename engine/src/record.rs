@@ -230,11 +230,13 @@ pub struct RunDir {
     id: RunId,
 }
 
+/// A stage's name as a file name: stage and variant names (`train@lr=1e-3,seq_len=64`)
+/// are kept as they are; anything else is replaced by `_`.
 fn file_name_for(stage: &str) -> String {
     stage
         .chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '=' | ',' | '+') {
                 c
             } else {
                 '_'

@@ -3,8 +3,8 @@
 //! (`#:schema ../schemas/pipeline.schema.json`).
 //!
 //! Each `[stages.NAME]` entry is `oneOf` the kinds, told apart by `kind`; a kind's entry
-//! holds its params (inlined, documented), `kind`, `inputs` and `resources`, and nothing
-//! else. Params are not marked required: they may come from `[pipeline.defaults.KIND]` or
+//! holds its params (inlined, documented), `kind`, `inputs`, `matrix` and `resources`, and
+//! nothing else. Params are not marked required: they may come from `[pipeline.defaults.KIND]` or
 //! a file this one `extends`, and `itera validate` reports missing ones with their place.
 
 use serde_json::{json, Map, Value};
@@ -41,6 +41,7 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
             json!({ "const": kind, "description": stage.description() }),
         );
         properties.insert("inputs".into(), inputs_schema());
+        properties.insert("matrix".into(), matrix_schema());
         properties.insert("resources".into(), resources.clone());
         let mut entry = json!({
             "title": kind,
@@ -99,14 +100,31 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
 fn inputs_schema() -> Value {
     let reference = json!({
         "type": "string",
-        "pattern": "^[A-Za-z0-9_][A-Za-z0-9_-]*(\\..+)?$",
-        "description": "`STAGE` (its whole artifact) or `STAGE.OUTPUT` (one named output).",
+        "pattern": "^[A-Za-z0-9_][A-Za-z0-9_-]*(\\[\\*\\]|@[A-Za-z0-9_@=,+-]+)?(\\..+)?$",
+        "description": "`STAGE` (its whole artifact) or `STAGE.OUTPUT` (one named output); `STAGE[*]` gathers every variant of a swept stage, `STAGE@...` names one variant.",
     });
     json!({
         "description": "Input name -> upstream stage reference(s); these are the graph's edges.",
         "type": "object",
         "additionalProperties": {
             "anyOf": [reference.clone(), { "type": "array", "items": reference }],
+        },
+    })
+}
+
+/// `[stages.NAME.matrix]`: parameter (dotted path) -> list of values; nested tables are
+/// paths too. Values are checked against the kind's params by `itera validate`.
+fn matrix_schema() -> Value {
+    let list = json!({ "type": "array", "minItems": 1, "maxItems": crate::spec::MAX_VARIANTS });
+    json!({
+        "description": format!(
+            "A parameter sweep: one stage per combination of the listed values (at most {} variants). Keys are params or dotted paths into them (`\"optimizer.learning_rate\"`).",
+            crate::spec::MAX_VARIANTS
+        ),
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": {
+            "anyOf": [list, { "type": "object" }],
         },
     })
 }

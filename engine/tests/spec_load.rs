@@ -227,3 +227,193 @@ fn resolved_document_is_readable_toml() {
     let p = load("tests/fixtures/valid/child.toml", &["train.steps=5"]);
     insta::assert_snapshot!(p.resolved_toml);
 }
+
+/// The names of a pipeline's stages.
+fn names(p: &Pipeline) -> Vec<&str> {
+    p.stages.keys().map(String::as_str).collect()
+}
+
+#[test]
+fn a_matrix_expands_into_one_stage_per_combination() {
+    let p = load("tests/fixtures/valid/sweep.toml", &[]);
+    assert_eq!(
+        names(&p),
+        [
+            "compare",
+            "fetch",
+            "pick",
+            "tokenize",
+            "train@lr=1e-3,hidden_size=128",
+            "train@lr=1e-3,hidden_size=64",
+            "train@lr=2e-3,hidden_size=128",
+            "train@lr=2e-3,hidden_size=64",
+            "train_small@lr=1e-3,hidden_size=128",
+            "train_small@lr=1e-3,hidden_size=64",
+            "train_small@lr=2e-3,hidden_size=128",
+            "train_small@lr=2e-3,hidden_size=64",
+        ]
+    );
+    // The matrix value replaces the param (over the stage's own `lr` and the defaults').
+    let v = &p.stages["train@lr=2e-3,hidden_size=64"];
+    assert_eq!(v.name, "train@lr=2e-3,hidden_size=64");
+    assert_eq!(v.params["lr"], json!(2e-3));
+    assert_eq!(v.params["model"]["hidden_size"], json!(64));
+    assert_eq!(v.params["steps"], json!(200));
+    assert_eq!(v.params["threads"], json!(2));
+    // Followers read their own variant.
+    assert_eq!(
+        p.stages["train_small@lr=2e-3,hidden_size=64"].inputs["init"],
+        refs(&["train@lr=2e-3,hidden_size=64.model"])
+    );
+    assert_eq!(
+        p.stages["train_small@lr=2e-3,hidden_size=64"].params["steps"],
+        json!(20)
+    );
+    // Gathers list every variant, in variant order (first key slowest, values as listed).
+    assert_eq!(
+        p.stages["compare"].inputs["models"],
+        refs(&[
+            "train@lr=1e-3,hidden_size=64.model",
+            "train@lr=1e-3,hidden_size=128.model",
+            "train@lr=2e-3,hidden_size=64.model",
+            "train@lr=2e-3,hidden_size=128.model",
+            "train_small@lr=1e-3,hidden_size=64.model",
+            "train_small@lr=1e-3,hidden_size=128.model",
+            "train_small@lr=2e-3,hidden_size=64.model",
+            "train_small@lr=2e-3,hidden_size=128.model",
+        ])
+    );
+    assert_eq!(
+        p.stages["pick"].inputs["models"],
+        refs(&["train@lr=2e-3,hidden_size=128.model"])
+    );
+    // The record keeps the matrix; loading it again expands to the same stages.
+    assert!(p.resolved_toml.contains("matrix"), "{}", p.resolved_toml);
+    let again = spec::load_resolved(
+        &p.resolved_toml,
+        &p.source,
+        &p.base_dir,
+        &spec_support::registry(),
+    )
+    .expect("reloads");
+    assert_eq!(comparable(&again), comparable(&p));
+}
+
+#[test]
+fn matrices_merge_through_extends_and_set() {
+    let p = load("tests/fixtures/valid/sweep_child.toml", &[]);
+    let trains: Vec<&str> = names(&p)
+        .into_iter()
+        .filter(|n| n.starts_with("train@"))
+        .collect();
+    assert_eq!(
+        trains,
+        [
+            "train@lr=3e-4,hidden_size=128,steps=10",
+            "train@lr=3e-4,hidden_size=128,steps=20",
+            "train@lr=3e-4,hidden_size=64,steps=10",
+            "train@lr=3e-4,hidden_size=64,steps=20",
+        ]
+    );
+    let p = load(
+        "tests/fixtures/valid/sweep.toml",
+        &[
+            "train.matrix.lr=[5e-1]",
+            "train.matrix.\"model.hidden_size\"=[32]",
+            "train.steps=7",
+            "pick.inputs.models=\"train@lr=5e-1,hidden_size=32\"",
+        ],
+    );
+    assert_eq!(
+        names(&p),
+        [
+            "compare",
+            "fetch",
+            "pick",
+            "tokenize",
+            "train@lr=5e-1,hidden_size=32",
+            "train_small@lr=5e-1,hidden_size=32",
+        ]
+    );
+    assert_eq!(
+        p.stages["train@lr=5e-1,hidden_size=32"].params["steps"],
+        json!(7)
+    );
+}
+
+#[test]
+fn followers_zip_shared_sweeps_and_multiply_others() {
+    let registry = spec_support::registry();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        r#"
+[pipeline]
+name = "zip"
+
+[stages.fetch]
+kind = "source"
+url = "https://example.org/c.txt"
+
+[stages.tokenize]
+kind = "tokenize"
+inputs = { corpus = "fetch.text" }
+
+[stages.tokenize.matrix]
+vocab_size = [100, 200]
+
+[stages.train]
+kind = "train"
+inputs = { tokens = "tokenize.tokens" }
+
+[stages.train.matrix]
+steps = [1, 2, 3]
+
+[stages.again]
+kind = "train"
+inputs = { tokens = "tokenize.tokens", init = "train.model" }
+steps = 1
+
+[stages.compare]
+kind = "compare"
+inputs = { models = ["again[*].model"], data = "tokenize" }
+"#,
+    )
+    .expect("write");
+    let p = spec::load(&file, &[], &registry).unwrap_or_else(|e| panic!("{e}"));
+    // `train` follows `tokenize` and sweeps `steps`: 2 x 3.
+    let trains: Vec<&str> = names(&p)
+        .into_iter()
+        .filter(|n| n.starts_with("train@"))
+        .collect();
+    assert_eq!(trains.len(), 6);
+    assert!(
+        trains.contains(&"train@vocab_size=100,steps=2"),
+        "{trains:?}"
+    );
+    // `again` reads `tokenize` and `train` (which follows it): zipped, 6 not 12.
+    let again = &p.stages["again@vocab_size=100,steps=2"];
+    assert_eq!(
+        again.inputs["tokens"],
+        refs(&["tokenize@vocab_size=100.tokens"])
+    );
+    assert_eq!(
+        again.inputs["init"],
+        refs(&["train@vocab_size=100,steps=2.model"])
+    );
+    assert_eq!(
+        names(&p).iter().filter(|n| n.starts_with("again@")).count(),
+        6
+    );
+    // `compare` follows `tokenize` and gathers the `again` variants of its own vocabulary.
+    let compare = &p.stages["compare@vocab_size=200"];
+    assert_eq!(
+        compare.inputs["models"],
+        refs(&[
+            "again@vocab_size=200,steps=1.model",
+            "again@vocab_size=200,steps=2.model",
+            "again@vocab_size=200,steps=3.model",
+        ])
+    );
+}

@@ -9,6 +9,7 @@ use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use super::diagnostic::{did_you_mean, list, Diagnostic};
+use super::matrix::{base_name, valid_variant_name, VARIANT_SEPARATOR};
 use super::model::InputRef;
 use super::tree::{Node, Sources, Value};
 use super::validate::{valid_stage_name, StageDraft};
@@ -88,7 +89,8 @@ pub(crate) fn parse_ref(text: &str) -> Option<InputRef> {
         Some((s, o)) => (s, Some(o)),
         None => (text, None),
     };
-    if !valid_stage_name(stage) || output.is_some_and(str::is_empty) {
+    if !(valid_stage_name(stage) || valid_variant_name(stage)) || output.is_some_and(str::is_empty)
+    {
         return None;
     }
     Some(InputRef {
@@ -125,10 +127,10 @@ fn check_ref(
     diags: &mut Vec<Diagnostic>,
 ) {
     let at = Some(sources.locate(&node.origin));
-    if r.stage == d.name {
+    if base_name(&r.stage) == d.base {
         diags.push(
             Diagnostic::new(
-                format!("stage `{}` uses its own output as input `{slot}`", d.name),
+                format!("stage `{}` uses its own output as input `{slot}`", d.base),
                 at,
             )
             .with_help("a stage can only read the outputs of other stages"),
@@ -136,18 +138,35 @@ fn check_ref(
         return;
     }
     let Some(up) = by_name.get(r.stage.as_str()) else {
-        let others: Vec<&str> = names.iter().copied().filter(|n| *n != d.name).collect();
+        // A variant is suggested among the variants of its stage; otherwise stages are
+        // listed as written (not every variant).
+        let wanted = base_name(&r.stage);
+        let variants: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| wanted != r.stage && base_name(n) == wanted)
+            .collect();
+        let bases: std::collections::BTreeSet<&str> = names
+            .iter()
+            .map(|n| base_name(n))
+            .filter(|n| *n != d.base)
+            .collect();
+        let (others, what): (Vec<&str>, String) = if variants.is_empty() {
+            (bases.into_iter().collect(), "the stages are".into())
+        } else {
+            (variants, format!("the variants of `{wanted}` are"))
+        };
         diags.push(
             Diagnostic::new(
                 format!(
                     "input `{slot}` of stage `{}` refers to unknown stage `{}`",
-                    d.name, r.stage
+                    d.base, r.stage
                 ),
                 at,
             )
             .with_help(
                 did_you_mean(&r.stage, &others)
-                    .unwrap_or_else(|| format!("the stages are {}", list(&others))),
+                    .unwrap_or_else(|| format!("{what} {}", list(&others))),
             ),
         );
         return;
@@ -161,7 +180,7 @@ fn check_ref(
         let help = if outputs.is_empty() {
             format!(
                 "`{}` declares no named outputs; refer to its whole artifact as `\"{}\"`",
-                up.name, up.name
+                up.base, up.base
             )
         } else {
             did_you_mean(output, &outputs)
@@ -171,7 +190,7 @@ fn check_ref(
             Diagnostic::new(
                 format!(
                     "stage `{}` (kind `{kind}`) has no output `{output}`",
-                    up.name
+                    up.base
                 ),
                 at,
             )
@@ -201,7 +220,7 @@ fn check_slots(d: &StageDraft<'_>, sources: &Sources, diags: &mut Vec<Diagnostic
                 Diagnostic::new(
                     format!(
                         "stage `{}` (kind `{kind}`) has no input `{}`",
-                        d.name, slot.name
+                        d.base, slot.name
                     ),
                     Some(sources.locate(&slot.node.key)),
                 )
@@ -216,12 +235,21 @@ fn check_slots(d: &StageDraft<'_>, sources: &Sources, diags: &mut Vec<Diagnostic
                     format!(
                         "input `{}` of stage `{}` takes one reference, found {}",
                         slot.name,
-                        d.name,
+                        d.base,
                         slot.refs.len()
                     ),
                     Some(sources.locate(&slot.node.origin)),
                 )
-                .with_help(format!("write `{} = \"STAGE\"`", slot.name)),
+                .with_help(
+                    if slot.refs.iter().any(|(r, _)| r.stage.contains(VARIANT_SEPARATOR)) {
+                        format!(
+                            "`[*]` gathers every variant, as a list; to read one, name the stage to follow its sweep (`{} = \"STAGE\"`) or one variant by its full name",
+                            slot.name
+                        )
+                    } else {
+                        format!("write `{} = \"STAGE\"`", slot.name)
+                    },
+                ),
             );
         }
     }
@@ -251,7 +279,7 @@ fn check_slots(d: &StageDraft<'_>, sources: &Sources, diags: &mut Vec<Diagnostic
             Diagnostic::new(
                 format!(
                     "stage `{}` (kind `{kind}`) is missing required input `{}`{what}",
-                    d.name, decl.name
+                    d.base, decl.name
                 ),
                 Some(sources.locate(at)),
             )
@@ -268,21 +296,25 @@ fn check_slots(d: &StageDraft<'_>, sources: &Sources, diags: &mut Vec<Diagnostic
 /// path through it starting at its alphabetically first stage.
 fn check_cycles(drafts: &[StageDraft<'_>], sources: &Sources, diags: &mut Vec<Diagnostic>) {
     let mut graph: DiGraph<&str, ()> = DiGraph::new();
-    let index: BTreeMap<&str, NodeIndex> = drafts
-        .iter()
-        .map(|d| (d.name.as_str(), graph.add_node(d.name.as_str())))
-        .collect();
+    // Over the stages as written: the variants of a sweep form the same cycles.
+    let mut index: BTreeMap<&str, NodeIndex> = BTreeMap::new();
+    for d in drafts {
+        if !index.contains_key(d.base.as_str()) {
+            index.insert(&d.base, graph.add_node(&d.base));
+        }
+    }
     // (upstream, downstream) -> the reference that makes the edge.
     let mut edge_refs: BTreeMap<(&str, &str), &Node> = BTreeMap::new();
     for d in drafts {
         for slot in &d.inputs {
             for (r, node) in &slot.refs {
-                if r.stage == d.name {
+                let up_name = base_name(&r.stage);
+                if up_name == d.base {
                     continue;
                 }
-                if let Some(&up) = index.get(r.stage.as_str()) {
-                    if edge_refs.insert((&r.stage, &d.name), node).is_none() {
-                        graph.add_edge(up, index[d.name.as_str()], ());
+                if let Some(&up) = index.get(up_name) {
+                    if edge_refs.insert((up_name, &d.base), node).is_none() {
+                        graph.add_edge(up, index[d.base.as_str()], ());
                     }
                 }
             }

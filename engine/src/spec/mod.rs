@@ -1,5 +1,6 @@
 //! Pipeline files: TOML -> a validated [`Pipeline`], with `extends`, `--set` overrides,
-//! per-kind typed params, and diagnostics that point at file:line:col.
+//! per-kind typed params, parameter sweeps (`matrix`, expanded into one stage per
+//! combination), and diagnostics that point at file:line:col.
 //!
 //! Loading never stops at the first problem: every problem in the file, its `extends`
 //! chain and the `--set` arguments is collected into one [`Diagnostics`] (a TOML syntax
@@ -9,6 +10,7 @@
 mod diagnostic;
 mod document;
 mod links;
+mod matrix;
 mod model;
 mod overrides;
 mod tree;
@@ -18,6 +20,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use diagnostic::{suggest, Diagnostic, Diagnostics, Location, Snippet};
+pub use matrix::{base_name, MAX_VARIANTS, VARIANT_SEPARATOR};
 pub use model::{InputRef, Pipeline, Resources, StageName, StageSpec};
 
 use crate::stage::Registry;

@@ -11,13 +11,14 @@ use serde::{Deserialize, Serialize};
 
 use super::diagnostic::{did_you_mean, list, Diagnostic};
 use super::links::{self, SlotDraft};
+use super::matrix;
 use super::model::{Resources, StageSpec};
 use super::tree::{Node, Sources, Value};
 use super::typed::{check_table, deserialize_check, unknown_key_diagnostics, SchemaView, Subject};
 use crate::stage::{Registry, Stage};
 
 /// Keys of a stage table that are not params.
-pub(crate) const RESERVED: [&str; 3] = ["kind", "inputs", "resources"];
+pub(crate) const RESERVED: [&str; 4] = ["kind", "inputs", "resources", matrix::MATRIX];
 
 /// The `[pipeline]` table, without `defaults` (checked against the kinds' schemas).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -39,6 +40,8 @@ pub(crate) struct PipelineHeader {
 /// What one stage table yielded; `None`/empty parts had errors (already reported).
 pub(crate) struct StageDraft<'a> {
     pub name: String,
+    /// The stage as written (`name` without a variant's values), named in messages.
+    pub base: String,
     pub node: &'a Node,
     pub kind: Option<(String, Arc<dyn Stage>)>,
     pub params: Option<serde_json::Value>,
@@ -111,8 +114,23 @@ pub(crate) fn validate(
             }
         },
     };
-    let mut drafts = Vec::new();
     for (name, node) in stages.into_iter().flatten() {
+        if !valid_stage_name(name) {
+            diags.push(
+                Diagnostic::new(
+                    format!("invalid stage name `{name}`"),
+                    Some(sources.locate(&node.key)),
+                )
+                .with_help(
+                    "use letters, digits, `_` and `-` (the name is used in references and file names)",
+                ),
+            );
+        }
+    }
+    // Sweeps become ordinary stages here; everything below checks the expanded stages.
+    let expanded = stages.map(|t| matrix::expand(t, sources, diags));
+    let mut drafts = Vec::new();
+    for (name, node) in expanded.iter().flatten() {
         drafts.push(check_stage(name, node, registry, &defaults, sources, diags));
     }
     links::check(&drafts, sources, diags);
@@ -209,6 +227,7 @@ fn check_pipeline<'a>(
             None => diags.push(not_a_table("`pipeline.defaults`", d, sources)),
             Some(by_kind) => {
                 for (kind, dnode) in by_kind {
+                    matrix::check_defaults(kind, dnode, sources, diags);
                     check_defaults(kind, dnode, registry, sources, diags);
                     defaults.insert(kind.clone(), dnode);
                 }
@@ -276,8 +295,11 @@ fn check_stage<'a>(
     sources: &Sources,
     diags: &mut Vec<Diagnostic>,
 ) -> StageDraft<'a> {
+    let variant = name;
+    let name = matrix::base_name(variant);
     let mut draft = StageDraft {
-        name: name.to_owned(),
+        name: variant.to_owned(),
+        base: name.to_owned(),
         node,
         kind: None,
         params: None,
@@ -285,17 +307,6 @@ fn check_stage<'a>(
         inputs: Vec::new(),
         inputs_node: None,
     };
-    if !valid_stage_name(name) {
-        diags.push(
-            Diagnostic::new(
-                format!("invalid stage name `{name}`"),
-                Some(sources.locate(&node.key)),
-            )
-            .with_help(
-                "use letters, digits, `_` and `-` (the name is used in references and file names)",
-            ),
-        );
-    }
     let Some(table) = node.as_table() else {
         diags.push(not_a_table(&format!("stage `{name}`"), node, sources));
         return draft;
@@ -350,7 +361,12 @@ fn check_stage<'a>(
             key: node.key.clone(),
         };
         if let Some(d) = defaults.get(kind).filter(|d| d.as_table().is_some()) {
-            params.merge((*d).clone());
+            let mut d = (*d).clone();
+            // A sweep in the defaults is reported by `matrix::check_defaults`.
+            if let Some(t) = d.as_table_mut() {
+                t.remove(matrix::MATRIX);
+            }
+            params.merge(d);
         }
         let own: BTreeMap<String, Node> = table
             .iter()
