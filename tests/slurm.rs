@@ -467,3 +467,84 @@ fn smoke_phase8_pipeline_runs_under_slurm() {
     assert_eq!(submitted_stages(&t).len(), 6);
     assert_eq!(run_json(&t)["status"], "succeeded");
 }
+
+#[test]
+fn sweep_variants_are_independent_jobs_that_run_in_parallel() {
+    if !slurm_available("sweep_variants_are_independent_jobs_that_run_in_parallel") {
+        return;
+    }
+    let sweep = r#"
+[pipeline]
+name = "sweep"
+
+[stages.prep]
+kind = "shell"
+command = "echo prep >> executions.log; echo data > {out}/data.txt"
+outputs = ["data.txt"]
+
+[stages.train]
+kind = "shell"
+inputs = { data = "prep.data.txt" }
+env = { LR = "0" }
+command = "echo train-$LR >> executions.log; date +%s.%N > started-$LR; sleep 3; date +%s.%N > ended-$LR; echo $LR > {out}/model.txt"
+outputs = ["model.txt"]
+
+[stages.train.matrix]
+"env.LR" = ["1e-3", "2e-3", "4e-3"]
+
+[stages.report]
+kind = "shell"
+inputs = { models = "train[*].model.txt" }
+command = "echo report >> executions.log; cat {inputs.models} > {out}/report.txt"
+outputs = ["report.txt"]
+"#;
+    let t = Test::with_pipeline(&on_cluster(sweep, ""));
+    let out = t.itera(SUBMIT_WAIT, 0);
+    assert_eq!(
+        t.executions(),
+        ["prep", "report", "train-1e-3", "train-2e-3", "train-4e-3"],
+        "{}",
+        out.stderr
+    );
+    let variants = ["train@LR=1e-3", "train@LR=2e-3", "train@LR=4e-3"];
+    let mut expected = vec!["prep", "report"];
+    expected.extend(variants);
+    assert_eq!(submitted_stages(&t), expected);
+    let jobs = jobs_json(&t);
+    for v in variants {
+        // Each variant waits for `prep` only, not for the other variants.
+        assert_eq!(jobs["jobs"][v]["after"], serde_json::json!(["prep"]), "{v}");
+        let script = read(&t, &format!("runs/latest/slurm/{v}.sbatch"));
+        assert!(
+            script.contains(&format!("#SBATCH --job-name=itera-sweep-{v}")),
+            "{script}"
+        );
+        assert!(scontrol(&job_id(&t, v)).contains(&format!("JobName=itera-sweep-{v}")));
+    }
+    assert_eq!(jobs["jobs"]["report"]["after"], serde_json::json!(variants));
+    // They ran at the same time: every variant started before any of them ended.
+    let time = |name: &str| -> f64 { read(&t, name).trim().parse().unwrap() };
+    let last_start = ["1e-3", "2e-3", "4e-3"]
+        .map(|lr| time(&format!("started-{lr}")))
+        .into_iter()
+        .fold(f64::MIN, f64::max);
+    let first_end = ["1e-3", "2e-3", "4e-3"]
+        .map(|lr| time(&format!("ended-{lr}")))
+        .into_iter()
+        .fold(f64::MAX, f64::min);
+    assert!(last_start < first_end, "variants ran one after another");
+    assert!(
+        statuses(&t).iter().all(|(_, s)| s == "ran"),
+        "{:?}",
+        statuses(&t)
+    );
+
+    // A new value submits only the new variant and the gather.
+    t.write(
+        "pipeline.toml",
+        &on_cluster(&sweep.replace(r#""4e-3"]"#, r#""4e-3", "8e-3"]"#), ""),
+    );
+    t.itera(SUBMIT_WAIT, 0);
+    assert_eq!(t.executions(), ["report", "train-8e-3"]);
+    assert_eq!(submitted_stages(&t), ["report", "train@LR=8e-3"]);
+}

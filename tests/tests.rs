@@ -19,3 +19,5 @@ mod maintenance;
 mod rerun;
 /// `--executor slurm` against a real SLURM.
 mod slurm;
+/// Parameter sweeps (`matrix`): names, caching, follow and gather, selection.
+mod sweeps;

@@ -157,3 +157,57 @@ fn renderings() {
     insta::assert_snapshot!("dot", dag.render_dot());
     insta::assert_snapshot!("mermaid", dag.render_mermaid());
 }
+
+#[test]
+fn a_swept_stage_is_selected_by_its_name_or_one_variant_by_its_full_name() {
+    let p = spec::load(
+        Path::new("tests/fixtures/valid/sweep.toml"),
+        &[],
+        &spec_support::registry(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let dag = Dag::new(&p).unwrap();
+    let trains = [
+        "train@lr=1e-3,hidden_size=128",
+        "train@lr=1e-3,hidden_size=64",
+        "train@lr=2e-3,hidden_size=128",
+        "train@lr=2e-3,hidden_size=64",
+    ];
+    assert_eq!(dag.resolve("train").unwrap(), names(&trains));
+    assert_eq!(
+        dag.select(None, &names(&["train"])).unwrap(),
+        trains
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<_>>()
+    );
+    assert_eq!(
+        dag.select(None, &names(&["train@lr=2e-3,hidden_size=64"]))
+            .unwrap()
+            .len(),
+        1
+    );
+    // `--until` a follower's variant: its own chain only.
+    let until = dag
+        .select(Some("train_small@lr=2e-3,hidden_size=64"), &[])
+        .unwrap();
+    assert_eq!(
+        until,
+        names(&[
+            "fetch",
+            "tokenize",
+            "train@lr=2e-3,hidden_size=64",
+            "train_small@lr=2e-3,hidden_size=64"
+        ])
+        .into_iter()
+        .collect()
+    );
+    assert_eq!(
+        dag.select(Some("train_small"), &[]).unwrap().len(),
+        2 + 4 + 4
+    );
+    assert!(matches!(
+        dag.select(None, &names(&["trian"])),
+        Err(GraphError::UnknownStage { suggestion: Some(s), .. }) if s == "train"
+    ));
+}

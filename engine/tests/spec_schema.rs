@@ -88,7 +88,13 @@ fn describes_every_kind_and_the_pipeline_table() {
 #[test]
 fn valid_fixtures_use_only_described_keys() {
     let schema = pipeline_schema(&spec_support::registry());
-    for file in ["study.toml", "child.toml", "minimal.toml"] {
+    for file in [
+        "study.toml",
+        "child.toml",
+        "minimal.toml",
+        "sweep.toml",
+        "sweep_child.toml",
+    ] {
         let path = format!("{}/tests/fixtures/valid/{file}", env!("CARGO_MANIFEST_DIR"));
         let doc: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         for key in doc.keys() {

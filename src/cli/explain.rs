@@ -1,12 +1,16 @@
 //! `itera explain FILE STAGE`: the parts of a stage's cache key (kind and version,
 //! params, input digests, seed, fingerprint), whether the result is stored, and which
-//! part changed since the last recorded run of that stage.
+//! part changed since the last recorded run of that stage. A swept stage's name explains
+//! each of its variants.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use clap::Args;
-use itera_engine::exec::preview::{last_recorded_parts, preview, Fate};
+use itera_engine::exec::preview::{last_recorded_parts, preview, Fate, StagePreview};
 use itera_engine::exec::Force;
+use itera_engine::record::RunId;
+use itera_engine::spec::{Pipeline, StageName};
+use itera_engine::store::key::KeyParts;
 use itera_engine::store::Store;
 
 use super::load::{load, PipelineArgs};
@@ -16,22 +20,41 @@ use super::{exit, out, Global};
 pub struct ExplainArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
-    /// The stage to explain.
+    /// The stage to explain (a swept stage's name explains each of its variants).
     pub stage: String,
 }
 
 pub fn main(g: &Global, args: ExplainArgs) -> anyhow::Result<u8> {
     let registry = itera_stages::registry();
     let loaded = load(&args.pipeline, &registry)?;
-    loaded.check_stages(std::slice::from_ref(&args.stage), "explain")?;
+    let stages = loaded.resolve_stages(std::slice::from_ref(&args.stage), "explain")?;
     let store = Store::new(&g.runs_dir);
-    let selected = BTreeSet::from([args.stage.clone()]);
+    let selected: BTreeSet<String> = stages.iter().cloned().collect();
     let previews = preview(&loaded.pipeline, &registry, &store, &selected, &Force::None);
-    let Some(p) = previews.into_iter().find(|p| p.stage == args.stage) else {
-        anyhow::bail!("internal error: no preview for stage `{}`", args.stage);
-    };
-    let spec = &loaded.pipeline.stages[&args.stage];
-    let mut text = format!("stage `{}` (kind `{}`)\n", p.stage, spec.kind);
+    let history = last_recorded_parts(&g.runs_dir);
+    let mut text = String::new();
+    for stage in &stages {
+        let Some(p) = previews.iter().find(|p| &p.stage == stage) else {
+            anyhow::bail!("internal error: no preview for stage `{stage}`");
+        };
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        explain_one(&loaded.pipeline, p, &history, &mut text)?;
+    }
+    out(&text)?;
+    Ok(exit::OK)
+}
+
+/// The explanation of one stage, appended to `text`.
+fn explain_one(
+    pipeline: &Pipeline,
+    p: &StagePreview,
+    history: &BTreeMap<StageName, (RunId, KeyParts)>,
+    text: &mut String,
+) -> anyhow::Result<()> {
+    let spec = &pipeline.stages[&p.stage];
+    text.push_str(&format!("stage `{}` (kind `{}`)\n", p.stage, spec.kind));
     match &p.fate {
         Fate::Cached { key, produced_by } => {
             text.push_str(&format!("key:    {key}\nstatus: stored ({produced_by})\n"))
@@ -73,8 +96,7 @@ pub fn main(g: &Global, args: ExplainArgs) -> anyhow::Result<u8> {
         for line in params.lines() {
             text.push_str(&format!("    {line}\n"));
         }
-        let history = last_recorded_parts(&g.runs_dir);
-        match history.get(&args.stage) {
+        match history.get(&p.stage) {
             None => text.push_str("history: no recorded run has this stage\n"),
             Some((run, old)) => {
                 let changes = parts.changes_since(old);
@@ -89,6 +111,5 @@ pub fn main(g: &Global, args: ExplainArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    out(&text)?;
-    Ok(exit::OK)
+    Ok(())
 }

@@ -79,19 +79,27 @@ impl Loaded {
             .map_err(|e| invalid(e.to_string()))
     }
 
-    /// Checks that every named stage exists.
-    pub fn check_stages(&self, names: &[String], flag: &str) -> anyhow::Result<()> {
+    /// The stages the names given with `flag` mean: a stage by its name, every variant of
+    /// a swept stage by the name it is written with, or one variant by its full name.
+    pub fn resolve_stages(&self, names: &[String], flag: &str) -> anyhow::Result<Vec<StageName>> {
+        let mut out = Vec::new();
         for name in names {
-            if !self.pipeline.stages.contains_key(name) {
-                let hint = spec::suggest(name, self.pipeline.stages.keys())
-                    .map(|s| format!(" (did you mean `{s}`?)"))
-                    .unwrap_or_default();
-                return Err(invalid(format!(
-                    "{flag} names stage `{name}`, which pipeline `{}` does not have{hint}",
-                    self.pipeline.name
-                )));
+            match self.dag.resolve(name) {
+                Ok(found) => out.extend(found),
+                Err(_) => {
+                    let mut candidates: BTreeSet<&str> =
+                        self.pipeline.stages.keys().map(String::as_str).collect();
+                    candidates.extend(self.pipeline.stages.keys().map(|n| spec::base_name(n)));
+                    let hint = spec::suggest(name, &candidates)
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default();
+                    return Err(invalid(format!(
+                        "{flag} names stage `{name}`, which pipeline `{}` does not have{hint}",
+                        self.pipeline.name
+                    )));
+                }
             }
         }
-        Ok(())
+        Ok(out)
     }
 }

@@ -64,13 +64,13 @@ pub fn main(g: &Global, args: RunArgs) -> anyhow::Result<u8> {
     let registry = itera_stages::registry();
     let loaded = load(&args.pipeline, &registry)?;
     let selected = loaded.select(&args.select)?;
-    loaded.check_stages(&args.force, "--force")?;
+    let forced = loaded.resolve_stages(&args.force, "--force")?;
     let force = if args.force_all {
         Force::All
     } else if args.force.is_empty() {
         Force::None
     } else {
-        Force::Stages(args.force.iter().cloned().collect())
+        Force::Stages(forced.into_iter().collect())
     };
     if args.dry_run && args.exec.executor == ExecutorKind::Slurm {
         return super::slurm::dry_run(g, loaded.pipeline, selected, force, &args.exec.slurm);
