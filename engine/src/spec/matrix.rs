@@ -468,15 +468,7 @@ fn parse_matrix(
         return Vec::new();
     }
     let mut out = Vec::new();
-    flatten(
-        stage,
-        table,
-        &mut Vec::new(),
-        sources,
-        diags,
-        &mut out,
-        broken,
-    );
+    flatten(stage, table, &[], sources, diags, &mut out, broken);
     let mut seen: BTreeMap<Vec<String>, Origin> = BTreeMap::new();
     out.retain(|a: &Axis| match seen.get(&a.path) {
         Some(first) => {
@@ -504,7 +496,7 @@ fn parse_matrix(
 fn flatten(
     stage: &str,
     table: &BTreeMap<String, Node>,
-    prefix: &mut Vec<String>,
+    prefix: &[String],
     sources: &Sources,
     diags: &mut Vec<Diagnostic>,
     out: &mut Vec<Axis>,
@@ -522,11 +514,11 @@ fn flatten(
             );
             continue;
         }
-        let mut path = prefix.clone();
+        let mut path = prefix.to_vec();
         path.extend(segments);
         match &node.value {
             Value::Table(inner) => {
-                flatten(stage, inner, &mut path, sources, diags, out, broken);
+                flatten(stage, inner, &path, sources, diags, out, broken);
             }
             Value::Array(items) if items.is_empty() => {
                 broken.push((path.clone(), node.key.clone()));
