@@ -97,6 +97,11 @@ fn dag_shows_one_stage_per_variant_with_followers_and_the_gather() {
         .expect("report");
     assert_eq!(report.matches("evaluate@").count(), 4, "{report}");
     assert_eq!(dag.lines().count(), 1 + 4 * 3 + 1, "{dag}");
+    let ok = t.itera(&["validate", "pipeline.toml"], 0).stdout;
+    assert!(
+        ok.contains("14 stage(s) (sweeps: evaluate x4, half x4, train x4)"),
+        "{ok}"
+    );
     // DOT and Mermaid carry the names too.
     let dot = t
         .itera(&["dag", "pipeline.toml", "--format", "dot"], 0)

@@ -417,3 +417,36 @@ inputs = { models = ["again[*].model"], data = "tokenize" }
         ])
     );
 }
+
+#[test]
+fn variant_names_stay_unambiguous_and_safe() {
+    let registry = spec_support::registry();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        r#"
+[pipeline]
+name = "names"
+
+[stages.only]
+kind = "command"
+
+[stages.only.matrix]
+run = ["a", "echo hi > x.txt"]
+"outputs.run" = ["x"]
+"#,
+    )
+    .expect("write");
+    let p = spec::load(&file, &[], &registry).unwrap_or_else(|e| panic!("{e}"));
+    let names = names(&p);
+    // Two swept params ending in `run`: both get their whole path as label. A value that
+    // is not safe in names is written as a cleaned-up prefix and a hash.
+    assert_eq!(names.len(), 2);
+    assert_eq!(names[0], "only@outputs-run=x,run=a");
+    let odd = names[1]
+        .strip_prefix("only@outputs-run=x,run=echo_hi___x_txt-")
+        .unwrap_or_else(|| panic!("{names:?}"));
+    assert_eq!(odd.len(), 8);
+    assert_eq!(p.stages[names[1]].params["run"], json!("echo hi > x.txt"));
+}
