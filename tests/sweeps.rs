@@ -197,6 +197,16 @@ fn each_variant_is_cached_on_its_own() {
     ]);
     assert!(t.executions().is_empty());
 
+    // Setting a swept param narrows the sweep to that value: the same variants, stored.
+    let narrowed = t.run(&["--set", r#"train.env.LR="2e-3""#, "--until", "evaluate"]);
+    assert!(
+        narrowed.stderr.contains("0 ran, 7 cached"),
+        "{}",
+        narrowed.stderr
+    );
+    assert!(!narrowed.stderr.contains("LR=1e-3"), "{}", narrowed.stderr);
+    assert!(t.executions().is_empty());
+
     // A param set for every variant reruns them all.
     t.run(&["--set", r#"train.env.STEPS="6""#, "--until", "train"]);
     assert_eq!(

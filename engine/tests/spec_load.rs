@@ -339,6 +339,19 @@ fn matrices_merge_through_extends_and_set() {
         p.stages["train@lr=5e-1,hidden_size=32"].params["steps"],
         json!(7)
     );
+    // Setting a swept param narrows its sweep to that value; the names stay the same.
+    let p = load("tests/fixtures/valid/sweep.toml", &["train.lr=2e-3"]);
+    let trains: Vec<&str> = names(&p)
+        .into_iter()
+        .filter(|n| n.starts_with("train@"))
+        .collect();
+    assert_eq!(
+        trains,
+        [
+            "train@lr=2e-3,hidden_size=128",
+            "train@lr=2e-3,hidden_size=64"
+        ]
+    );
 }
 
 #[test]

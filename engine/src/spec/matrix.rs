@@ -153,6 +153,19 @@ pub(crate) fn expand(
         axes.extend(found);
         own.insert(name, (start..axes.len()).collect());
     }
+    // `--set STAGE.PARAM=VALUE` on a swept param narrows its sweep to that one value (the
+    // names stay those of the whole sweep, so stored variants are reused).
+    for (name, ids) in &own {
+        for a in ids {
+            let axis = &mut axes[*a];
+            let Some(set) = stages[*name].get_path(&axis.path) else {
+                continue;
+            };
+            if matches!(set.origin, Origin::Set { .. }) {
+                axis.values = vec![(set.clone(), token(&set.to_toml()))];
+            }
+        }
+    }
     // Plain references per stage (the stages it would follow).
     let plain: BTreeMap<&str, BTreeSet<&str>> = stages
         .iter()
