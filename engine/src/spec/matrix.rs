@@ -20,6 +20,9 @@
 //!   order); a follower gathers only the variants that agree with its own;
 //! - `"train@seq_len=64"`: that one variant.
 //!
+//! `--set STAGE.PARAM=VALUE` on a swept param narrows its sweep to that value. In a
+//! file, a value written for a swept param is replaced by the matrix values.
+//!
 //! Names: `BASE@LABEL=VALUE,...`, with one `LABEL=VALUE` per axis in a fixed order (by the
 //! stage that sweeps it, then its path). A label is the last segment of the path unless
 //! that is ambiguous among the axes of one stage. Values are written so the name stays
