@@ -33,6 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::diagnostic::{list, Diagnostic};
 use super::tree::{Node, Origin, Sources, Value};
+use super::validate::RESERVED;
 
 /// The `matrix` key of a stage table.
 pub(crate) const MATRIX: &str = "matrix";
@@ -532,6 +533,20 @@ fn flatten(
         }
         let mut path = prefix.to_vec();
         path.extend(segments);
+        if let Some(reserved) = RESERVED.iter().find(|r| path[0] == **r) {
+            diags.push(
+                Diagnostic::new(
+                    format!("`{reserved}` of stage `{stage}` cannot be swept"),
+                    Some(sources.locate(&node.key)),
+                )
+                .with_help(if *reserved == "kind" {
+                    "a matrix sweeps the params of one kind; write a stage per kind instead"
+                } else {
+                    "a matrix sweeps the params of the stage's kind (`kind`, `inputs`, `resources` and `matrix` are not params)"
+                }),
+            );
+            continue;
+        }
         match &node.value {
             Value::Table(inner) => {
                 flatten(stage, inner, &path, sources, diags, out, broken);
