@@ -102,6 +102,28 @@ fn dag_shows_one_stage_per_variant_with_followers_and_the_gather() {
         ok.contains("14 stage(s) (sweeps: evaluate x4, half x4, train x4)"),
         "{ok}"
     );
+    // A filter gathers the variants with one value.
+    let filtered = t
+        .itera(
+            &[
+                "dag",
+                "pipeline.toml",
+                "--set",
+                r#"report.inputs.evals="evaluate[LEN=64].eval.txt""#,
+            ],
+            0,
+        )
+        .stdout;
+    let report = filtered
+        .lines()
+        .find(|l| l.starts_with("report "))
+        .expect("report");
+    assert!(
+        report.ends_with(
+            "<- evaluate@LEN=64,LR=1e-3 [evals: eval.txt], evaluate@LEN=64,LR=2e-3 [evals: eval.txt]"
+        ),
+        "{report}"
+    );
     // DOT and Mermaid carry the names too.
     let dot = t
         .itera(&["dag", "pipeline.toml", "--format", "dot"], 0)

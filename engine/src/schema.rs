@@ -100,8 +100,8 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
 fn inputs_schema() -> Value {
     let reference = json!({
         "type": "string",
-        "pattern": "^[A-Za-z0-9_][A-Za-z0-9_-]*(\\[\\*\\]|@[A-Za-z0-9_@=,+-]+)?(\\..+)?$",
-        "description": "`STAGE` (its whole artifact) or `STAGE.OUTPUT` (one named output); `STAGE[*]` gathers every variant of a swept stage, `STAGE@...` names one variant.",
+        "pattern": "^[A-Za-z0-9_][A-Za-z0-9_-]*(\\[[^\\]]+\\]|@[A-Za-z0-9_@=,+-]+)?(\\..+)?$",
+        "description": "`STAGE` (its whole artifact) or `STAGE.OUTPUT` (one named output); `STAGE[*]` gathers every variant of a swept stage (`STAGE[LABEL=VALUE]` those with that value), `STAGE@...` names one variant.",
     });
     json!({
         "description": "Input name -> upstream stage reference(s); these are the graph's edges.",

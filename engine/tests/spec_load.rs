@@ -242,6 +242,7 @@ fn a_matrix_expands_into_one_stage_per_combination() {
             "compare",
             "fetch",
             "pick",
+            "some",
             "tokenize",
             "train@lr=1e-3,hidden_size=128",
             "train@lr=1e-3,hidden_size=64",
@@ -287,6 +288,15 @@ fn a_matrix_expands_into_one_stage_per_combination() {
         p.stages["pick"].inputs["models"],
         refs(&["train@lr=2e-3,hidden_size=128.model"])
     );
+    // A filter gathers the variants with those values (`0.002` is `2e-3`).
+    assert_eq!(
+        p.stages["some"].inputs["models"],
+        refs(&[
+            "train@lr=1e-3,hidden_size=64.model",
+            "train@lr=2e-3,hidden_size=64.model",
+            "train@lr=2e-3,hidden_size=128",
+        ])
+    );
     // The record keeps the matrix; loading it again expands to the same stages.
     assert!(p.resolved_toml.contains("matrix"), "{}", p.resolved_toml);
     let again = spec::load_resolved(
@@ -322,6 +332,7 @@ fn matrices_merge_through_extends_and_set() {
             "train.matrix.\"model.hidden_size\"=[32]",
             "train.steps=7",
             "pick.inputs.models=\"train@lr=5e-1,hidden_size=32\"",
+            "some.inputs.models=\"train[lr=0.5]\"",
         ],
     );
     assert_eq!(
@@ -330,6 +341,7 @@ fn matrices_merge_through_extends_and_set() {
             "compare",
             "fetch",
             "pick",
+            "some",
             "tokenize",
             "train@lr=5e-1,hidden_size=32",
             "train_small@lr=5e-1,hidden_size=32",

@@ -51,6 +51,10 @@ pub(crate) fn parse_inputs<'a>(
         };
         let mut refs = Vec::new();
         for item in items {
+            if matches!(item.value, Value::Invalid) {
+                // Reported already (a bad value, or a gather that failed).
+                continue;
+            }
             match item.as_str() {
                 Some(text) => match parse_ref(text) {
                     Some(r) => refs.push((r, item)),
@@ -260,8 +264,11 @@ fn check_slots(d: &StageDraft<'_>, sources: &Sources, diags: &mut Vec<Diagnostic
     for decl in accepted.iter().filter(|s| s.required) {
         let given = d.inputs.iter().find(|s| s.name == decl.name);
         // An empty list for a required slot is as good as missing (bad items were reported).
-        let empty =
-            given.is_some_and(|s| s.refs.is_empty() && matches!(s.node.value, Value::Array(_)));
+        let empty = given.is_some_and(|s| {
+            s.refs.is_empty()
+                && matches!(&s.node.value, Value::Array(items)
+                    if !items.iter().any(|i| matches!(i.value, Value::Invalid)))
+        });
         if given.is_some() && !empty {
             continue;
         }

@@ -18,6 +18,7 @@
 //!   matrix, and a stage reading two stages of the same sweep is zipped by variant);
 //! - `"train[*]"` / `"train[*].model"`: *gathers* every variant (as a list, in variant
 //!   order); a follower gathers only the variants that agree with its own;
+//!   `"train[seq_len=64]"` gathers the variants with that value;
 //! - `"train@seq_len=64"`: that one variant.
 //!
 //! `--set STAGE.PARAM=VALUE` on a swept param narrows its sweep to that value. In a
@@ -31,7 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::diagnostic::{list, Diagnostic};
+use super::diagnostic::{did_you_mean, list, Diagnostic};
 use super::tree::{Node, Origin, Sources, Value};
 use super::validate::RESERVED;
 
@@ -43,9 +44,6 @@ pub const MAX_VARIANTS: usize = 256;
 
 /// Separates a swept stage's name from its values (`train@seq_len=64`).
 pub const VARIANT_SEPARATOR: char = '@';
-
-/// The suffix of a gather reference (`train[*]`).
-const GATHER: &str = "[*]";
 
 /// The name of the stage a variant was expanded from (the name itself for other stages).
 pub fn base_name(name: &str) -> &str {
@@ -92,26 +90,41 @@ enum Reference {
         stage: String,
         output: Option<String>,
     },
-    /// `STAGE[*]` or `STAGE[*].OUTPUT`.
+    /// `STAGE[*]` or `STAGE[*].OUTPUT`; `STAGE[LABEL=VALUE,...]` keeps the variants with
+    /// those values.
     Gather {
         stage: String,
         output: Option<String>,
+        /// `None` for `[*]`; otherwise the `LABEL=VALUE` pairs as written.
+        filter: Option<String>,
     },
     /// Anything else (a full variant name, or something malformed that links reports).
     Other,
 }
 
 fn classify(text: &str) -> Reference {
+    // A filter may hold a `.` (`[lr=0.001]`): the output starts after the `]`.
+    let dot = text.find('.');
+    if let Some(open) = text.find('[').filter(|open| dot.is_none_or(|d| *open < d)) {
+        if let Some(close) = text[open..].find(']').map(|i| open + i) {
+            let rest = &text[close + 1..];
+            let output = match rest.strip_prefix('.') {
+                Some(o) => Some(o.to_owned()),
+                None if rest.is_empty() => None,
+                None => return Reference::Other,
+            };
+            let inner = &text[open + 1..close];
+            return Reference::Gather {
+                stage: text[..open].to_owned(),
+                output,
+                filter: (inner != "*").then(|| inner.to_owned()),
+            };
+        }
+    }
     let (stage, output) = match text.split_once('.') {
         Some((s, o)) => (s, Some(o.to_owned())),
         None => (text, None),
     };
-    if let Some(base) = stage.strip_suffix(GATHER) {
-        return Reference::Gather {
-            stage: base.to_owned(),
-            output,
-        };
-    }
     if stage.contains(VARIANT_SEPARATOR) {
         return Reference::Other;
     }
@@ -119,6 +132,59 @@ fn classify(text: &str) -> Reference {
         stage: stage.to_owned(),
         output,
     }
+}
+
+/// The variants of `s` a gather filter (`LABEL=VALUE,...`) keeps; a problem with the
+/// filter is returned as a message and a help text.
+fn filter_variants<'s>(
+    s: &'s Swept,
+    filter: &str,
+    axes: &[Axis],
+    labels: &BTreeMap<usize, String>,
+) -> Result<Vec<&'s Vec<usize>>, (String, String)> {
+    let shown: Vec<&str> = s.axes.iter().map(|a| labels[a].as_str()).collect();
+    let mut wanted: Vec<(usize, usize)> = Vec::new();
+    for pair in filter.split(',') {
+        let Some((label, value)) = pair.split_once('=') else {
+            return Err((
+                format!("`{pair}` is not `LABEL=VALUE`"),
+                format!(
+                    "write e.g. `[{}=...]`, or `[*]` for every variant",
+                    shown.first().copied().unwrap_or("seq_len")
+                ),
+            ));
+        };
+        let (label, value) = (label.trim(), value.trim());
+        let Some(pos) = s.axes.iter().position(|a| labels[a] == label) else {
+            return Err((
+                format!("the variants have no value named `{label}`"),
+                did_you_mean(label, &shown)
+                    .unwrap_or_else(|| format!("they are named by {}", list(&shown))),
+            ));
+        };
+        let axis = &axes[s.axes[pos]];
+        // `0.001` means the same as `1e-3`: compare as names write values.
+        let as_token = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|t| t.get("v").map(token))
+            .unwrap_or_else(|| value.to_owned());
+        let Some(index) = axis
+            .values
+            .iter()
+            .position(|(_, t)| *t == as_token || t == value)
+        else {
+            let values: Vec<&str> = axis.values.iter().map(|(_, t)| t.as_str()).collect();
+            return Err((
+                format!("`{label}` has no value `{value}`"),
+                format!("its values are {}", list(&values)),
+            ));
+        };
+        wanted.push((pos, index));
+    }
+    Ok(s.variants
+        .iter()
+        .filter(|v| wanted.iter().all(|(pos, index)| v[*pos] == *index))
+        .collect())
 }
 
 /// What expansion found out about one stage.
@@ -294,6 +360,8 @@ pub(crate) fn expand(
         stages,
         swept: &swept,
         broken: &broken,
+        axes: &axes,
+        labels: &labels,
     };
     // The expanded stages.
     let mut out: BTreeMap<String, Node> = BTreeMap::new();
@@ -755,6 +823,8 @@ struct Known<'a> {
     swept: &'a BTreeMap<&'a str, Swept>,
     /// Stages meant to be swept whose sweep has a problem (reported elsewhere).
     broken: &'a BTreeSet<&'a str>,
+    axes: &'a [Axis],
+    labels: &'a BTreeMap<usize, String>,
 }
 
 /// Rewrites the references of one (variant of a) stage: follows become the matching
@@ -772,6 +842,7 @@ fn rewrite_inputs(
         stages,
         swept,
         broken,
+        ..
     } = *known;
     let Some(inputs) = stage
         .as_table_mut()
@@ -818,7 +889,11 @@ fn rewrite_inputs(
                         None => new_items.push(it),
                     }
                 }
-                Reference::Gather { stage: up, output } => {
+                Reference::Gather {
+                    stage: up,
+                    output,
+                    filter,
+                } => {
                     gathered = true;
                     if up == name || !stages.contains_key(&up) {
                         // Self-references and unknown stages are reported by the link checks.
@@ -828,6 +903,7 @@ fn rewrite_inputs(
                     let Some(s) = swept.get(up.as_str()) else {
                         if broken.contains(up.as_str()) {
                             // Its sweep is broken or too large (reported there).
+                            new_items.push(reported(&it));
                             continue;
                         }
                         let swept_names: Vec<&str> = swept.keys().copied().collect();
@@ -848,9 +924,29 @@ fn rewrite_inputs(
                                 }
                             )),
                         );
+                        new_items.push(reported(&it));
                         continue;
                     };
-                    for v in &s.variants {
+                    let chosen: Vec<&Vec<usize>> = match &filter {
+                        None => s.variants.iter().collect(),
+                        Some(f) => match filter_variants(s, f, known.axes, known.labels) {
+                            Ok(chosen) => chosen,
+                            Err((message, help)) => {
+                                diags.push(
+                                    Diagnostic::new(
+                                        format!(
+                                            "input `{slot}` of stage `{name}` gathers `{up}[{f}]`: {message}"
+                                        ),
+                                        Some(sources.locate(&it.origin)),
+                                    )
+                                    .with_help(help),
+                                );
+                                new_items.push(reported(&it));
+                                continue;
+                            }
+                        },
+                    };
+                    for v in chosen {
                         let agrees = s
                             .axes
                             .iter()
@@ -872,6 +968,16 @@ fn rewrite_inputs(
                 ..one
             };
         }
+    }
+}
+
+/// Stands for an input item whose problem is reported already (the link checks skip it
+/// and do not call its input missing).
+fn reported(item: &Node) -> Node {
+    Node {
+        value: Value::Invalid,
+        origin: item.origin.clone(),
+        key: item.key.clone(),
     }
 }
 
