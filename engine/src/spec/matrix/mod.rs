@@ -58,13 +58,13 @@ pub const VARIANT_SEPARATOR: char = '@';
 #[derive(Clone)]
 struct Axis {
     /// The stage whose matrix lists it.
-    pub(super) origin: String,
+    origin: String,
     /// Its path in that stage's params.
-    pub(super) path: Vec<String>,
+    path: Vec<String>,
     /// The matrix key (for its origin).
-    pub(super) key: Node,
+    key: Node,
     /// The values, with their tokens for names.
-    pub(super) values: Vec<(Node, String)>,
+    values: Vec<(Node, String)>,
 }
 
 type AxisId = (String, Vec<String>);
@@ -79,9 +79,9 @@ impl Axis {
 #[derive(Default, Clone)]
 struct Swept {
     /// Indices into the axis list, in name order.
-    pub(super) axes: Vec<usize>,
+    axes: Vec<usize>,
     /// One entry per variant: the value index per axis in `axes`.
-    pub(super) variants: Vec<Vec<usize>>,
+    variants: Vec<Vec<usize>>,
 }
 
 /// Replaces every swept stage in `stages` by its variants and rewrites references to swept
