@@ -228,6 +228,9 @@ fn each_variant_is_cached_on_its_own() {
     );
     assert!(!narrowed.stderr.contains("LR=1e-3"), "{}", narrowed.stderr);
     assert!(t.executions().is_empty());
+    // The record holds the narrowed sweep: a rerun has the same stages.
+    let rerun = t.itera(&["rerun", "latest"], 0);
+    assert!(rerun.stderr.contains("0 ran, 7 cached"), "{}", rerun.stderr);
 
     // A param set for every variant reruns them all.
     t.run(&["--set", r#"train.env.STEPS="6""#, "--until", "train"]);

@@ -364,6 +364,15 @@ fn matrices_merge_through_extends_and_set() {
             "train@lr=2e-3,hidden_size=64"
         ]
     );
+    // The recorded document holds the narrowed sweep, so a rerun expands the same stages.
+    let again = spec::load_resolved(
+        &p.resolved_toml,
+        &p.source,
+        &p.base_dir,
+        &spec_support::registry(),
+    )
+    .expect("reloads");
+    assert_eq!(comparable(&again), comparable(&p));
 }
 
 #[test]

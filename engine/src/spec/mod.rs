@@ -42,6 +42,7 @@ pub fn load(
         return Err(collect(file, diags));
     };
     overrides::apply(&mut root, overrides, &mut sources, &mut diags);
+    matrix::narrow(&mut root);
     let base_dir = folder_of(path);
     finish(root, 0, &sources, registry, &file, diags, |p| Pipeline {
         source: path.to_owned(),

@@ -39,10 +39,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::diagnostic::Diagnostic;
 use super::tree::{Node, Origin, Sources, Value};
 pub use names::base_name;
+use names::labels;
 pub(crate) use names::valid_variant_name;
-use names::{labels, token};
-pub(crate) use parse::check_defaults;
 use parse::parse_matrix;
+pub(crate) use parse::{check_defaults, narrow};
 use refs::{classify, input_items, rewrite_inputs, Context, Known, Reference};
 
 /// The `matrix` key of a stage table.
@@ -110,19 +110,6 @@ pub(crate) fn expand(
         let start = axes.len();
         axes.extend(found);
         own.insert(name, (start..axes.len()).collect());
-    }
-    // `--set STAGE.PARAM=VALUE` on a swept param narrows its sweep to that one value (the
-    // names stay those of the whole sweep, so stored variants are reused).
-    for (name, ids) in &own {
-        for a in ids {
-            let axis = &mut axes[*a];
-            let Some(set) = stages[*name].get_path(&axis.path) else {
-                continue;
-            };
-            if matches!(set.origin, Origin::Set { .. }) {
-                axis.values = vec![(set.clone(), token(&set.to_toml()))];
-            }
-        }
     }
     // Plain references per stage (the stages it would follow).
     let plain: BTreeMap<&str, BTreeSet<&str>> = stages

@@ -200,3 +200,55 @@ pub(crate) fn check_defaults(
         );
     }
 }
+
+/// `--set STAGE.PARAM=VALUE` on a swept param narrows its sweep to that one value: the
+/// matrix entry becomes `[VALUE]` in the document itself, so the recorded document (what
+/// `rerun` loads) holds the narrowed sweep. The variants keep the names they have in the
+/// whole sweep, so stored ones are reused.
+pub(crate) fn narrow(root: &mut Node) {
+    let Some(stages) = root
+        .as_table_mut()
+        .and_then(|t| t.get_mut("stages"))
+        .and_then(Node::as_table_mut)
+    else {
+        return;
+    };
+    for stage in stages.values_mut() {
+        let Some(table) = stage.as_table_mut() else {
+            continue;
+        };
+        let Some(mut matrix) = table.remove(MATRIX) else {
+            continue;
+        };
+        let params = Node {
+            value: Value::Table(table.clone()),
+            origin: matrix.origin.clone(),
+            key: matrix.key.clone(),
+        };
+        narrow_entries(&mut matrix, &[], &params);
+        table.insert(MATRIX.to_owned(), matrix);
+    }
+}
+
+/// Replaces each list in `matrix` (at `prefix`) whose param was set by `--set` in `params`.
+fn narrow_entries(matrix: &mut Node, prefix: &[String], params: &Node) {
+    let Some(entries) = matrix.as_table_mut() else {
+        return;
+    };
+    for (key, entry) in entries.iter_mut() {
+        let mut path = prefix.to_vec();
+        path.extend(key.split('.').map(str::to_owned));
+        match &entry.value {
+            Value::Table(_) => narrow_entries(entry, &path, params),
+            Value::Array(_) => {
+                let Some(set) = params.get_path(&path) else {
+                    continue;
+                };
+                if matches!(set.origin, Origin::Set { .. }) {
+                    entry.value = Value::Array(vec![set.clone()]);
+                }
+            }
+            _ => {}
+        }
+    }
+}
