@@ -165,6 +165,29 @@ pub fn lane_sum<E: Real>(xs: &[E]) -> E {
     s
 }
 
+/// Dot product of two equally long slices with 8 independent accumulators (vectorisable;
+/// a fixed order, so the result is deterministic).
+#[inline(always)]
+pub fn lane_dot<E: Real>(a: &[E], b: &[E]) -> E {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [E::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut s = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .fold(E::zero(), |s, (&x, &y)| s + x * y);
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
 /// Maximum of a non-empty slice with 8 independent lanes (vectorisable).
 #[inline(always)]
 pub fn lane_max<E: Real>(xs: &[E]) -> E {
