@@ -167,6 +167,12 @@ pub fn ssm_gate<E: Real, T: Tape<E, Cpu>>(
                                 let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
                                 let (hcr, ur, gzr) =
                                     (&hc[r * di..][..di], &u[r * di..][..di], &gz[r * di..][..di]);
+                                // Every slice cut to `di`, so the loop has no bounds checks
+                                // and vectorises.
+                                let (g, hcr, ur, gzr, dv) =
+                                    (&g[..di], &hcr[..di], &ur[..di], &gzr[..di], &dv[..di]);
+                                let (ghc, gu, gd, gx) =
+                                    (&mut ghc[..di], &mut gu[..di], &mut gd[..di], &mut gx[..di]);
                                 for j in 0..di {
                                     let (g, uu) = (g[j], ur[j]);
                                     let s = sigmoid(g);

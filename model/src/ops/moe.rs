@@ -9,7 +9,7 @@
 
 use super::{custom_op, dims, par_rows, Var, ROW_BLOCK};
 use crate::isa::vectorized;
-use crate::real::{gelu_and_grad, Real};
+use crate::real::{gelu_and_grad, lane_dot, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
 
@@ -193,6 +193,9 @@ pub fn expert_gelu<E: Real, T: Tape<E, Cpu>>(u: Var<E, T>, gates: Var<E, T>) -> 
                     vectorized(
                         #[inline(always)]
                         || {
+                            // GELU values of one row (the gate gradient is their dot
+                            // product with the output gradient, in fixed lanes).
+                            let mut act = vec![E::zero(); xf];
                             for (i, (gur, dg)) in
                                 gub.chunks_mut(xf).zip(dgb.chunks_mut(x)).enumerate()
                             {
@@ -201,13 +204,18 @@ pub fn expert_gelu<E: Real, T: Tape<E, Cpu>>(u: Var<E, T>, gates: Var<E, T>) -> 
                                     (&u[r * xf..(r + 1) * xf], &gh[r * xf..(r + 1) * xf]);
                                 for e in 0..x {
                                     let ge = g[r * x + e];
-                                    let mut s = E::zero();
-                                    for j in e * f..(e + 1) * f {
-                                        let (act, der) = gelu_and_grad(ur[j]);
-                                        s += ghr[j] * act;
-                                        gur[j] += ge * ghr[j] * der;
+                                    let cols = e * f..(e + 1) * f;
+                                    for (((a, gu), &uj), &gj) in act[cols.clone()]
+                                        .iter_mut()
+                                        .zip(&mut gur[cols.clone()])
+                                        .zip(&ur[cols.clone()])
+                                        .zip(&ghr[cols.clone()])
+                                    {
+                                        let (v, der) = gelu_and_grad(uj);
+                                        *a = v;
+                                        *gu += ge * gj * der;
                                     }
-                                    dg[e] = s;
+                                    dg[e] = lane_dot(&ghr[cols.clone()], &act[cols]);
                                 }
                             }
                         },

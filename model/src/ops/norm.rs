@@ -1,7 +1,7 @@
 //! Fused LayerNorm over the last dimension (Ba, Kiros & Hinton 2016):
 //! `y = (x - mean) / sqrt(var + eps) * w + b`, with the biased variance.
 
-use super::{custom_op, dims, par_reduce, par_rows, Var, ROW_BLOCK};
+use super::{custom_op, dims, par_reduce, Var, ROW_BLOCK};
 use crate::isa::vectorized;
 use crate::real::{lane_dot, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -61,26 +61,37 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
             let (x, w) = (a.inputs[0], a.inputs[1]);
             let gy = a.grad_out;
             let (gx, rest) = a.grads.split_at_mut(1);
-            par_rows(
-                &mut gx[0],
-                d,
-                #[inline(always)]
-                |r, gxr| {
-                    let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-                    let (xr, gyr) = (&x[r * d..(r + 1) * d], &gy[r * d..(r + 1) * d]);
-                    // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-                    let mut xhat = vec![E::zero(); d];
-                    let mut dxhat = vec![E::zero(); d];
-                    for j in 0..d {
-                        xhat[j] = (xr[j] - mean) * rstd;
-                        dxhat[j] = gyr[j] * w[j];
-                    }
-                    let (s1, s2) = (lane_sum(&dxhat) * inv_d, lane_dot(&dxhat, &xhat) * inv_d);
-                    for j in 0..d {
-                        gxr[j] += rstd * (dxhat[j] - s1 - xhat[j] * s2);
-                    }
-                },
-            );
+            gx[0]
+                .par_chunks_mut(ROW_BLOCK * d)
+                .enumerate()
+                .for_each(|(blk, gxb)| {
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+                            let mut xhat = vec![E::zero(); d];
+                            let mut dxhat = vec![E::zero(); d];
+                            for (i, gxr) in gxb.chunks_mut(d).enumerate() {
+                                let r = blk * ROW_BLOCK + i;
+                                let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+                                let (xr, gyr) = (&x[r * d..(r + 1) * d], &gy[r * d..(r + 1) * d]);
+                                // Every slice cut to `d`: no bounds checks, vectorised.
+                                let (xr, gyr, w) = (&xr[..d], &gyr[..d], &w[..d]);
+                                let (xhat, dxhat, gxr) =
+                                    (&mut xhat[..d], &mut dxhat[..d], &mut gxr[..d]);
+                                for j in 0..d {
+                                    xhat[j] = (xr[j] - mean) * rstd;
+                                    dxhat[j] = gyr[j] * w[j];
+                                }
+                                let s1 = lane_sum(dxhat) * inv_d;
+                                let s2 = lane_dot(dxhat, xhat) * inv_d;
+                                for j in 0..d {
+                                    gxr[j] += rstd * (dxhat[j] - s1 - xhat[j] * s2);
+                                }
+                            }
+                        },
+                    )
+                });
             let wb = par_reduce(
                 m,
                 ROW_BLOCK,
