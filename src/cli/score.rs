@@ -120,8 +120,9 @@ pub fn main(g: &Global, args: ScoreArgs) -> anyhow::Result<u8> {
         total,
     };
     if args.json {
-        let json = to_finite_json(&result)?;
-        out(&(serde_json::to_string_pretty(&json)? + "\n"))?;
+        // Refuse NaN (serde would write `null`), then print in the struct's field order.
+        to_finite_json(&result)?;
+        out(&(serde_json::to_string_pretty(&result)? + "\n"))?;
     } else {
         out(&table(&result))?;
         eprintln!(
