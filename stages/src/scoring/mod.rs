@@ -316,4 +316,37 @@ mod tests {
         // 1 unknown among 2 + 2 text tokens.
         assert_eq!(t.unknown_rate, Some(0.25));
     }
+
+    fn small_weights() -> Weights {
+        let config = itera_model::ModelConfig {
+            vocab_size: 40,
+            hidden_size: 32,
+            num_layers: 2,
+            ssm_state_size: 4,
+            num_experts: 2,
+            expert_size: 16,
+            top_k_experts: 1,
+            max_seq_length: 16,
+            ..itera_model::ModelConfig::tiny()
+        };
+        Weights::random(&config, 5).unwrap()
+    }
+
+    #[test]
+    fn the_batched_and_recurrent_scorers_agree() {
+        let weights = small_weights();
+        let tokens: Vec<u32> = (0..100u32).map(|i| (i * 7 + i / 3) % 40).collect();
+        let batched = ModelScorer::new(&weights, ScorerKind::Batched, 2).unwrap();
+        let recurrent = ModelScorer::new(&weights, ScorerKind::Recurrent, 2).unwrap();
+        for seq in [16, 5] {
+            let (a, na) = batched.nll(&tokens, seq).unwrap();
+            let (b, nb) = recurrent.nll(&tokens, seq).unwrap();
+            assert_eq!((na, nb), (99, 99));
+            assert!((a - b).abs() / b < 1e-5, "seq {seq}: batched {a} vs recurrent {b}");
+        }
+        let err = batched.nll(&tokens, 17).unwrap_err();
+        assert!(err.to_string().contains("context (16)"), "{err}");
+        let err = batched.nll(&[1, 40], 4).unwrap_err();
+        assert!(err.to_string().contains("outside the model's vocabulary"), "{err}");
+    }
 }
