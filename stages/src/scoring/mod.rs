@@ -342,11 +342,17 @@ mod tests {
             let (a, na) = batched.nll(&tokens, seq).unwrap();
             let (b, nb) = recurrent.nll(&tokens, seq).unwrap();
             assert_eq!((na, nb), (99, 99));
-            assert!((a - b).abs() / b < 1e-5, "seq {seq}: batched {a} vs recurrent {b}");
+            assert!(
+                (a - b).abs() / b < 1e-5,
+                "seq {seq}: batched {a} vs recurrent {b}"
+            );
         }
         let err = batched.nll(&tokens, 17).unwrap_err();
         assert!(err.to_string().contains("context (16)"), "{err}");
         let err = batched.nll(&[1, 40], 4).unwrap_err();
-        assert!(err.to_string().contains("outside the model's vocabulary"), "{err}");
+        assert!(
+            err.to_string().contains("outside the model's vocabulary"),
+            "{err}"
+        );
     }
 }
