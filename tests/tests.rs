@@ -17,5 +17,7 @@ mod failures;
 mod maintenance;
 /// `rerun` and `rerun --verify`.
 mod rerun;
+/// `score`: a model's loss on text, against the evaluate stage.
+mod score;
 /// `--executor slurm` against a real SLURM.
 mod slurm;

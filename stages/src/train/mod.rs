@@ -306,6 +306,7 @@ fn finish(
         threads,
         seed,
         resumed_from_step: st.resumed_from_step,
+        params: Some(serde_json::to_value(p)?),
     };
     records::write_json(&out.join(records::SUMMARY_FILE), &summary)?;
     ctx.log.line(format!(
