@@ -87,6 +87,7 @@ impl Test {
             .current_dir(self.root())
             .env_remove("ITERA_RUNS_DIR")
             .env_remove("RUST_LOG")
+            .env_remove("ITERA_KERNELS")
             .stdin(Stdio::null());
         cmd
     }

@@ -17,6 +17,8 @@ mod failures;
 mod maintenance;
 /// `rerun` and `rerun --verify`.
 mod rerun;
+/// `score`: a model's loss on text, against the evaluate stage.
+mod score;
 /// `--executor slurm` against a real SLURM.
 mod slurm;
 /// Parameter sweeps (`matrix`): names, caching, follow and gather, selection.

@@ -95,6 +95,10 @@ impl fmt::Display for StageStatus {
 pub struct VerifyCheck {
     pub recorded: Digest,
     pub matches: bool,
+    /// Why a mismatch may be expected: the recorded result was computed on another
+    /// environment (`StageKind::environment`), e.g. other kernels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One stage of a run.

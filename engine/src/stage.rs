@@ -351,6 +351,14 @@ pub trait StageKind: Send + Sync + 'static {
     fn measurements(_params: &Self::Params) -> Vec<String> {
         Vec::new()
     }
+    /// What of this machine can change the artifact's bits without changing its meaning
+    /// (e.g. `kernels = "x86_64/avx512"`: matrix products round differently on another
+    /// instruction set). Recorded with the result, not part of the cache key (a result
+    /// computed on a cluster stays reusable on a laptop); `rerun --verify` names the
+    /// difference when a result does not reproduce. Empty for most kinds.
+    fn environment(_params: &Self::Params) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
     /// A cheap fingerprint of outside state this stage reads (a resolved commit sha, a local
     /// folder's digest), entered into the cache key. `None` for pure stages.
     fn fingerprint(
@@ -377,6 +385,7 @@ pub trait Stage: Send + Sync {
     fn outputs(&self, params: &serde_json::Value) -> Vec<OutputDecl>;
     /// See [`StageKind::measurements`].
     fn measurements(&self, params: &serde_json::Value) -> Vec<String>;
+    fn environment(&self, params: &serde_json::Value) -> BTreeMap<String, String>;
     fn fingerprint(
         &self,
         params: &serde_json::Value,
@@ -451,6 +460,9 @@ impl<K: StageKind> Stage for Erased<K> {
     }
     fn measurements(&self, params: &serde_json::Value) -> Vec<String> {
         K::measurements(&Self::typed(params))
+    }
+    fn environment(&self, params: &serde_json::Value) -> BTreeMap<String, String> {
+        K::environment(&Self::typed(params))
     }
     fn fingerprint(
         &self,

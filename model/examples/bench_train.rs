@@ -1,7 +1,7 @@
 //! Training-step and scoring throughput of the phase-8 model (hidden 128, 4 layers,
 //! state 8, conv 4, expand 2, 4 experts of 64, top-2) at B=32, T=128, V=2000.
 //!
-//! `cargo run --release -p itera-model --example bench_train [-- steps] [--profile]`
+//! `cargo run --release -p itera-model --example bench_train [-- steps] [--profile] [--vocab N]`
 //! Prints the median tokens/s over `steps` timed steps (after 2 warm-up steps) for 1 and
 //! 2 threads, the process CPU seconds per step (robust to other load on the machine) and
 //! the load average. `--profile` adds per-op forward/backward times (1 thread).
@@ -37,11 +37,16 @@ fn cpu_seconds() -> f64 {
 }
 
 fn main() {
+    // As in the `itera` binary: freed memory is kept for reuse (mimalloc option 15,
+    // `mi_option_purge_delay`, -1 = never purge).
+    // SAFETY: sets a process-wide allocator option before any work starts.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     let args: Vec<String> = std::env::args().collect();
     let profile = args.iter().any(|a| a == "--profile");
     let steps: usize = args
         .iter()
         .skip(1)
+        .take_while(|a| *a != "--vocab")
         .find_map(|s| s.parse().ok())
         .unwrap_or(9);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -52,8 +57,19 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    println!(
+        "kernels: {} ({} cores available)",
+        itera_model::isa::kernel_path(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let vocab: usize = args
+        .iter()
+        .position(|a| a == "--vocab")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     let cfg = ModelConfig {
-        vocab_size: 2000,
+        vocab_size: vocab,
         ..ModelConfig::tiny()
     };
     let (batch, seq) = (32, 128);
@@ -64,7 +80,7 @@ fn main() {
         ..Default::default()
     };
     let tokens: Vec<u32> = (0..batch * (seq + 1))
-        .map(|i| ((i * 7919 + 13) % 2000) as u32)
+        .map(|i| ((i * 7919 + 13) % vocab) as u32)
         .collect();
     for threads in [1, 2] {
         let mut t = Trainer::<f32>::new(&cfg, &train, 0, threads).expect("valid config");
@@ -98,7 +114,7 @@ fn main() {
             println!("  ops total: {:.1} ms/step", 1e3 * total / steps as f64);
         }
         let score_tokens: Vec<u32> = (0..batch * seq * 4 + 1)
-            .map(|i| ((i * 31 + 7) % 2000) as u32)
+            .map(|i| ((i * 31 + 7) % vocab) as u32)
             .collect();
         let mut score_rates = Vec::new();
         for _ in 0..5 {

@@ -8,10 +8,12 @@
 //! - [`optim`]: AdamW and gradient clipping; [`trainer`]: steps, checkpoints, resume;
 //! - [`sampler`]: seeded, resumable batches; [`score`]: NLL of a token stream;
 //! - [`weights`]: `model.safetensors` + `config.json` I/O;
-//! - [`decode`]: the recurrent decoder over plain slices (f32/f16 weights), sampling.
+//! - [`decode`]: the recurrent decoder over plain slices (f32/f16 weights), sampling;
+//! - [`isa`]: instruction-set detection and dispatch of the training/scoring kernels.
 
 pub mod config;
 pub mod decode;
+pub mod isa;
 pub mod model;
 pub mod ops;
 pub mod optim;

@@ -65,12 +65,14 @@ impl<E: Real> AdamW<E> {
 }
 
 /// Global L2 norm of all gradients (accumulated in f64, in tensor order).
+/// Each tensor's sum runs on its own task; the per-tensor sums are added in tensor order,
+/// so the result is the same bits for any thread count.
 pub fn global_norm<E: Real>(grads: &[Vec<E>]) -> f64 {
-    grads
-        .iter()
+    let per_tensor: Vec<f64> = grads
+        .par_iter()
         .map(|g| g.iter().map(|&x| x.f64() * x.f64()).sum::<f64>())
-        .sum::<f64>()
-        .sqrt()
+        .collect();
+    per_tensor.into_iter().sum::<f64>().sqrt()
 }
 
 /// Scales the gradients so their global norm is at most `max_norm` (0: no clipping);
@@ -79,9 +81,9 @@ pub fn clip_global_norm<E: Real>(grads: &mut [Vec<E>], max_norm: f64) -> f64 {
     let norm = global_norm(grads);
     if max_norm > 0.0 && norm > max_norm {
         let s = E::of(max_norm / (norm + 1e-6));
-        for g in grads.iter_mut() {
-            g.iter_mut().for_each(|x| *x *= s);
-        }
+        grads
+            .par_iter_mut()
+            .for_each(|g| g.iter_mut().for_each(|x| *x *= s));
     }
     norm
 }

@@ -136,7 +136,7 @@ pub fn exp_f32(x: f32) -> f32 {
 }
 
 /// Logistic sigmoid `1 / (1 + e^-x)`, stable for large `|x|`.
-#[inline]
+#[inline(always)]
 pub fn sigmoid<E: Real>(x: E) -> E {
     let e = (-x.abs()).fast_exp();
     let r = E::one() / (E::one() + e);
@@ -149,7 +149,7 @@ pub fn sigmoid<E: Real>(x: E) -> E {
 
 /// Sum of a slice with 8 independent accumulators (vectorisable; a fixed order, so the
 /// result is deterministic).
-#[inline]
+#[inline(always)]
 pub fn lane_sum<E: Real>(xs: &[E]) -> E {
     let mut acc = [E::zero(); 8];
     let chunks = xs.chunks_exact(8);
@@ -165,8 +165,31 @@ pub fn lane_sum<E: Real>(xs: &[E]) -> E {
     s
 }
 
+/// Dot product of two equally long slices with 8 independent accumulators (vectorisable;
+/// a fixed order, so the result is deterministic).
+#[inline(always)]
+pub fn lane_dot<E: Real>(a: &[E], b: &[E]) -> E {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [E::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut s = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .fold(E::zero(), |s, (&x, &y)| s + x * y);
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
 /// Maximum of a non-empty slice with 8 independent lanes (vectorisable).
-#[inline]
+#[inline(always)]
 pub fn lane_max<E: Real>(xs: &[E]) -> E {
     let mut acc = [E::neg_infinity(); 8];
     let chunks = xs.chunks_exact(8);
@@ -187,7 +210,7 @@ pub fn lane_max<E: Real>(xs: &[E]) -> E {
 
 /// Exact GELU `x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))` and its derivative
 /// `Phi(x) + x phi(x)` (Hendrycks & Gimpel 2016, eq. 1).
-#[inline]
+#[inline(always)]
 pub fn gelu_and_grad<E: Real>(x: E) -> (E, E) {
     let half = E::of(0.5);
     let cdf = half * (E::one() + (x * E::of(std::f64::consts::FRAC_1_SQRT_2)).fast_erf());

@@ -4,14 +4,12 @@
 //! `train` stage (or the stage named with `--stage`) is used.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
-use itera_engine::record::find_run;
-use itera_engine::store::Store;
 use itera_stages::generate::Session;
 use itera_stages::itera_model::decode::{Precision, SamplingConfig};
 
+use super::model_dir::model_dir;
 use super::{exit, invalid, Global};
 
 #[derive(Debug, Args)]
@@ -56,7 +54,7 @@ pub enum PrecisionArg {
 }
 
 pub fn main(g: &Global, args: GenerateArgs) -> anyhow::Result<u8> {
-    let dir = model_dir(g, &args)?;
+    let dir = model_dir(g, &args.model, args.stage.as_deref())?;
     let precision = match args.precision {
         PrecisionArg::F32 => Precision::F32,
         PrecisionArg::F16 => Precision::F16,
@@ -104,73 +102,4 @@ pub fn main(g: &Global, args: GenerateArgs) -> anyhow::Result<u8> {
         dir.display()
     );
     Ok(exit::OK)
-}
-
-/// The model folder: the argument itself, or the chosen stage's result in a recorded run.
-fn model_dir(g: &Global, args: &GenerateArgs) -> anyhow::Result<PathBuf> {
-    let as_path = Path::new(&args.model);
-    if as_path.join("model.safetensors").is_file() {
-        return Ok(as_path.to_owned());
-    }
-    let run = find_run(&g.runs_dir, &args.model).map_err(|e| {
-        invalid(format!(
-            "`{}` is neither a model folder (no model.safetensors) nor a run: {e}",
-            args.model
-        ))
-    })?;
-    let record = run.load()?;
-    let stage = match &args.stage {
-        Some(s) => s.clone(),
-        None => {
-            let trains: Vec<&String> = record
-                .stages
-                .iter()
-                .filter(|(_, r)| r.kind == "train")
-                .map(|(n, _)| n)
-                .collect();
-            match trains.as_slice() {
-                [one] => (*one).clone(),
-                [] => {
-                    return Err(invalid(format!(
-                        "run {} has no `train` stage: name the model's stage with --stage",
-                        record.id.0
-                    )))
-                }
-                many => {
-                    let names: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
-                    return Err(invalid(format!(
-                        "run {} has several train stages ({}): pick one with --stage",
-                        record.id.0,
-                        names.join(", ")
-                    )));
-                }
-            }
-        }
-    };
-    let Some(rec) = record.stages.get(&stage) else {
-        let names: Vec<&str> = record.stages.keys().map(String::as_str).collect();
-        return Err(invalid(format!(
-            "run {} has no stage `{stage}` (stages: {})",
-            record.id.0,
-            names.join(", ")
-        )));
-    };
-    let key = rec
-        .key
-        .as_ref()
-        .filter(|_| rec.status.succeeded())
-        .ok_or_else(|| {
-            invalid(format!(
-                "stage `{stage}` of run {} has no result ({:?}): run the pipeline first",
-                record.id.0, rec.status
-            ))
-        })?;
-    let dir = Store::new(&g.runs_dir).entry_dir(key).join("out");
-    if !dir.join("model.safetensors").is_file() {
-        return Err(invalid(format!(
-            "the result of stage `{stage}` ({}) holds no model.safetensors: is it a train or half-convert stage?",
-            dir.display()
-        )));
-    }
-    Ok(dir)
 }

@@ -9,11 +9,13 @@ mod generate;
 mod hub;
 mod interrupt;
 mod load;
+mod model_dir;
 mod progress;
 mod rerun;
 mod run;
 mod runs;
 mod schema;
+mod score;
 mod show;
 mod slurm;
 mod status;
@@ -111,6 +113,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Sample text from a trained model (a model folder, or a run's train stage).
     Generate(generate::GenerateArgs),
+    /// A model's loss, perplexity and bits per byte on text files.
+    Score(score::ScoreArgs),
     /// Work with the Hugging Face cache (import local files for offline runs).
     Hub(hub::HubArgs),
     /// Execute one stage of a recorded run (used by batch jobs).
@@ -159,6 +163,7 @@ pub fn main() -> ExitCode {
         Command::Gc(a) => gc::main(g, a),
         Command::Verify(a) => verify::main(g, a),
         Command::Generate(a) => generate::main(g, a),
+        Command::Score(a) => score::main(g, a),
         Command::Hub(a) => hub::main(g, a),
         Command::ExecStage(a) => exec_stage::main(g, a),
     };

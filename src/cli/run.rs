@@ -225,6 +225,9 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
                     v.recorded.short(),
                     now.short()
                 ));
+                if let Some(note) = &v.note {
+                    text.push_str(&format!("\n    ({note})"));
+                }
             }
         }
         display.line(&text);

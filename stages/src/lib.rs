@@ -11,6 +11,7 @@ pub mod generate;
 pub mod half;
 pub mod records;
 pub mod report;
+pub mod scoring;
 pub mod shell;
 pub mod tokenize;
 pub mod tokens;

@@ -68,6 +68,10 @@ pub struct TrainSummary {
     /// The step training resumed from after an interruption (absent for an uninterrupted run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_from_step: Option<u64>,
+    /// The stage's params with every default filled in (what a variant of a study sets);
+    /// absent in artifacts written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
 }
 
 /// `eval.json`: every model evaluated on the same validation tokens.
@@ -87,6 +91,8 @@ pub struct EvalReport {
     pub seq_len: usize,
     /// Threads every speed was measured with.
     pub threads: usize,
+    /// How the losses were computed: `batched` (parallel forward pass) or `recurrent`.
+    pub scorer: String,
     /// Timed repetitions behind each median speed.
     pub speed_runs: usize,
     /// Tokens generated per timed generation run.
@@ -138,6 +144,67 @@ pub struct ModelEval {
     pub generation_speed: Vec<SpeedRecord>,
     /// One entry per prompt.
     pub generations: Vec<GenerationRecord>,
+    /// Repetition measures of the generations (see `evaluate::repetition`).
+    pub degeneration: Degeneration,
+    /// The extra texts (the `texts` input) scored with this model's tokenizer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub texts: Vec<TextScore>,
+    /// Wall seconds this model's evaluation took (scoring, speeds, generations).
+    pub seconds: f64,
+}
+
+/// Repetition measures of a model's greedy and sampled generations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Degeneration {
+    pub greedy: RepetitionRecord,
+    pub sampled: RepetitionRecord,
+}
+
+/// Repetition measures of a set of continuations (formulas in `evaluate::repetition`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepetitionRecord {
+    /// Continuations measured.
+    pub continuations: u64,
+    /// Whitespace-separated words in them.
+    pub words: u64,
+    /// Share of word 4-grams repeating an earlier one of the same continuation.
+    pub repeated_4gram_share: f64,
+    /// Distinct word bigrams over all bigrams of all the continuations.
+    pub distinct_2: f64,
+}
+
+/// A text scored with a model (`itera score`, the evaluate stage's `texts`). Formulas in
+/// docs/PHASE8.md and `scoring`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextScore {
+    /// The file (or `total`).
+    pub name: String,
+    /// Stories (text between `<|endoftext|>` separators; a file without them is one).
+    pub stories: u64,
+    /// Tokens of the text with the model's tokenizer, one `<eos>` per story included.
+    pub tokens: u64,
+    /// Tokens predicted (all but the first).
+    pub predicted: u64,
+    /// UTF-8 bytes of the story text (trimmed; separators excluded).
+    pub bytes: u64,
+    /// Bytes the predicted tokens stand for: `predicted × bytes / tokens`.
+    pub scored_bytes: f64,
+    /// Summed negative log-likelihood in nats.
+    pub nll: f64,
+    /// `nll / predicted` (nats per token).
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// `loss / ln 2`.
+    pub bits_per_token: f64,
+    /// `nll / (ln 2 × scored_bytes)`.
+    pub bits_per_byte: f64,
+    /// Share of text tokens (`<eos>` excluded) that are `<unk>`; word-level tokenizers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_rate: Option<f64>,
 }
 
 /// Differences against the reference model.
@@ -151,6 +218,19 @@ pub struct Deltas {
     pub bits_per_byte: f64,
     /// `file_bytes / reference file_bytes`.
     pub size_ratio: f64,
+}
+
+impl Deltas {
+    /// The reference against itself.
+    pub fn zero() -> Self {
+        Self {
+            val_loss: 0.0,
+            val_loss_pct: 0.0,
+            perplexity: 0.0,
+            bits_per_byte: 0.0,
+            size_ratio: 1.0,
+        }
+    }
 }
 
 /// A measured speed: the median of `runs` timed repetitions.

@@ -392,3 +392,155 @@ fn a_cancelled_training_resumes_to_the_same_weights() {
     };
     assert_eq!(strip(&whole), strip(&resumed));
 }
+
+/// A second variant of the tiny model: another learning rate and width.
+const TRAIN_B: &str = r#"steps = 40
+batch_size = 8
+seq_len = 32
+log_every = 5
+eval_every = 10
+eval_tokens = 2048
+checkpoint_every = 0
+[model]
+hidden_size = 48
+num_layers = 2
+ssm_state_size = 4
+num_experts = 2
+expert_size = 32
+top_k_experts = 1
+max_seq_length = 32
+[optimizer]
+learning_rate = 1e-3
+[schedule]
+warmup_steps = 5
+"#;
+
+/// Two trained variants written explicitly as two train stages feeding one evaluate (with
+/// an extra text) and one report that compares them.
+#[test]
+fn two_variants_feed_one_evaluate_and_report() {
+    let study = Study::new();
+    let data = study.tokenize();
+    let a = study.simple(
+        "train_a",
+        "train",
+        TRAIN,
+        &[("data", vec![("tokenize", data.clone())])],
+    );
+    let b = study.simple(
+        "train_b",
+        "train",
+        TRAIN_B,
+        &[("data", vec![("tokenize", data.clone())])],
+    );
+    // Extra text: the first stories of the validation file, as a `files` stage holds it.
+    let texts = study.root.path().join("texts");
+    std::fs::create_dir_all(&texts).unwrap();
+    let valid = std::fs::read_to_string(Path::new(DATA).join("valid-part-00.txt")).unwrap();
+    let head: Vec<&str> = valid.split("<|endoftext|>").take(20).collect();
+    std::fs::write(texts.join("head.txt"), head.join("<|endoftext|>")).unwrap();
+
+    let eval_params = "eval_tokens = 2048\nmax_new_tokens = 12\nspeed_runs = 1\nspeed_tokens = 8\nspeed_score_tokens = 256\nthreads = 2";
+    let inputs = |texts_in: bool| {
+        let mut v = vec![
+            (
+                "models",
+                vec![("train_a", a.clone()), ("train_b", b.clone())],
+            ),
+            ("data", vec![("tokenize", data.clone())]),
+        ];
+        if texts_in {
+            v.push(("texts", vec![("texts", texts.clone())]));
+        }
+        v
+    };
+    let eval = study.simple("evaluate", "evaluate", eval_params, &inputs(true));
+    let e = json(&eval.join("eval.json"));
+    assert_all_finite(&e, "eval");
+    assert_eq!(e["scorer"], "batched");
+    let models = e["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    for m in models {
+        let text = &m["texts"][0];
+        assert_eq!(text["name"], "texts/head.txt");
+        assert_eq!(text["stories"], 20);
+        let unk = text["unknown_rate"].as_f64().unwrap();
+        assert!((0.0..0.2).contains(&unk), "word-level unk rate {unk}");
+        let rep = m["degeneration"]["greedy"]["repeated_4gram_share"]
+            .as_f64()
+            .unwrap();
+        assert!((0.0..=1.0).contains(&rep));
+        assert_eq!(m["degeneration"]["sampled"]["continuations"], 5);
+    }
+
+    // The recurrent decoder computes the same losses independently.
+    let recurrent = study.simple(
+        "evaluate_recurrent",
+        "evaluate",
+        &format!("{eval_params}\nscorer = \"recurrent\""),
+        &inputs(false),
+    );
+    let r = json(&recurrent.join("eval.json"));
+    for (x, y) in models.iter().zip(r["models"].as_array().unwrap()) {
+        let (lx, ly) = (
+            x["val_loss"].as_f64().unwrap(),
+            y["val_loss"].as_f64().unwrap(),
+        );
+        assert!(
+            (lx - ly).abs() / ly < 1e-4,
+            "batched {lx} vs recurrent {ly}"
+        );
+    }
+
+    let report = study.simple(
+        "report",
+        "report",
+        "title = \"Two variants\"",
+        &[
+            ("eval", vec![("evaluate", eval.clone())]),
+            (
+                "train",
+                vec![("train_a", a.clone()), ("train_b", b.clone())],
+            ),
+        ],
+    );
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    for needle in [
+        "## Comparison",
+        "## Variants",
+        "`model.hidden_size`",
+        "`optimizer.learning_rate`",
+        "Best model: **`",
+        "### Repetition",
+        "## Texts",
+        "texts/head.txt",
+        "The 2 training runs differ in",
+    ] {
+        assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+    }
+    let svg = std::fs::read_to_string(report.join("loss.svg")).unwrap();
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        4,
+        "train + validation per variant"
+    );
+    let rj = json(&report.join("report.json"));
+    assert_all_finite(&rj, "report");
+    let best = rj["best"]["model"].as_str().unwrap();
+    let bpb = |name: &str| {
+        models.iter().find(|m| m["name"] == name).unwrap()["bits_per_byte"]
+            .as_f64()
+            .unwrap()
+    };
+    let other = if best == "train_a" {
+        "train_b"
+    } else {
+        "train_a"
+    };
+    assert!(
+        (bpb(best) * 1e4).round() <= (bpb(other) * 1e4).round(),
+        "best {best} ({}) vs {other} ({})",
+        bpb(best),
+        bpb(other)
+    );
+}

@@ -233,12 +233,14 @@ fn run_claimed(
         (Some(_), Some(_)) => PublishMode::Discard,
         _ => PublishMode::Publish,
     };
+    let environment = kind.environment(&spec.params);
     let info = PublishInfo {
         parts,
         stage: name.to_owned(),
         run: Some(job.run.id().to_string()),
         started,
         finished,
+        environment: environment.clone(),
     };
     let published = claimed
         .publish(info, mode)
@@ -261,16 +263,24 @@ fn run_claimed(
                 }
             }
         }
-        rec.verify = Some(VerifyCheck {
-            recorded: recorded.clone(),
-            matches,
-        });
+        let note = existing
+            .as_ref()
+            .filter(|e| !matches && e.meta.environment != environment)
+            .map(|e| environment_note(&e.meta.environment, &environment));
         if !matches {
             log.line(format!(
                 "# itera: NOT REPRODUCED: digest {} differs from the recorded {recorded}",
                 published.digest
             ));
+            if let Some(note) = &note {
+                log.line(format!("# itera: {note}"));
+            }
         }
+        rec.verify = Some(VerifyCheck {
+            recorded: recorded.clone(),
+            matches,
+            note,
+        });
         matches
     });
     log.line(format!(
@@ -287,4 +297,41 @@ fn run_claimed(
         "internal error: a verified result has no store entry to hand downstream".to_owned()
     })?;
     Ok(Some(Resolved::from_entry(&entry)))
+}
+
+/// Says how the recorded environment differs from this one, e.g. "recorded with
+/// kernels=x86_64/avx512, recomputed with kernels=x86_64/portable: ...".
+fn environment_note(
+    recorded: &std::collections::BTreeMap<String, String>,
+    now: &std::collections::BTreeMap<String, String>,
+) -> String {
+    let keys: std::collections::BTreeSet<&String> = recorded.keys().chain(now.keys()).collect();
+    let show = |m: &std::collections::BTreeMap<String, String>, k: &str| {
+        m.get(k).map_or("(not recorded)", String::as_str).to_owned()
+    };
+    let diffs: Vec<(String, String)> = keys
+        .into_iter()
+        .filter(|k| recorded.get(*k) != now.get(*k))
+        .map(|k| {
+            (
+                format!("{k}={}", show(recorded, k)),
+                format!("{k}={}", show(now, k)),
+            )
+        })
+        .collect();
+    format!(
+        "recorded with {}, recomputed with {}: results computed on different kernels or \
+         platforms can differ in rounding; verify on a machine with the recorded environment \
+         (or set it, e.g. ITERA_KERNELS=portable) to compare bit for bit",
+        diffs
+            .iter()
+            .map(|d| d.0.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        diffs
+            .iter()
+            .map(|d| d.1.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }

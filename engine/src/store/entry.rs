@@ -4,6 +4,7 @@
 //! lock and a private staging folder, and [`Claimed::publish`] digests the output, writes
 //! `meta.json` last (fsynced) and renames the staging folder into place in one step.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -37,6 +38,10 @@ pub struct Meta {
     pub started: String,
     pub finished: String,
     pub duration_ms: u64,
+    /// What of the machine could change the bits (`StageKind::environment`), e.g. the
+    /// kernels' instruction set.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
     /// Every file of `out/` with its size and hash.
     pub manifest: Manifest,
 }
@@ -150,6 +155,8 @@ pub struct PublishInfo {
     pub run: Option<String>,
     pub started: SystemTime,
     pub finished: SystemTime,
+    /// See [`Meta::environment`].
+    pub environment: BTreeMap<String, String>,
 }
 
 /// A key being computed: holds the key's lock and a private staging folder in `tmp/`.
@@ -217,6 +224,7 @@ impl Claimed {
             started: crate::host::timestamp(info.started),
             finished: crate::host::timestamp(info.finished),
             duration_ms,
+            environment: info.environment,
             manifest: manifest.clone(),
         };
         let json = serde_json::to_vec_pretty(&meta).expect("meta serializes");

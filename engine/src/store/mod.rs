@@ -193,6 +193,7 @@ mod tests {
             run: None,
             started: SystemTime::now(),
             finished: SystemTime::now(),
+            environment: Default::default(),
         }
     }
 

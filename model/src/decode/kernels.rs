@@ -25,50 +25,7 @@ const GROUP: usize = 64;
 /// Rows per tail tile (rows are padded to a multiple of this).
 const TILE: usize = 16;
 
-/// The instruction set the kernels use, detected once at run time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// AVX-512F with F16C and FMA.
-    Avx512,
-    /// AVX2 with FMA and F16C.
-    Avx2,
-    /// Plain Rust that the compiler vectorizes for the baseline target.
-    Portable,
-}
-
-impl Isa {
-    /// The best instruction set this CPU supports.
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let avx2 = is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c");
-            if avx2 && is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if avx2 {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
-    }
-
-    /// `self` if this CPU supports it, else the best one it does (never a faster one).
-    pub fn or_supported(self) -> Self {
-        let best = Self::detect();
-        let rank = |i: Isa| match i {
-            Isa::Avx512 => 2,
-            Isa::Avx2 => 1,
-            Isa::Portable => 0,
-        };
-        if rank(self) <= rank(best) {
-            self
-        } else {
-            best
-        }
-    }
-}
+pub use crate::isa::Isa;
 
 /// How products are accumulated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! padding before the sequence start, then `u_t = SiLU(c_t) = c_t * sigmoid(c_t)`.
 
 use super::{custom_op, dims, par_reduce, Var, ROW_BLOCK};
+use crate::isa::vectorized;
 use crate::real::{sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
@@ -35,31 +36,42 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
             let wt = transpose(w, di, k);
             let mut c = vec![E::zero(); m * di];
             c.par_chunks_mut(seq * di).enumerate().for_each(|(s, cs)| {
-                for t in 0..seq {
-                    let out = &mut cs[t * di..(t + 1) * di];
-                    out.copy_from_slice(b);
-                    for j in 0..k {
-                        let Some(src_t) = (t + j + 1).checked_sub(k) else {
-                            continue;
-                        };
-                        let xr = &x[(s * seq + src_t) * width..][..di];
-                        for ((o, &xv), &wv) in out.iter_mut().zip(xr).zip(&wt[j * di..(j + 1) * di])
-                        {
-                            *o += wv * xv;
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for t in 0..seq {
+                            let out = &mut cs[t * di..(t + 1) * di];
+                            out.copy_from_slice(b);
+                            for j in 0..k {
+                                let Some(src_t) = (t + j + 1).checked_sub(k) else {
+                                    continue;
+                                };
+                                let xr = &x[(s * seq + src_t) * width..][..di];
+                                for ((o, &xv), &wv) in
+                                    out.iter_mut().zip(xr).zip(&wt[j * di..(j + 1) * di])
+                                {
+                                    *o += wv * xv;
+                                }
+                            }
                         }
-                    }
-                }
+                    },
+                )
             });
             // u = c s with s = sigmoid(c); saved: SiLU'(c) = s (1 + c (1 - s)).
             let mut u = vec![E::zero(); m * di];
             u.par_chunks_mut(ROW_BLOCK * di)
                 .zip(c.par_chunks_mut(ROW_BLOCK * di))
                 .for_each(|(u, c)| {
-                    for (u, c) in u.iter_mut().zip(c.iter_mut()) {
-                        let s = sigmoid(*c);
-                        *u = *c * s;
-                        *c = s * (E::one() + *c * (E::one() - s));
-                    }
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for (u, c) in u.iter_mut().zip(c.iter_mut()) {
+                                let s = sigmoid(*c);
+                                *u = *c * s;
+                                *c = s * (E::one() + *c * (E::one() - s));
+                            }
+                        },
+                    )
                 });
             (u, c)
         },
@@ -71,54 +83,70 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
             gc.par_chunks_mut(ROW_BLOCK * di)
                 .zip(dsilu.par_chunks(ROW_BLOCK * di))
                 .for_each(|(g, d)| {
-                    for (g, &d) in g.iter_mut().zip(d) {
-                        *g *= d;
-                    }
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for (g, &d) in g.iter_mut().zip(d) {
+                                *g *= d;
+                            }
+                        },
+                    )
                 });
             // dx[t'] += sum_j w[:, j] * gc[t' + K - 1 - j]
             a.grads[0]
                 .par_chunks_mut(seq * width)
                 .enumerate()
                 .for_each(|(s, gx)| {
-                    for t in 0..seq {
-                        for j in 0..k {
-                            let Some(src_t) = (t + j + 1).checked_sub(k) else {
-                                continue;
-                            };
-                            let gcr = &gc[(s * seq + t) * di..][..di];
-                            let gxr = &mut gx[src_t * width..][..di];
-                            for ((g, &c), &wv) in
-                                gxr.iter_mut().zip(gcr).zip(&wt[j * di..(j + 1) * di])
-                            {
-                                *g += wv * c;
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for t in 0..seq {
+                                for j in 0..k {
+                                    let Some(src_t) = (t + j + 1).checked_sub(k) else {
+                                        continue;
+                                    };
+                                    let gcr = &gc[(s * seq + t) * di..][..di];
+                                    let gxr = &mut gx[src_t * width..][..di];
+                                    for ((g, &c), &wv) in
+                                        gxr.iter_mut().zip(gcr).zip(&wt[j * di..(j + 1) * di])
+                                    {
+                                        *g += wv * c;
+                                    }
+                                }
                             }
-                        }
-                    }
+                        },
+                    )
                 });
             // dw[d, j] += sum_t x[t-K+1+j, d] gc[t, d] (accumulated transposed, [j, d]);
             // db[d] += sum_t gc[t, d]
             let nseq = m / seq;
-            let wb = par_reduce(nseq, 4, di * k + di, |seqs, acc| {
-                for s in seqs {
-                    for t in 0..seq {
-                        let gcr = &gc[(s * seq + t) * di..][..di];
-                        for (a, &c) in acc[di * k..].iter_mut().zip(gcr) {
-                            *a += c;
-                        }
-                        for j in 0..k {
-                            let Some(src_t) = (t + j + 1).checked_sub(k) else {
-                                continue;
-                            };
-                            let xr = &x[(s * seq + src_t) * width..][..di];
-                            for ((a, &xv), &c) in
-                                acc[j * di..(j + 1) * di].iter_mut().zip(xr).zip(gcr)
-                            {
-                                *a += xv * c;
+            let wb = par_reduce(
+                nseq,
+                4,
+                di * k + di,
+                #[inline(always)]
+                |seqs, acc| {
+                    for s in seqs {
+                        for t in 0..seq {
+                            let gcr = &gc[(s * seq + t) * di..][..di];
+                            for (a, &c) in acc[di * k..].iter_mut().zip(gcr) {
+                                *a += c;
+                            }
+                            for j in 0..k {
+                                let Some(src_t) = (t + j + 1).checked_sub(k) else {
+                                    continue;
+                                };
+                                let xr = &x[(s * seq + src_t) * width..][..di];
+                                for ((a, &xv), &c) in
+                                    acc[j * di..(j + 1) * di].iter_mut().zip(xr).zip(gcr)
+                                {
+                                    *a += xv * c;
+                                }
                             }
                         }
                     }
-                }
-            });
+                },
+            );
             let (gw, gb) = a.grads[1..].split_at_mut(1);
             for d in 0..di {
                 for j in 0..k {

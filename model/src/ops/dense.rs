@@ -38,7 +38,12 @@ fn linear_impl<E: Real, T: Tape<E, Cpu>>(
             let mut y = vec![E::zero(); m * n];
             if has_bias {
                 let b = d[2];
-                par_rows(&mut y, n, |_, row| row.copy_from_slice(b));
+                par_rows(
+                    &mut y,
+                    n,
+                    #[inline(always)]
+                    |_, row| row.copy_from_slice(b),
+                );
             }
             gemm(m, n, k, d[0], false, d[1], true, &mut y, has_bias);
             (y, ())
@@ -49,11 +54,17 @@ fn linear_impl<E: Real, T: Tape<E, Cpu>>(
             gemm(m, k, n, gy, false, w, false, &mut a.grads[0], true);
             gemm(n, k, m, gy, true, x, false, &mut a.grads[1], true);
             if has_bias {
-                let db = par_reduce(m, ROW_BLOCK, n, |rows, acc| {
-                    for r in rows {
-                        add_into(acc, &gy[r * n..(r + 1) * n]);
-                    }
-                });
+                let db = par_reduce(
+                    m,
+                    ROW_BLOCK,
+                    n,
+                    #[inline(always)]
+                    |rows, acc| {
+                        for r in rows {
+                            add_into(acc, &gy[r * n..(r + 1) * n]);
+                        }
+                    },
+                );
                 add_into(&mut a.grads[2], &db);
             }
         },

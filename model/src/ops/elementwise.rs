@@ -2,9 +2,13 @@
 //! SSM output gate `(C h + D u) * SiLU(g)`, and the dropout-then-residual add.
 
 use super::{custom_op, dims, par_rows, Dropout, Var, ROW_BLOCK};
+use crate::isa::vectorized;
 use crate::real::{gelu_and_grad, lane_sum, sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
+
+/// Elements per parallel task of the purely elementwise kernels.
+const CHUNK: usize = 16 * 1024;
 
 /// Exact (erf) GELU, elementwise.
 pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>) -> Var<E, T> {
@@ -14,22 +18,36 @@ pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>) -> Var<E, T> {
         vec![x],
         shape,
         |v| {
-            (
-                v[0].par_iter()
-                    .with_min_len(4096)
-                    .map(|&x| gelu_and_grad(x).0)
-                    .collect(),
-                (),
-            )
+            let x = v[0];
+            let mut y = vec![E::zero(); x.len()];
+            y.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .for_each(|(y, x)| {
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for (y, &x) in y.iter_mut().zip(x) {
+                                *y = gelu_and_grad(x).0;
+                            }
+                        },
+                    )
+                });
+            (y, ())
         },
         |a, ()| {
             let (x, gy) = (a.inputs[0], a.grad_out);
             a.grads[0]
-                .par_iter_mut()
-                .with_min_len(4096)
-                .enumerate()
-                .for_each(|(i, g)| {
-                    *g += gy[i] * gelu_and_grad(x[i]).1;
+                .par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK).zip(gy.par_chunks(CHUNK)))
+                .for_each(|(g, (x, gy))| {
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for ((g, &x), &gy) in g.iter_mut().zip(x).zip(gy) {
+                                *g += gy * gelu_and_grad(x).1;
+                            }
+                        },
+                    )
                 });
         },
     )
@@ -52,28 +70,38 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>) -> Var<E, T> {
                 .zip(dt.par_chunks_mut(ROW_BLOCK))
                 .enumerate()
                 .for_each(|(b, (sb, db))| {
-                    let mut sp = vec![E::zero(); di];
-                    for (i, (srow, d)) in sb.chunks_mut(di).zip(db.iter_mut()).enumerate() {
-                        let zr = &z[(b * ROW_BLOCK + i) * di..][..di];
-                        for ((s, p), &x) in srow.iter_mut().zip(sp.iter_mut()).zip(zr) {
-                            let e = (-x.abs()).fast_exp();
-                            *p = x.max(E::zero()) + e.fast_ln_1p_unit();
-                            let r = E::one() / (E::one() + e);
-                            *s = if x >= E::zero() { r } else { e * r };
-                        }
-                        *d = lane_sum(&sp) * inv;
-                    }
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            let mut sp = vec![E::zero(); di];
+                            for (i, (srow, d)) in sb.chunks_mut(di).zip(db.iter_mut()).enumerate() {
+                                let zr = &z[(b * ROW_BLOCK + i) * di..][..di];
+                                for ((s, p), &x) in srow.iter_mut().zip(sp.iter_mut()).zip(zr) {
+                                    let e = (-x.abs()).fast_exp();
+                                    *p = x.max(E::zero()) + e.fast_ln_1p_unit();
+                                    let r = E::one() / (E::one() + e);
+                                    *s = if x >= E::zero() { r } else { e * r };
+                                }
+                                *d = lane_sum(&sp) * inv;
+                            }
+                        },
+                    )
                 });
             (dt, sig)
         },
         move |a, sig| {
             let gdt = a.grad_out;
-            par_rows(&mut a.grads[0], di, |r, g| {
-                let s = gdt[r] * inv;
-                for (g, &sg) in g.iter_mut().zip(&sig[r * di..(r + 1) * di]) {
-                    *g += s * sg;
-                }
-            });
+            par_rows(
+                &mut a.grads[0],
+                di,
+                #[inline(always)]
+                |r, g| {
+                    let s = gdt[r] * inv;
+                    for (g, &sg) in g.iter_mut().zip(&sig[r * di..(r + 1) * di]) {
+                        *g += s * sg;
+                    }
+                },
+            );
         },
     )
 }
@@ -97,13 +125,18 @@ pub fn ssm_gate<E: Real, T: Tape<E, Cpu>>(
         |v| {
             let (hc, dv, u, xg) = (v[0], v[1], v[2], v[3]);
             let mut z = vec![E::zero(); m * di];
-            par_rows(&mut z, di, |r, zr| {
-                let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
-                let (hcr, ur) = (&hc[r * di..(r + 1) * di], &u[r * di..(r + 1) * di]);
-                for ((((z, &g), &h), &u), &d) in zr.iter_mut().zip(g).zip(hcr).zip(ur).zip(dv) {
-                    *z = (h + d * u) * g * sigmoid(g);
-                }
-            });
+            par_rows(
+                &mut z,
+                di,
+                #[inline(always)]
+                |r, zr| {
+                    let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
+                    let (hcr, ur) = (&hc[r * di..(r + 1) * di], &u[r * di..(r + 1) * di]);
+                    for ((((z, &g), &h), &u), &d) in zr.iter_mut().zip(g).zip(hcr).zip(ur).zip(dv) {
+                        *z = (h + d * u) * g * sigmoid(g);
+                    }
+                },
+            );
             (z, ())
         },
         move |a, ()| {
@@ -122,25 +155,38 @@ pub fn ssm_gate<E: Real, T: Tape<E, Cpu>>(
                 .zip(g_xg.par_chunks_mut(2 * blk))
                 .enumerate()
                 .map(|(b, ((ghc, gu), gxg))| {
-                    let mut gd = vec![E::zero(); di];
-                    for (i, (ghc, gu)) in ghc.chunks_mut(di).zip(gu.chunks_mut(di)).enumerate() {
-                        let r = b * ROW_BLOCK + i;
-                        let gx = &mut gxg[i * 2 * di + di..(i + 1) * 2 * di];
-                        let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
-                        let (hcr, ur, gzr) =
-                            (&hc[r * di..][..di], &u[r * di..][..di], &gz[r * di..][..di]);
-                        for j in 0..di {
-                            let (g, uu) = (g[j], ur[j]);
-                            let s = sigmoid(g);
-                            let y = hcr[j] + dv[j] * uu;
-                            let dy = gzr[j] * g * s;
-                            ghc[j] += dy;
-                            gu[j] += dy * dv[j];
-                            gd[j] += dy * uu;
-                            gx[j] += gzr[j] * y * s * (E::one() + g * (E::one() - s));
-                        }
-                    }
-                    gd
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            let mut gd = vec![E::zero(); di];
+                            for (i, (ghc, gu)) in
+                                ghc.chunks_mut(di).zip(gu.chunks_mut(di)).enumerate()
+                            {
+                                let r = b * ROW_BLOCK + i;
+                                let gx = &mut gxg[i * 2 * di + di..(i + 1) * 2 * di];
+                                let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
+                                let (hcr, ur, gzr) =
+                                    (&hc[r * di..][..di], &u[r * di..][..di], &gz[r * di..][..di]);
+                                // Every slice cut to `di`, so the loop has no bounds checks
+                                // and vectorises.
+                                let (g, hcr, ur, gzr, dv) =
+                                    (&g[..di], &hcr[..di], &ur[..di], &gzr[..di], &dv[..di]);
+                                let (ghc, gu, gd, gx) =
+                                    (&mut ghc[..di], &mut gu[..di], &mut gd[..di], &mut gx[..di]);
+                                for j in 0..di {
+                                    let (g, uu) = (g[j], ur[j]);
+                                    let s = sigmoid(g);
+                                    let y = hcr[j] + dv[j] * uu;
+                                    let dy = gzr[j] * g * s;
+                                    ghc[j] += dy;
+                                    gu[j] += dy * dv[j];
+                                    gd[j] += dy * uu;
+                                    gx[j] += gzr[j] * y * s * (E::one() + g * (E::one() - s));
+                                }
+                            }
+                            gd
+                        },
+                    )
                 })
                 .collect();
             for p in partials {
@@ -167,30 +213,45 @@ pub fn add_dropout<E: Real, T: Tape<E, Cpu>>(
         |v| {
             let (x, dl) = (v[0], v[1]);
             let mut y = vec![E::zero(); m * d];
-            par_rows(&mut y, d, |r, yr| {
-                for (j, y) in yr.iter_mut().enumerate() {
-                    let i = r * d + j;
-                    let s = dropout.map_or(E::one(), |p| p.scale(i));
-                    *y = x[i] + s * dl[i];
-                }
-            });
+            par_rows(
+                &mut y,
+                d,
+                #[inline(always)]
+                |r, yr| {
+                    for (j, y) in yr.iter_mut().enumerate() {
+                        let i = r * d + j;
+                        let s = dropout.map_or(E::one(), |p| p.scale(i));
+                        *y = x[i] + s * dl[i];
+                    }
+                },
+            );
             (y, ())
         },
         move |a, ()| {
             let gy = a.grad_out;
             let (gx, gd) = a.grads.split_at_mut(1);
-            par_rows(&mut gx[0], d, |r, o| {
-                for (o, &g) in o.iter_mut().zip(&gy[r * d..(r + 1) * d]) {
-                    *o += g;
-                }
-            });
-            par_rows(&mut gd[0], d, |r, o| {
-                for (j, o) in o.iter_mut().enumerate() {
-                    let i = r * d + j;
-                    let s = dropout.map_or(E::one(), |p| p.scale(i));
-                    *o += s * gy[i];
-                }
-            });
+            par_rows(
+                &mut gx[0],
+                d,
+                #[inline(always)]
+                |r, o| {
+                    for (o, &g) in o.iter_mut().zip(&gy[r * d..(r + 1) * d]) {
+                        *o += g;
+                    }
+                },
+            );
+            par_rows(
+                &mut gd[0],
+                d,
+                #[inline(always)]
+                |r, o| {
+                    for (j, o) in o.iter_mut().enumerate() {
+                        let i = r * d + j;
+                        let s = dropout.map_or(E::one(), |p| p.scale(i));
+                        *o += s * gy[i];
+                    }
+                },
+            );
         },
     )
 }

@@ -2,6 +2,7 @@
 //! fused with softmax cross-entropy, and the weighted sum of scalar losses.
 
 use super::{custom_op, dims, gemm, par_rows, Dropout, Var};
+use crate::isa::vectorized;
 use crate::real::{lane_max, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
@@ -37,13 +38,18 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
         |w| {
             let (e, p) = (w[0], w[1]);
             let mut x = vec![E::zero(); m * d];
-            par_rows(&mut x, d, |r, xr| {
-                let (tok, t) = (tokens[r] as usize, r % seq);
-                for j in 0..d {
-                    let s = dropout.map_or(E::one(), |p| p.scale(r * d + j));
-                    xr[j] = s * (e[tok * d + j] + p[t * d + j]);
-                }
-            });
+            par_rows(
+                &mut x,
+                d,
+                #[inline(always)]
+                |r, xr| {
+                    let (tok, t) = (tokens[r] as usize, r % seq);
+                    for j in 0..d {
+                        let s = dropout.map_or(E::one(), |p| p.scale(r * d + j));
+                        xr[j] = s * (e[tok * d + j] + p[t * d + j]);
+                    }
+                },
+            );
             (x, ())
         },
         move |a, ()| {
@@ -126,22 +132,27 @@ pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
                 .zip(nll.par_iter_mut())
                 .enumerate()
                 .for_each(|(r, (row, nll))| {
-                    let max = lane_max(row);
-                    let tgt = targets[r] as usize;
-                    let target_logit = row[tgt].f64();
-                    for z in row.iter_mut() {
-                        *z = (*z - max).fast_exp();
-                    }
-                    let sum = lane_sum(row).f64();
-                    *nll = sum.ln() + max.f64() - target_logit;
-                    if grad {
-                        // Row becomes (softmax - onehot) / M: the gradient w.r.t. the logits.
-                        let scale = E::of(1.0 / sum) * inv_m;
-                        for z in row.iter_mut() {
-                            *z *= scale;
-                        }
-                        row[tgt] -= inv_m;
-                    }
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            let max = lane_max(row);
+                            let tgt = targets[r] as usize;
+                            let target_logit = row[tgt].f64();
+                            for z in row.iter_mut() {
+                                *z = (*z - max).fast_exp();
+                            }
+                            let sum = lane_sum(row).f64();
+                            *nll = sum.ln() + max.f64() - target_logit;
+                            if grad {
+                                // Row becomes (softmax - onehot) / M: the gradient w.r.t. the logits.
+                                let scale = E::of(1.0 / sum) * inv_m;
+                                for z in row.iter_mut() {
+                                    *z *= scale;
+                                }
+                                row[tgt] -= inv_m;
+                            }
+                        },
+                    )
                 });
             let mean = nll.iter().sum::<f64>() / m as f64;
             (vec![E::of(mean)], logits)

@@ -16,11 +16,13 @@ pub mod dense;
 pub mod elementwise;
 pub mod gradcheck;
 pub mod loss;
+pub mod matmul;
 pub mod moe;
 pub mod norm;
 pub mod profile;
 pub mod scan;
 
+use crate::isa::vectorized;
 use crate::real::Real;
 use dfdx::prelude::{Cpu, Gradients, NoneTape, OwnedTape, PutTape, Shape, SplitTape, Tape, Tensor};
 use dfdx::tensor::{TensorFromVec, WithEmptyTape};
@@ -31,6 +33,7 @@ pub use conv::conv_silu;
 pub use dense::{linear, linear_nobias, matmul_add};
 pub use elementwise::{add_dropout, gelu, softplus_mean, ssm_gate};
 pub use loss::{embed, head_cross_entropy, weighted_sum};
+pub use matmul::gemm;
 pub use moe::{balance_loss, concat_cols, concat_rows, expert_gelu, router_gates};
 pub use norm::layer_norm;
 pub use scan::selective_scan;
@@ -257,76 +260,6 @@ pub fn grad_of<E: Real, S: Shape>(
     take_grad(grads, &t.tensor)
 }
 
-/// Row-major `c (m x n) [+]= op(a) . op(b)` where `op(a)` is `m x k` and `op(b)` is `k x n`;
-/// `a_t` means `a` is stored `k x m` (transposed), likewise `b_t` for `b` stored `n x k`.
-/// Runs on the current rayon pool's threads.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm<E: Real>(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[E],
-    a_t: bool,
-    b: &[E],
-    b_t: bool,
-    c: &mut [E],
-    accumulate: bool,
-) {
-    assert_eq!(a.len(), m * k, "gemm lhs size");
-    assert_eq!(b.len(), k * n, "gemm rhs size");
-    assert_eq!(c.len(), m * n, "gemm dst size");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            c.fill(E::zero());
-        }
-        return;
-    }
-    let (a_rs, a_cs) = if a_t {
-        (1, m as isize)
-    } else {
-        (k as isize, 1)
-    };
-    let (b_rs, b_cs) = if b_t {
-        (1, k as isize)
-    } else {
-        (n as isize, 1)
-    };
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k >= 64 * 64 * 64 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the slices have exactly the sizes the strides address (asserted above), `c`
-    // is exclusively borrowed and does not alias `a` or `b`; E is f32 or f64.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            E::one(),
-            E::one(),
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
 /// Rows per parallel task of the elementwise kernels (fixed, so results never depend on
 /// the thread count).
 pub const ROW_BLOCK: usize = 64;
@@ -339,9 +272,14 @@ pub fn par_rows<E: Send>(out: &mut [E], width: usize, f: impl Fn(usize, &mut [E]
     out.par_chunks_mut(width * ROW_BLOCK)
         .enumerate()
         .for_each(|(blk, chunk)| {
-            for (i, row) in chunk.chunks_mut(width).enumerate() {
-                f(blk * ROW_BLOCK + i, row);
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (i, row) in chunk.chunks_mut(width).enumerate() {
+                        f(blk * ROW_BLOCK + i, row);
+                    }
+                },
+            )
         });
 }
 
@@ -359,7 +297,10 @@ pub fn par_reduce<E: Real>(
         .into_par_iter()
         .map(|b| {
             let mut p = vec![E::zero(); len];
-            f(b * block..((b + 1) * block).min(rows), &mut p);
+            vectorized(
+                #[inline(always)]
+                || f(b * block..((b + 1) * block).min(rows), &mut p),
+            );
             p
         })
         .collect();

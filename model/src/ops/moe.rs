@@ -8,7 +8,8 @@
 //! the result is the same sum over the selected experts.
 
 use super::{custom_op, dims, par_rows, Var, ROW_BLOCK};
-use crate::real::{gelu_and_grad, Real};
+use crate::isa::vectorized;
+use crate::real::{gelu_and_grad, lane_dot, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
 
@@ -47,33 +48,43 @@ pub fn router_gates<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
         |v| {
             let l = v[0];
             let mut g = vec![E::zero(); m * x];
-            par_rows(&mut g, x, |r, gr| {
-                let row = &l[r * x..(r + 1) * x];
-                let sel = top_k(row, k);
-                let max = row[sel[0]];
-                let mut sum = E::zero();
-                for &e in &sel {
-                    gr[e] = (row[e] - max).exp();
-                    sum += gr[e];
-                }
-                for &e in &sel {
-                    gr[e] /= sum;
-                }
-            });
+            par_rows(
+                &mut g,
+                x,
+                #[inline(always)]
+                |r, gr| {
+                    let row = &l[r * x..(r + 1) * x];
+                    let sel = top_k(row, k);
+                    let max = row[sel[0]];
+                    let mut sum = E::zero();
+                    for &e in &sel {
+                        gr[e] = (row[e] - max).exp();
+                        sum += gr[e];
+                    }
+                    for &e in &sel {
+                        gr[e] /= sum;
+                    }
+                },
+            );
             let saved = g.clone();
             (g, saved)
         },
         move |a, g| {
             let go = a.grad_out;
             // Softmax backward restricted to the selected set (g is zero elsewhere).
-            par_rows(&mut a.grads[0], x, |r, out| {
-                let gr = &g[r * x..(r + 1) * x];
-                let gor = &go[r * x..(r + 1) * x];
-                let dot: E = gr.iter().zip(gor).map(|(&p, &d)| p * d).sum();
-                for e in 0..x {
-                    out[e] += gr[e] * (gor[e] - dot);
-                }
-            });
+            par_rows(
+                &mut a.grads[0],
+                x,
+                #[inline(always)]
+                |r, out| {
+                    let gr = &g[r * x..(r + 1) * x];
+                    let gor = &go[r * x..(r + 1) * x];
+                    let dot: E = gr.iter().zip(gor).map(|(&p, &d)| p * d).sum();
+                    for e in 0..x {
+                        out[e] += gr[e] * (gor[e] - dot);
+                    }
+                },
+            );
         },
     )
 }
@@ -95,18 +106,23 @@ pub fn balance_loss<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
                 .map(|&c| E::of(c as f64 / (m * k) as f64))
                 .collect();
             let mut p = vec![E::zero(); m * x];
-            par_rows(&mut p, x, |r, pr| {
-                let row = &l[r * x..(r + 1) * x];
-                let max = row.iter().copied().fold(E::neg_infinity(), E::max);
-                let mut sum = E::zero();
-                for e in 0..x {
-                    pr[e] = (row[e] - max).exp();
-                    sum += pr[e];
-                }
-                for v in pr.iter_mut() {
-                    *v /= sum;
-                }
-            });
+            par_rows(
+                &mut p,
+                x,
+                #[inline(always)]
+                |r, pr| {
+                    let row = &l[r * x..(r + 1) * x];
+                    let max = row.iter().copied().fold(E::neg_infinity(), E::max);
+                    let mut sum = E::zero();
+                    for e in 0..x {
+                        pr[e] = (row[e] - max).exp();
+                        sum += pr[e];
+                    }
+                    for v in pr.iter_mut() {
+                        *v /= sum;
+                    }
+                },
+            );
             let mut loss = E::zero();
             for e in 0..x {
                 let pe: E = (0..m).map(|r| p[r * x + e]).sum::<E>() / E::of(m as f64);
@@ -116,13 +132,18 @@ pub fn balance_loss<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
         },
         move |a, (p, f)| {
             let s = a.grad_out[0] * E::of(x as f64 / m as f64);
-            par_rows(&mut a.grads[0], x, |r, out| {
-                let pr = &p[r * x..(r + 1) * x];
-                let dot: E = pr.iter().zip(&f).map(|(&p, &f)| p * f).sum();
-                for e in 0..x {
-                    out[e] += s * pr[e] * (f[e] - dot);
-                }
-            });
+            par_rows(
+                &mut a.grads[0],
+                x,
+                #[inline(always)]
+                |r, out| {
+                    let pr = &p[r * x..(r + 1) * x];
+                    let dot: E = pr.iter().zip(&f).map(|(&p, &f)| p * f).sum();
+                    for e in 0..x {
+                        out[e] += s * pr[e] * (f[e] - dot);
+                    }
+                },
+            );
         },
     )
 }
@@ -140,17 +161,22 @@ pub fn expert_gelu<E: Real, T: Tape<E, Cpu>>(u: Var<E, T>, gates: Var<E, T>) -> 
         |v| {
             let (u, g) = (v[0], v[1]);
             let mut h = vec![E::zero(); m * xf];
-            par_rows(&mut h, xf, |r, hr| {
-                for e in 0..x {
-                    let ge = g[r * x + e];
-                    if ge == E::zero() {
-                        continue;
+            par_rows(
+                &mut h,
+                xf,
+                #[inline(always)]
+                |r, hr| {
+                    for e in 0..x {
+                        let ge = g[r * x + e];
+                        if ge == E::zero() {
+                            continue;
+                        }
+                        for j in e * f..(e + 1) * f {
+                            hr[j] = ge * gelu_and_grad(u[r * xf + j]).0;
+                        }
                     }
-                    for j in e * f..(e + 1) * f {
-                        hr[j] = ge * gelu_and_grad(u[r * xf + j]).0;
-                    }
-                }
-            });
+                },
+            );
             (h, ())
         },
         move |a, ()| {
@@ -164,20 +190,36 @@ pub fn expert_gelu<E: Real, T: Tape<E, Cpu>>(u: Var<E, T>, gates: Var<E, T>) -> 
                 .zip(dgate.par_chunks_mut(ROW_BLOCK * x))
                 .enumerate()
                 .for_each(|(b, (gub, dgb))| {
-                    for (i, (gur, dg)) in gub.chunks_mut(xf).zip(dgb.chunks_mut(x)).enumerate() {
-                        let r = b * ROW_BLOCK + i;
-                        let (ur, ghr) = (&u[r * xf..(r + 1) * xf], &gh[r * xf..(r + 1) * xf]);
-                        for e in 0..x {
-                            let ge = g[r * x + e];
-                            let mut s = E::zero();
-                            for j in e * f..(e + 1) * f {
-                                let (act, der) = gelu_and_grad(ur[j]);
-                                s += ghr[j] * act;
-                                gur[j] += ge * ghr[j] * der;
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            // GELU values of one row (the gate gradient is their dot
+                            // product with the output gradient, in fixed lanes).
+                            let mut act = vec![E::zero(); xf];
+                            for (i, (gur, dg)) in
+                                gub.chunks_mut(xf).zip(dgb.chunks_mut(x)).enumerate()
+                            {
+                                let r = b * ROW_BLOCK + i;
+                                let (ur, ghr) =
+                                    (&u[r * xf..(r + 1) * xf], &gh[r * xf..(r + 1) * xf]);
+                                for e in 0..x {
+                                    let ge = g[r * x + e];
+                                    let cols = e * f..(e + 1) * f;
+                                    for (((a, gu), &uj), &gj) in act[cols.clone()]
+                                        .iter_mut()
+                                        .zip(&mut gur[cols.clone()])
+                                        .zip(&ur[cols.clone()])
+                                        .zip(&ghr[cols.clone()])
+                                    {
+                                        let (v, der) = gelu_and_grad(uj);
+                                        *a = v;
+                                        *gu += ge * gj * der;
+                                    }
+                                    dg[e] = lane_dot(&ghr[cols.clone()], &act[cols]);
+                                }
                             }
-                            dg[e] = s;
-                        }
-                    }
+                        },
+                    )
                 });
             for (o, v) in gg[0].iter_mut().zip(dgate) {
                 *o += v;

@@ -1,9 +1,11 @@
 //! Fused LayerNorm over the last dimension (Ba, Kiros & Hinton 2016):
 //! `y = (x - mean) / sqrt(var + eps) * w + b`, with the biased variance.
 
-use super::{custom_op, dims, par_reduce, par_rows, Var, ROW_BLOCK};
-use crate::real::Real;
+use super::{custom_op, dims, par_reduce, Var, ROW_BLOCK};
+use crate::isa::vectorized;
+use crate::real::{lane_dot, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
+use rayon::prelude::*;
 
 /// LayerNorm of each row of `x: (M, D)` with `w, b: (1, D)`.
 pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
@@ -23,56 +25,89 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
         (m, d),
         |v| {
             let (x, w, b) = (v[0], v[1], v[2]);
-            // Saved per row: mean and 1/std.
+            // Saved per row: mean and 1/std. Sums in 8 fixed lanes (vectorised, and the
+            // same bits on every instruction set and thread count).
             let mut stats = vec![E::zero(); m * 2];
-            par_rows(&mut stats, 2, |r, s| {
-                let row = &x[r * d..(r + 1) * d];
-                let mean = row.iter().copied().sum::<E>() * inv_d;
-                let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<E>() * inv_d;
-                s[0] = mean;
-                s[1] = E::one() / (var + eps).sqrt();
-            });
             let mut y = vec![E::zero(); m * d];
-            par_rows(&mut y, d, |r, out| {
-                let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-                for (j, o) in out.iter_mut().enumerate() {
-                    *o = (x[r * d + j] - mean) * rstd * w[j] + b[j];
-                }
-            });
+            y.par_chunks_mut(ROW_BLOCK * d)
+                .zip(stats.par_chunks_mut(ROW_BLOCK * 2))
+                .enumerate()
+                .for_each(|(blk, (yb, sb))| {
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for (i, (out, s)) in yb.chunks_mut(d).zip(sb.chunks_mut(2)).enumerate()
+                            {
+                                let r = blk * ROW_BLOCK + i;
+                                let row = &x[r * d..(r + 1) * d];
+                                let mean = lane_sum(row) * inv_d;
+                                for (o, &v) in out.iter_mut().zip(row) {
+                                    *o = v - mean;
+                                }
+                                let var = lane_dot(out, out) * inv_d;
+                                let rstd = E::one() / (var + eps).sqrt();
+                                for ((o, &wj), &bj) in out.iter_mut().zip(w).zip(b) {
+                                    *o = *o * rstd * wj + bj;
+                                }
+                                s[0] = mean;
+                                s[1] = rstd;
+                            }
+                        },
+                    )
+                });
             (y, stats)
         },
         move |a, stats| {
             let (x, w) = (a.inputs[0], a.inputs[1]);
             let gy = a.grad_out;
             let (gx, rest) = a.grads.split_at_mut(1);
-            par_rows(&mut gx[0], d, |r, gxr| {
-                let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-                let (xr, gyr) = (&x[r * d..(r + 1) * d], &gy[r * d..(r + 1) * d]);
-                // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-                let mut s1 = E::zero();
-                let mut s2 = E::zero();
-                for j in 0..d {
-                    let xhat = (xr[j] - mean) * rstd;
-                    let dxhat = gyr[j] * w[j];
-                    s1 += dxhat;
-                    s2 += dxhat * xhat;
-                }
-                let (s1, s2) = (s1 * inv_d, s2 * inv_d);
-                for j in 0..d {
-                    let xhat = (xr[j] - mean) * rstd;
-                    gxr[j] += rstd * (gyr[j] * w[j] - s1 - xhat * s2);
-                }
-            });
-            let wb = par_reduce(m, ROW_BLOCK, 2 * d, |rows, acc| {
-                for r in rows {
-                    let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-                    for j in 0..d {
-                        let g = gy[r * d + j];
-                        acc[j] += g * (x[r * d + j] - mean) * rstd;
-                        acc[d + j] += g;
+            gx[0]
+                .par_chunks_mut(ROW_BLOCK * d)
+                .enumerate()
+                .for_each(|(blk, gxb)| {
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+                            let mut xhat = vec![E::zero(); d];
+                            let mut dxhat = vec![E::zero(); d];
+                            for (i, gxr) in gxb.chunks_mut(d).enumerate() {
+                                let r = blk * ROW_BLOCK + i;
+                                let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+                                let (xr, gyr) = (&x[r * d..(r + 1) * d], &gy[r * d..(r + 1) * d]);
+                                // Every slice cut to `d`: no bounds checks, vectorised.
+                                let (xr, gyr, w) = (&xr[..d], &gyr[..d], &w[..d]);
+                                let (xhat, dxhat, gxr) =
+                                    (&mut xhat[..d], &mut dxhat[..d], &mut gxr[..d]);
+                                for j in 0..d {
+                                    xhat[j] = (xr[j] - mean) * rstd;
+                                    dxhat[j] = gyr[j] * w[j];
+                                }
+                                let s1 = lane_sum(dxhat) * inv_d;
+                                let s2 = lane_dot(dxhat, xhat) * inv_d;
+                                for j in 0..d {
+                                    gxr[j] += rstd * (dxhat[j] - s1 - xhat[j] * s2);
+                                }
+                            }
+                        },
+                    )
+                });
+            let wb = par_reduce(
+                m,
+                ROW_BLOCK,
+                2 * d,
+                #[inline(always)]
+                |rows, acc| {
+                    for r in rows {
+                        let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+                        for j in 0..d {
+                            let g = gy[r * d + j];
+                            acc[j] += g * (x[r * d + j] - mean) * rstd;
+                            acc[d + j] += g;
+                        }
                     }
-                }
-            });
+                },
+            );
             for j in 0..d {
                 rest[0][j] += wb[j];
                 rest[1][j] += wb[d + j];

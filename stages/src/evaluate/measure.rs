@@ -1,5 +1,5 @@
-//! The measurements of one model: validation loss over fixed windows of the validation
-//! tokens, scoring and generation speeds (medians of timed repetitions), and greedy and
+//! The measurements of one model: the recurrent scorer's windows and sums, scoring and
+//! generation speeds (medians of timed repetitions), and greedy and
 //! sampled generations decoded to text.
 
 use std::time::Instant;
@@ -8,6 +8,7 @@ use itera_model::decode::{generate, Decoder, Precision, Sampler, SamplingConfig}
 use tokenizers::Tokenizer;
 
 use crate::records::{median, GenerationRecord, SpeedRecord};
+use crate::scoring::ModelScorer;
 
 /// The validation tokens cut into windows: window `i` is `tokens[i*len .. (i+1)*len + 1]`,
 /// so every token after the first is predicted exactly once, from at most `len` tokens of
@@ -24,7 +25,7 @@ pub fn windows(tokens: &[u32], len: usize) -> Vec<&[u32]> {
 }
 
 /// Sum of the negative log-likelihoods (nats) and number of predicted tokens over `windows`,
-/// scored on `threads` threads. Per-window sums are added in window order, so the result
+/// scored with the recurrent decoder on `threads` threads (the `recurrent` scorer). Per-window sums are added in window order, so the result
 /// does not depend on the thread count.
 pub fn score(decoder: &Decoder, windows: &[&[u32]], threads: usize) -> anyhow::Result<(f64, u64)> {
     let threads = threads.clamp(1, windows.len().max(1));
@@ -59,17 +60,18 @@ pub fn score(decoder: &Decoder, windows: &[&[u32]], threads: usize) -> anyhow::R
     Ok((nll, n))
 }
 
-/// Median scoring throughput (predicted tokens per second) over `runs` timed passes.
+/// Median scoring throughput (predicted tokens per second) of `scorer` on `tokens` in
+/// windows of `seq`, over `runs` timed passes.
 pub fn scoring_speed(
-    decoder: &Decoder,
-    windows: &[&[u32]],
-    threads: usize,
+    scorer: &ModelScorer,
+    tokens: &[u32],
+    seq: usize,
     runs: usize,
 ) -> anyhow::Result<f64> {
     let mut rates = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
-        let (_, n) = score(decoder, windows, threads)?;
+        let (_, n) = scorer.nll(tokens, seq)?;
         rates.push(n as f64 / t.elapsed().as_secs_f64().max(1e-9));
     }
     Ok(median(&rates))

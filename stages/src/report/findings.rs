@@ -1,32 +1,52 @@
 //! Findings: sentences computed from the measured numbers (never asserted), and the
 //! formatting helpers the report's tables share.
 
-use crate::records::{EvalReport, ModelEval, TrainLogLine, TrainSummary};
+use super::study::{Study, BEST_RULE};
+use crate::evaluate::repetition::LOOPING_THRESHOLD;
+use crate::records::{ModelEval, TrainLogLine, TrainSummary};
 
 /// The generation speed the seed study reported (whole prefix re-run per token).
 pub const SEED_TOKENS_PER_S: f64 = 92.9;
 
 /// Every finding, in reading order.
-pub fn findings(eval: &EvalReport, train: Option<(&TrainSummary, &[TrainLogLine])>) -> Vec<String> {
+pub fn findings(study: &Study) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some((summary, log)) = train {
-        out.push(training_finding(summary, log));
+    let many_trains = study.trains.len() > 1;
+    for t in &study.trains {
+        let f = training_finding(&t.summary, &t.log);
+        out.push(if many_trains {
+            format!("`{}`: {f}", t.name)
+        } else {
+            f
+        });
     }
-    let Some(reference) = eval.models.first() else {
+    if let Some(f) = variants_finding(study) {
+        out.push(f);
+    }
+    let Some(reference) = study.models.first() else {
         return out;
     };
+    let first = &study.evaluations[0].eval;
     out.push(format!(
         "`{}` reaches a validation loss of {:.4} nats/token: perplexity {:.2}, {:.4} bits per byte, over {} validation tokens ({} bytes of text).",
         reference.name,
         reference.val_loss,
         reference.perplexity,
         reference.bits_per_byte,
-        eval.eval_tokens,
-        eval.eval_bytes.round()
+        first.eval_tokens,
+        first.eval_bytes.round()
     ));
-    for m in &eval.models[1..] {
-        out.push(compression_finding(reference, m));
-        out.push(agreement_finding(reference, m));
+    if let Some(f) = best_finding(study) {
+        out.push(f);
+    }
+    // Each evaluation's further models against its own first (e.g. FP16 against FP32).
+    for e in &study.evaluations {
+        if let Some((r, rest)) = e.eval.models.split_first() {
+            for m in rest {
+                out.push(compression_finding(r, m));
+                out.push(agreement_finding(r, m));
+            }
+        }
     }
     if let Some(s) = reference
         .generation_speed
@@ -39,17 +59,107 @@ pub fn findings(eval: &EvalReport, train: Option<(&TrainSummary, &[TrainLogLine]
             s.threads,
             if s.threads == 1 { "" } else { "s" },
             s.runs.len(),
-            eval.speed_tokens
+            first.speed_tokens
         ));
     }
-    if eval.unknown_rate > 0.0 {
-        out.push(format!(
-            "The {} tokenizer maps {:.2}% of validation words to `<unk>`; predicting `<unk>` is easy, so bits per byte here flatter the model compared with a lossless tokenizer (bpe or byte).",
-            eval.scheme,
-            eval.unknown_rate * 100.0
-        ));
+    out.push(looping_finding(&study.models));
+    let mut unknown = Vec::new();
+    for e in &study.evaluations {
+        if e.eval.unknown_rate > 0.0 {
+            let f = format!(
+                "The {} tokenizer maps {:.2}% of validation words to `<unk>`; predicting `<unk>` is easy, so bits per byte here flatter the model compared with a lossless tokenizer (bpe or byte).",
+                e.eval.scheme,
+                e.eval.unknown_rate * 100.0
+            );
+            if !unknown.contains(&f) {
+                unknown.push(f);
+            }
+        }
     }
+    out.extend(unknown);
     out
+}
+
+/// The best model by the stated rule, and the runner-up.
+fn best_finding(study: &Study) -> Option<String> {
+    let best = study.best()?;
+    let runner_up = study
+        .models
+        .iter()
+        .filter(|m| m.name != best.name)
+        .min_by_key(|m| ((m.bits_per_byte * 1e4).round() as i64, m.file_bytes))?;
+    Some(format!(
+        "The best of the {} models is `{}` ({:.4} bits per byte, {}); next is `{}` ({:.4} bits per byte, {}). Rule: {BEST_RULE}.",
+        study.models.len(),
+        best.name,
+        best.bits_per_byte,
+        fmt_bytes(best.file_bytes),
+        runner_up.name,
+        runner_up.bits_per_byte,
+        fmt_bytes(runner_up.file_bytes)
+    ))
+}
+
+/// Which settings the training runs differ in.
+fn variants_finding(study: &Study) -> Option<String> {
+    let s = &study.settings;
+    if study.trains.len() < 2 || s.keys.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = s
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let vals: Vec<&str> = s.rows.iter().map(|r| r.values[i].as_str()).collect();
+            format!("`{k}` ({})", vals.join(", "))
+        })
+        .collect();
+    Some(format!(
+        "The {} training runs differ in {}.",
+        study.trains.len(),
+        parts.join(", ")
+    ))
+}
+
+/// Flags models whose continuations loop (repeated-4-gram share above the threshold).
+pub fn looping_finding(models: &[ModelEval]) -> String {
+    let pct = |x: f64| format!("{:.1}%", x * 100.0);
+    let mut flagged = Vec::new();
+    for m in models {
+        for (mode, r) in [
+            ("greedy", &m.degeneration.greedy),
+            ("sampled", &m.degeneration.sampled),
+        ] {
+            if r.repeated_4gram_share > LOOPING_THRESHOLD {
+                flagged.push(format!(
+                    "`{}` {mode} ({} of word 4-grams repeat, distinct-2 {:.3})",
+                    m.name,
+                    pct(r.repeated_4gram_share),
+                    r.distinct_2
+                ));
+            }
+        }
+    }
+    let threshold = pct(LOOPING_THRESHOLD);
+    if !flagged.is_empty() {
+        return format!(
+            "Looping generations: {} — above the {threshold} repeated-4-gram threshold, so these continuations mostly repeat themselves.",
+            flagged.join("; ")
+        );
+    }
+    let max_of = |pick: fn(&ModelEval) -> f64| {
+        models
+            .iter()
+            .max_by(|a, b| pick(a).total_cmp(&pick(b)))
+            .map(|m| format!("{} (`{}`)", pct(pick(m)), m.name))
+            .unwrap_or_default()
+    };
+    format!(
+        "No model loops: the repeated-4-gram share is at most {} in greedy and {} in sampled continuations, below the {threshold} threshold.",
+        max_of(|m| m.degeneration.greedy.repeated_4gram_share),
+        max_of(|m| m.degeneration.sampled.repeated_4gram_share)
+    )
 }
 
 fn training_finding(summary: &TrainSummary, log: &[TrainLogLine]) -> String {

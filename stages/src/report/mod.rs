@@ -1,10 +1,13 @@
-//! The `report` stage kind: turns `eval.json` (and, when given, the training artifact's
-//! `train_log.jsonl` and `summary.json`) into `report.md` with the seed study's tables
-//! made honest, findings computed from the numbers, SVG plots, `report.json`, and the
-//! provenance of every number.
+//! The `report` stage kind: turns one or more `eval.json` (and, when given, the training
+//! artifacts' `train_log.jsonl` and `summary.json`) into `report.md` comparing every model
+//! of the study — quality, size, speeds, wall times, the settings that differ between
+//! variants, the best model by a stated rule, repetition in generations — with findings
+//! computed from the numbers, SVG plots, `report.json`, and the provenance of every number.
 
 pub mod findings;
+pub mod study;
 pub mod svg;
+pub mod tables;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -15,8 +18,9 @@ use itera_engine::stage::{InputSlot, InputSlots, OutputDecl, StageContext, Stage
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::records::{self, EvalReport, TrainLogLine, TrainSummary};
-use findings::{fmt_bytes, fmt_count, fmt_duration, fmt_rate};
+use crate::records::{self, EvalReport, TrainSummary};
+use findings::fmt_rate;
+use study::{Evaluation, Settings, Study, TrainRun};
 
 pub use findings::findings;
 
@@ -46,10 +50,64 @@ impl Default for ReportParams {
 pub struct ReportJson {
     pub title: String,
     pub findings: Vec<String>,
+    /// The best model by `rule` (absent with a single model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub training: Option<TrainSummary>,
-    pub evaluation: EvalReport,
+    pub best: Option<Best>,
+    /// One row per model of the study, in study order.
+    pub comparison: Vec<ComparisonRow>,
+    /// Training settings that differ between the training runs.
+    pub settings: Settings,
+    /// Every training run given, in input order.
+    pub training: Vec<NamedSummary>,
+    /// Every evaluation given, in input order.
+    pub evaluations: Vec<Evaluation>,
     pub provenance: Provenance,
+}
+
+/// The best model and the rule that chose it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Best {
+    pub model: String,
+    pub rule: String,
+}
+
+/// A training run's summary under its stage name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NamedSummary {
+    pub name: String,
+    pub summary: TrainSummary,
+}
+
+/// The headline numbers of one model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComparisonRow {
+    pub name: String,
+    /// The evaluate stage that measured it.
+    pub evaluation: String,
+    pub dtype: String,
+    pub parameters: u64,
+    pub file_bytes: u64,
+    /// `file_bytes` over the study reference's (the first model).
+    pub size_ratio: f64,
+    pub val_loss: f64,
+    pub perplexity: f64,
+    pub bits_per_token: f64,
+    pub bits_per_byte: f64,
+    pub scoring_tokens_per_s: f64,
+    /// Batch-1 f32 generation speed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation_tokens_per_s: Option<f64>,
+    /// From the model's training run, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_tokens_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_seconds: Option<f64>,
+    /// Wall seconds of the model's evaluation.
+    pub eval_seconds: f64,
+    pub repeated_4gram_share_greedy: f64,
+    pub repeated_4gram_share_sampled: f64,
+    pub distinct_2_greedy: f64,
+    pub distinct_2_sampled: f64,
 }
 
 /// Where the numbers come from.
@@ -107,17 +165,23 @@ pub struct Report;
 impl StageKind for Report {
     type Params = ReportParams;
     const KIND: &'static str = "report";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Writes report.md (tables, computed findings, generations), report.json and SVG plots from an evaluation";
 
     fn inputs(_params: &Self::Params) -> InputSlots {
         InputSlots::Named(vec![
-            InputSlot::required("eval", "an `evaluate` stage (eval.json)"),
-            InputSlot::optional(
-                "train",
-                "the `train` stage of the reference model (train_log.jsonl, summary.json), for the loss curves",
+            InputSlot::many(
+                "eval",
+                "one or more `evaluate` stages (eval.json); their models are compared together, the first model first",
             ),
+            InputSlot {
+                required: false,
+                ..InputSlot::many(
+                    "train",
+                    "`train` stages of the models (train_log.jsonl, summary.json), for loss curves, training speed and the settings that differ",
+                )
+            },
         ])
     }
 
@@ -138,19 +202,34 @@ impl StageKind for Report {
     }
 
     fn run(params: &Self::Params, ctx: &StageContext) -> anyhow::Result<()> {
-        let eval_dir = &ctx.input("eval")?.path;
-        let eval: EvalReport = records::read_json(&artifact_file(eval_dir, records::EVAL_FILE))?;
-        let train = match ctx.inputs_of("train") {
-            [] => None,
-            [one] => {
-                let summary: TrainSummary =
-                    records::read_json(&artifact_file(&one.path, records::SUMMARY_FILE))?;
-                let log =
-                    records::read_train_log(&artifact_file(&one.path, records::TRAIN_LOG_FILE))?;
-                Some((summary, log))
-            }
-            _ => anyhow::bail!("input `train` takes one training artifact"),
-        };
+        let evaluations = ctx
+            .inputs_of("eval")
+            .iter()
+            .map(|a| {
+                let eval: EvalReport =
+                    records::read_json(&artifact_file(&a.path, records::EVAL_FILE))?;
+                Ok(Evaluation {
+                    stage: a.stage.clone(),
+                    eval,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(
+            !evaluations.is_empty(),
+            "stage `{}` has no evaluation to report: set `inputs.eval`",
+            ctx.stage
+        );
+        let trains = ctx
+            .inputs_of("train")
+            .iter()
+            .map(|a| {
+                Ok(TrainRun {
+                    name: a.stage.clone(),
+                    summary: records::read_json(&artifact_file(&a.path, records::SUMMARY_FILE))?,
+                    log: records::read_train_log(&artifact_file(&a.path, records::TRAIN_LOG_FILE))?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut inputs: Vec<InputProvenance> = ctx
             .inputs
             .iter()
@@ -169,13 +248,8 @@ impl StageKind for Report {
             machine: Machine::current(),
             seed: ctx.seed,
         };
-        write_report(
-            &ctx.out_dir,
-            &params.title,
-            &eval,
-            train.as_ref().map(|(s, l)| (s, l.as_slice())),
-            &provenance,
-        )?;
+        let study = Study::new(evaluations, trains)?;
+        write_report(&ctx.out_dir, &params.title, &study, &provenance)?;
         ctx.log.line(format!(
             "report written to {}",
             ctx.out_dir.join("report.md").display()
@@ -197,15 +271,10 @@ fn artifact_file(dir: &Path, name: &str) -> std::path::PathBuf {
 pub fn write_report(
     out: &Path,
     title: &str,
-    eval: &EvalReport,
-    train: Option<(&TrainSummary, &[TrainLogLine])>,
+    study: &Study,
     provenance: &Provenance,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !eval.models.is_empty(),
-        "eval.json lists no models: nothing to report"
-    );
-    let found = findings(eval, train);
+    let found = findings(study);
     let mut md = String::new();
     let _ = writeln!(md, "# {title}\n");
     md.push_str("## Findings\n\n");
@@ -213,21 +282,22 @@ pub fn write_report(
         let _ = writeln!(md, "- {f}");
     }
     md.push('\n');
-    size_table(&mut md, eval);
-    quality_table(&mut md, eval);
-    speed_table(&mut md, eval);
-    if let Some((summary, log)) = train {
-        training_section(&mut md, summary, log);
-    }
-    generations_section(&mut md, eval);
-    provenance_section(&mut md, provenance);
+    tables::comparison(&mut md, study);
+    tables::variants(&mut md, study);
+    tables::size(&mut md, study);
+    tables::quality(&mut md, study);
+    tables::speeds(&mut md, study);
+    tables::training(&mut md, study);
+    tables::generations(&mut md, study);
+    tables::texts(&mut md, study);
+    tables::provenance(&mut md, provenance);
 
     let write = |name: &str, text: &str| {
         fs::write(out.join(name), text).with_context(|| format!("cannot write {name}"))
     };
     write("report.md", &md)?;
-    write("loss.svg", &loss_plot(train.map(|t| t.1).unwrap_or(&[])))?;
-    let speed_bars: Vec<svg::Bar> = eval
+    write("loss.svg", &loss_plot(&study.trains))?;
+    let speed_bars: Vec<svg::Bar> = study
         .models
         .iter()
         .flat_map(|m| {
@@ -242,14 +312,14 @@ pub fn write_report(
         &svg::bar_chart(
             &format!(
                 "Batch-1 generation speed (median of {} runs)",
-                eval.speed_runs
+                study.evaluations[0].eval.speed_runs
             ),
             "tokens / s",
             &speed_bars,
             fmt_rate,
         ),
     )?;
-    let size_bars: Vec<svg::Bar> = eval
+    let size_bars: Vec<svg::Bar> = study
         .models
         .iter()
         .map(|m| svg::Bar {
@@ -266,180 +336,92 @@ pub fn write_report(
     let json = ReportJson {
         title: title.to_owned(),
         findings: found,
-        training: train.map(|t| t.0.clone()),
-        evaluation: eval.clone(),
+        best: study.best().map(|b| Best {
+            model: b.name.clone(),
+            rule: study::BEST_RULE.into(),
+        }),
+        comparison: comparison_rows(study),
+        settings: study.settings.clone(),
+        training: study
+            .trains
+            .iter()
+            .map(|t| NamedSummary {
+                name: t.name.clone(),
+                summary: t.summary.clone(),
+            })
+            .collect(),
+        evaluations: study.evaluations.clone(),
         provenance: provenance.clone(),
     };
     records::write_json(&out.join("report.json"), &json)
 }
 
-fn size_table(md: &mut String, eval: &EvalReport) {
-    md.push_str("## Size\n\n![weights file size](size.svg)\n\n");
-    md.push_str(
-        "| model | dtype | parameters | weights file | vs reference |\n|---|---|---:|---:|---:|\n",
-    );
-    for m in &eval.models {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} ({} bytes) | {:.3}× |",
-            m.name,
-            m.dtype,
-            fmt_count(m.parameters),
-            fmt_bytes(m.file_bytes),
-            fmt_count(m.file_bytes),
-            m.delta.size_ratio
-        );
-    }
-    md.push('\n');
+fn comparison_rows(study: &Study) -> Vec<ComparisonRow> {
+    study
+        .models
+        .iter()
+        .zip(&study.model_eval)
+        .map(|(m, &e)| {
+            let train = study.train_of(&m.name);
+            ComparisonRow {
+                name: m.name.clone(),
+                evaluation: study.evaluations[e].stage.clone(),
+                dtype: m.dtype.clone(),
+                parameters: m.parameters,
+                file_bytes: m.file_bytes,
+                size_ratio: m.delta.size_ratio,
+                val_loss: m.val_loss,
+                perplexity: m.perplexity,
+                bits_per_token: m.bits_per_token,
+                bits_per_byte: m.bits_per_byte,
+                scoring_tokens_per_s: m.scoring_tokens_per_s,
+                generation_tokens_per_s: findings::speed(m, "f32"),
+                train_tokens_per_s: train.map(|t| t.summary.tokens_per_s),
+                train_seconds: train.map(|t| t.summary.train_seconds),
+                eval_seconds: m.seconds,
+                repeated_4gram_share_greedy: m.degeneration.greedy.repeated_4gram_share,
+                repeated_4gram_share_sampled: m.degeneration.sampled.repeated_4gram_share,
+                distinct_2_greedy: m.degeneration.greedy.distinct_2,
+                distinct_2_sampled: m.degeneration.sampled.distinct_2,
+            }
+        })
+        .collect()
 }
 
-fn quality_table(md: &mut String, eval: &EvalReport) {
-    let _ = writeln!(
-        md,
-        "## Quality\n\nOn the same {} validation tokens ({} bytes of text), scored in windows of {} tokens.\n",
-        fmt_count(eval.eval_tokens),
-        fmt_count(eval.eval_bytes.round() as u64),
-        eval.seq_len
-    );
-    md.push_str("| model | val loss (nats/token) | Δ loss | perplexity | bits/token | bits/byte |\n|---|---:|---:|---:|---:|---:|\n");
-    for m in &eval.models {
-        let _ = writeln!(
-            md,
-            "| {} | {:.4} | {:+.4} ({:+.3}%) | {:.3} | {:.4} | {:.4} |",
-            m.name,
-            m.val_loss,
-            m.delta.val_loss,
-            m.delta.val_loss_pct,
-            m.perplexity,
-            m.bits_per_token,
-            m.bits_per_byte
-        );
-    }
-    md.push('\n');
-}
-
-fn speed_table(md: &mut String, eval: &EvalReport) {
-    let _ = writeln!(
-        md,
-        "## Speed\n\n![generation speed](speed.svg)\n\nBatch-1 generation of {} tokens after the first prompt with the recurrent decoder, and scoring of validation windows on {} threads; each speed is the median of {} runs.\n",
-        eval.speed_tokens, eval.threads, eval.speed_runs
-    );
-    md.push_str("| model | precision | generation tokens/s | threads | every run | scoring tokens/s |\n|---|---|---:|---:|---|---:|\n");
-    for m in &eval.models {
-        for s in &m.generation_speed {
-            let runs: Vec<String> = s.runs.iter().map(|r| fmt_rate(*r)).collect();
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} |",
-                m.name,
-                s.precision,
-                fmt_rate(s.tokens_per_s),
-                s.threads,
-                runs.join(", "),
-                fmt_rate(m.scoring_tokens_per_s)
-            );
-        }
-    }
-    md.push('\n');
-}
-
-fn training_section(md: &mut String, s: &TrainSummary, log: &[TrainLogLine]) {
-    let _ = writeln!(
-        md,
-        "## Training\n\n![loss curves](loss.svg)\n\n| steps | batch × seq | tokens seen | epochs | wall time | tokens/s | threads | final train loss | final val loss |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|\n| {} | {} × {} | {} | {:.2} | {} | {} | {} | {:.4} | {:.4} |\n",
-        s.steps,
-        s.batch_size,
-        s.seq_len,
-        fmt_count(s.tokens_seen),
-        s.epochs,
-        fmt_duration(s.train_seconds),
-        fmt_rate(s.tokens_per_s),
-        s.threads,
-        s.final_train_loss,
-        s.final_val_loss
-    );
-    if let Some(step) = s.resumed_from_step {
-        let _ = writeln!(
-            md,
-            "Training was interrupted and resumed from the checkpoint at step {step}.\n"
-        );
-    }
-    let _ = writeln!(md, "{} log lines in train_log.jsonl.\n", log.len());
-}
-
-fn generations_section(md: &mut String, eval: &EvalReport) {
-    let _ = writeln!(
-        md,
-        "## Generations\n\n{} new tokens per prompt; greedy, then sampled at temperature {}{}{} with seed {}.\n",
-        eval.max_new_tokens,
-        eval.sampling.temperature,
-        eval.sampling.top_k.map(|k| format!(", top-k {k}")).unwrap_or_default(),
-        eval.sampling.top_p.map(|p| format!(", top-p {p}")).unwrap_or_default(),
-        eval.sampling.seed
-    );
-    let names: Vec<&str> = eval.models.iter().map(|m| m.name.as_str()).collect();
-    let _ = writeln!(md, "| prompt | mode | {} |", names.join(" | "));
-    let _ = writeln!(md, "|---|---|{}", "---|".repeat(names.len()));
-    let prompts = eval.models[0].generations.iter().map(|g| g.prompt.clone());
-    for (i, prompt) in prompts.enumerate() {
-        for (mode, pick) in [("greedy", true), ("sampled", false)] {
-            let cells: Vec<String> = eval
-                .models
+/// Training (solid) and validation (dashed) loss of every training run, one colour each.
+fn loss_plot(trains: &[TrainRun]) -> String {
+    let mut series = Vec::new();
+    for (i, t) in trains.iter().enumerate() {
+        let (train_name, val_name) = if trains.len() == 1 {
+            ("train loss".to_owned(), "validation loss".to_owned())
+        } else {
+            (
+                format!("{} train", t.name),
+                format!("{} validation", t.name),
+            )
+        };
+        series.push(svg::Series {
+            name: train_name,
+            points: t.log.iter().map(|l| (l.step as f64, l.loss)).collect(),
+            colour: i,
+            dashed: false,
+        });
+        series.push(svg::Series {
+            name: val_name,
+            points: t
+                .log
                 .iter()
-                .map(|m| {
-                    m.generations
-                        .get(i)
-                        .map(|g| cell(if pick { &g.greedy } else { &g.sampled }))
-                        .unwrap_or_default()
-                })
-                .collect();
-            let _ = writeln!(md, "| {} | {mode} | {} |", cell(&prompt), cells.join(" | "));
-        }
+                .filter_map(|l| l.val_loss.map(|v| (l.step as f64, v)))
+                .collect(),
+            colour: i,
+            dashed: true,
+        });
     }
-    md.push('\n');
-}
-
-fn provenance_section(md: &mut String, p: &Provenance) {
-    let _ = writeln!(
-        md,
-        "## Provenance\n\n- tool: {}\n- machine: {} ({}, {} logical cores, {})\n- pipeline seed: {}",
-        p.tool, p.machine.hostname, p.machine.cpu, p.machine.logical_cores, p.machine.os, p.seed
-    );
-    for i in &p.inputs {
-        let _ = writeln!(
-            md,
-            "- input `{}` from stage `{}`: digest `{}`",
-            i.slot, i.stage, i.digest
-        );
-    }
-    md.push('\n');
-}
-
-/// Text safe inside a markdown table cell.
-fn cell(s: &str) -> String {
-    s.replace('|', "\\|")
-        .replace(['\n', '\r'], " ")
-        .trim()
-        .to_owned()
-}
-
-fn loss_plot(log: &[TrainLogLine]) -> String {
-    let train = svg::Series {
-        name: "train loss".into(),
-        points: log.iter().map(|l| (l.step as f64, l.loss)).collect(),
-    };
-    let val = svg::Series {
-        name: "validation loss".into(),
-        points: log
-            .iter()
-            .filter_map(|l| l.val_loss.map(|v| (l.step as f64, v)))
-            .collect(),
-    };
     svg::line_chart(
-        "Loss during training",
+        "Loss during training (solid: train, dashed: validation)",
         "step",
         "nats / token",
-        &[train, val],
+        &series,
     )
 }
 

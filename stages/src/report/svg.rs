@@ -19,6 +19,10 @@ const COLOURS: [&str; 6] = [
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Index into the palette (it wraps around).
+    pub colour: usize,
+    /// Drawn dashed (e.g. validation beside a solid training curve of the same colour).
+    pub dashed: bool,
 }
 
 /// One bar of a bar chart.
@@ -70,7 +74,12 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         );
     }
     for (i, s) in series.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
+        let colour = COLOURS[s.colour % COLOURS.len()];
+        let dash = if s.dashed {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        };
         let path: Vec<String> = s
             .points
             .iter()
@@ -86,16 +95,17 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         } else if !path.is_empty() {
             let _ = write!(
                 svg,
-                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{}"/>"#,
                 path.join(" ")
             );
         }
         let ly = TOP + 4.0 + 18.0 * i as f64;
         let _ = write!(
             svg,
-            r#"<rect x="{x:.1}" y="{y:.1}" width="14" height="4" fill="{colour}"/><text x="{tx:.1}" y="{ty:.1}">{name}</text>"#,
+            r#"<line x1="{x:.1}" y1="{y:.1}" x2="{x2:.1}" y2="{y:.1}" stroke="{colour}" stroke-width="3"{dash}/><text x="{tx:.1}" y="{ty:.1}">{name}</text>"#,
             x = WIDTH - RIGHT - 170.0,
-            y = ly,
+            x2 = WIDTH - RIGHT - 154.0,
+            y = ly + 2.0,
             tx = WIDTH - RIGHT - 150.0,
             ty = ly + 6.0,
             name = escape(&s.name)
@@ -269,10 +279,14 @@ mod tests {
                 Series {
                     name: "train <loss>".into(),
                     points: vec![(1.0, 9.0), (2.0, f64::NAN), (3.0, 5.0)],
+                    colour: 0,
+                    dashed: false,
                 },
                 Series {
                     name: "val".into(),
                     points: vec![(3.0, 6.0)],
+                    colour: 0,
+                    dashed: true,
                 },
             ],
         );
@@ -280,6 +294,11 @@ mod tests {
         assert!(svg.contains("train &lt;loss&gt;") && !svg.contains("NaN"));
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert_eq!(svg.matches("<circle").count(), 1);
+        assert_eq!(
+            svg.matches("stroke-dasharray").count(),
+            1,
+            "the dashed legend line"
+        );
         let bars = bar_chart(
             "size",
             "MB",

@@ -1,7 +1,11 @@
 //! Tests of the report: findings follow the numbers, files are written, text is escaped.
 
+use super::study::{best, differing_settings, settings_of};
 use super::*;
-use crate::records::{Deltas, GenerationRecord, ModelEval, SamplingRecord, SpeedRecord};
+use crate::evaluate::repetition;
+use crate::records::{
+    Deltas, GenerationRecord, ModelEval, SamplingRecord, SpeedRecord, TrainLogLine,
+};
 use itera_model::config::ModelConfig;
 
 fn speed(precision: &str, runs: &[f64]) -> SpeedRecord {
@@ -21,6 +25,15 @@ fn model(
     speeds: Vec<SpeedRecord>,
     greedy: &[&str],
 ) -> ModelEval {
+    let generations: Vec<GenerationRecord> = ["once upon a time", "the cat | dog"]
+        .iter()
+        .zip(greedy)
+        .map(|(p, g)| GenerationRecord {
+            prompt: (*p).into(),
+            greedy: (*g).into(),
+            sampled: format!("{g} sampled"),
+        })
+        .collect();
     ModelEval {
         name: name.into(),
         dtype: dtype.into(),
@@ -30,24 +43,13 @@ fn model(
         perplexity: loss.exp(),
         bits_per_token: loss / std::f64::consts::LN_2,
         bits_per_byte: loss / std::f64::consts::LN_2 / 4.0,
-        delta: Deltas {
-            val_loss: 0.0,
-            val_loss_pct: 0.0,
-            perplexity: 0.0,
-            bits_per_byte: 0.0,
-            size_ratio: 1.0,
-        },
+        delta: Deltas::zero(),
         scoring_tokens_per_s: 20_000.0,
         generation_speed: speeds,
-        generations: ["once upon a time", "the cat | dog"]
-            .iter()
-            .zip(greedy)
-            .map(|(p, g)| GenerationRecord {
-                prompt: (*p).into(),
-                greedy: (*g).into(),
-                sampled: format!("{g} sampled"),
-            })
-            .collect(),
+        generations: generations.clone(),
+        degeneration: repetition::degeneration(&generations),
+        texts: Vec::new(),
+        seconds: 1.5,
     }
 }
 
@@ -86,6 +88,7 @@ pub(crate) fn sample_eval() -> EvalReport {
         eval_bytes: 40_000.0,
         seq_len: 128,
         threads: 2,
+        scorer: "batched".into(),
         speed_runs: 3,
         max_new_tokens: 32,
         sampling: SamplingRecord {
@@ -128,15 +131,35 @@ fn sample_train() -> (TrainSummary, Vec<TrainLogLine>) {
         threads: 2,
         seed: 1,
         resumed_from_step: Some(50),
+        params: None,
     };
     (summary, log)
 }
 
+fn sample_run(name: &str) -> TrainRun {
+    let (summary, log) = sample_train();
+    TrainRun {
+        name: name.into(),
+        summary,
+        log,
+    }
+}
+
+fn one_study() -> Study {
+    Study::new(
+        vec![Evaluation {
+            stage: "evaluate".into(),
+            eval: sample_eval(),
+        }],
+        vec![sample_run("train")],
+    )
+    .unwrap()
+}
+
 #[test]
 fn findings_are_computed_from_the_numbers() {
-    let eval = sample_eval();
-    let (summary, log) = sample_train();
-    let f = findings(&eval, Some((&summary, &log)));
+    let study = one_study();
+    let f = findings(&study);
     let all = f.join("\n");
     assert!(
         all.contains("F16 (`half`) halves the weights (4.00 MB → 2.00 MB, 0.500×)"),
@@ -150,9 +173,20 @@ fn findings_are_computed_from_the_numbers() {
     assert!(all.contains("from 6.3000 (step 50) to 3.8000"), "{all}");
 
     // A faster native path flips the verdict.
-    let mut fast = eval.clone();
+    // 0.7213 vs 0.7214 bits per byte.
+    assert!(all.contains("The best of the 2 models is `train`"), "{all}");
+    assert!(all.contains("No model loops"), "{all}");
+    let mut fast = sample_eval();
     fast.models[1].generation_speed[1] = speed("f16-native", &[2000.0]);
-    let all = findings(&fast, None).join("\n");
+    let fast = Study::new(
+        vec![Evaluation {
+            stage: "evaluate".into(),
+            eval: fast,
+        }],
+        vec![],
+    )
+    .unwrap();
+    let all = findings(&fast).join("\n");
     assert!(
         all.contains("2.0× faster than f32") && !all.contains("storage format"),
         "{all}"
@@ -162,7 +196,6 @@ fn findings_are_computed_from_the_numbers() {
 #[test]
 fn report_files_are_written_and_text_is_escaped() {
     let dir = tempfile::tempdir().unwrap();
-    let (summary, log) = sample_train();
     let provenance = Provenance {
         tool: "itera test".into(),
         inputs: vec![InputProvenance {
@@ -173,18 +206,14 @@ fn report_files_are_written_and_text_is_escaped() {
         machine: Machine::current(),
         seed: 1,
     };
-    write_report(
-        dir.path(),
-        "Phase 8",
-        &sample_eval(),
-        Some((&summary, &log)),
-        &provenance,
-    )
-    .unwrap();
+    write_report(dir.path(), "Phase 8", &one_study(), &provenance).unwrap();
     let md = fs::read_to_string(dir.path().join("report.md")).unwrap();
     for needle in [
+        "## Comparison",
         "## Size",
         "## Quality",
+        "Best model: **`train`**",
+        "### Repetition",
         "## Speed",
         "## Training",
         "## Generations",
@@ -204,7 +233,14 @@ fn report_files_are_written_and_text_is_escaped() {
     }
     let json: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
-    assert_eq!(json["findings"].as_array().unwrap().len(), 6);
+    // training, reference, best, compression, agreement, speed, looping, unknown words.
+    assert_eq!(json["findings"].as_array().unwrap().len(), 8);
+    assert_eq!(json["best"]["model"], "train");
+    assert_eq!(json["comparison"].as_array().unwrap().len(), 2);
+    assert!(
+        !md.contains("## Variants"),
+        "one training run has no variants"
+    );
 }
 
 #[test]
@@ -212,15 +248,161 @@ fn an_evaluation_with_nan_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut eval = sample_eval();
     eval.models[1].val_loss = f64::NAN;
+    let study = Study::new(
+        vec![Evaluation {
+            stage: "evaluate".into(),
+            eval,
+        }],
+        vec![],
+    )
+    .unwrap();
     let provenance = Provenance {
         tool: "t".into(),
         inputs: vec![],
         machine: Machine::current(),
         seed: 0,
     };
-    let err = write_report(dir.path(), "t", &eval, None, &provenance).unwrap_err();
+    let err = write_report(dir.path(), "t", &study, &provenance).unwrap_err();
     assert!(
-        format!("{err:#}").contains("evaluation.models[1].val_loss"),
+        format!("{err:#}").contains("comparison[1].val_loss"),
         "{err:#}"
     );
+}
+
+fn provenance() -> Provenance {
+    Provenance {
+        tool: "t".into(),
+        inputs: vec![],
+        machine: Machine::current(),
+        seed: 0,
+    }
+}
+
+#[test]
+fn the_best_model_has_the_lowest_bits_per_byte_then_the_smaller_file() {
+    let m = |name: &str, bpb: f64, bytes: u64| {
+        let mut m = model(name, "F32", bytes, 2.0, vec![], &["a", "b"]);
+        m.bits_per_byte = bpb;
+        m
+    };
+    assert!(best(&[m("only", 1.0, 1)]).is_none(), "one model: no best");
+    let models = [m("a", 1.2, 10), m("b", 1.1, 20), m("c", 1.3, 5)];
+    assert_eq!(best(&models).unwrap().name, "b");
+    // 1.10001 and 1.10004 are equal to 4 decimals: the smaller file wins.
+    let models = [m("a", 1.10004, 20), m("b", 1.10001, 10), m("c", 1.2, 1)];
+    assert_eq!(best(&models).unwrap().name, "b");
+    let models = [m("a", 1.10001, 20), m("b", 1.10004, 10)];
+    assert_eq!(best(&models).unwrap().name, "b");
+    // Fully tied: the earlier one.
+    let models = [m("a", 1.1, 10), m("b", 1.1, 10)];
+    assert_eq!(best(&models).unwrap().name, "a");
+}
+
+#[test]
+fn settings_that_differ_come_from_the_recorded_params_and_summary() {
+    let mut a = sample_run("train@a");
+    let mut b = sample_run("train@b");
+    a.summary.params = Some(serde_json::json!({
+        "optimizer": {"learning_rate": 0.001, "beta1": 0.9},
+        "steps": 100, "log_every": 10
+    }));
+    b.summary.params = Some(serde_json::json!({
+        "optimizer": {"learning_rate": 0.003, "beta1": 0.9},
+        "epochs": 2.0, "log_every": 10
+    }));
+    b.summary.config.hidden_size = 256;
+    b.summary.steps = 250;
+    let flat = settings_of(&a.summary);
+    assert_eq!(flat["optimizer.learning_rate"], "0.001");
+    assert_eq!(
+        flat["model.hidden_size"],
+        ModelConfig::tiny().hidden_size.to_string()
+    );
+    let s = differing_settings(&[a, b]);
+    assert_eq!(
+        s.keys,
+        ["model.hidden_size", "optimizer.learning_rate", "steps"]
+    );
+    assert_eq!(s.rows[0].name, "train@a");
+    assert_eq!(s.rows[1].values[0], "256");
+    assert_eq!(s.rows[1].values[1], "0.003");
+    assert_eq!(s.rows[1].values[2], "250");
+    // Without recorded params only the summary's settings are compared.
+    let s = differing_settings(&[sample_run("x"), sample_run("y")]);
+    assert!(s.keys.is_empty(), "{s:?}");
+}
+
+#[test]
+fn several_evaluations_and_training_runs_make_one_study() {
+    let mut ea = sample_eval();
+    ea.models.truncate(1);
+    ea.models[0].name = "train@a".into();
+    let mut eb = sample_eval();
+    eb.models.truncate(1);
+    eb.models[0].name = "train@b".into();
+    eb.models[0].bits_per_byte = 0.4;
+    eb.models[0].generations[0].greedy = "he was so happy he was so happy he was so happy".into();
+    eb.models[0].degeneration = repetition::degeneration(&eb.models[0].generations);
+    let mut ra = sample_run("train@a");
+    ra.summary.params = Some(serde_json::json!({"optimizer": {"learning_rate": 0.001}}));
+    let mut rb = sample_run("train@b");
+    rb.summary.params = Some(serde_json::json!({"optimizer": {"learning_rate": 0.003}}));
+    rb.log.iter_mut().for_each(|l| l.loss -= 1.0);
+    let study = Study::new(
+        vec![
+            Evaluation {
+                stage: "evaluate@a".into(),
+                eval: ea,
+            },
+            Evaluation {
+                stage: "evaluate@b".into(),
+                eval: eb,
+            },
+        ],
+        vec![ra, rb],
+    )
+    .unwrap();
+    assert_eq!(study.best().unwrap().name, "train@b");
+    let dir = tempfile::tempdir().unwrap();
+    write_report(dir.path(), "Sweep", &study, &provenance()).unwrap();
+    let md = fs::read_to_string(dir.path().join("report.md")).unwrap();
+    for needle in [
+        "## Variants",
+        "| training run | `optimizer.learning_rate` |",
+        "| train@b | 0.003 |",
+        "Best model: **`train@b`**",
+        "The 2 training runs differ in `optimizer.learning_rate` (0.001, 0.003)",
+        "Looping generations: `train@b` greedy",
+        "`evaluate@b`: on the same",
+    ] {
+        assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+    }
+    // Both variants' curves, each a solid train and a dashed validation line.
+    let svg = fs::read_to_string(dir.path().join("loss.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
+    assert!(svg.contains("train@b validation"));
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["evaluations"].as_array().unwrap().len(), 2);
+    assert_eq!(json["training"].as_array().unwrap().len(), 2);
+    let rows = json["comparison"].as_array().unwrap();
+    assert_eq!(rows[1]["evaluation"], "evaluate@b");
+    assert_eq!(rows[1]["train_tokens_per_s"], 5120.0);
+    // Two evaluations of models with the same name keep them apart.
+    let twice = Study::new(
+        vec![
+            Evaluation {
+                stage: "e1".into(),
+                eval: sample_eval(),
+            },
+            Evaluation {
+                stage: "e2".into(),
+                eval: sample_eval(),
+            },
+        ],
+        vec![],
+    )
+    .unwrap();
+    let names: Vec<&str> = twice.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["e1/train", "e1/half", "e2/train", "e2/half"]);
 }

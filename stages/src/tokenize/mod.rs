@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 pub use corpus::{stories, Block, BlockReader};
 pub use encoder::{byte_level_pieces, word_pieces, FastEncoder, PieceCache};
 pub use stats::{Counter, Dtype, Meta, SplitStats, Stats, TopToken};
-pub use vocab::{byte_chars, BYTE_VOCAB, EOS_ID, SEPARATOR, SPECIALS, UNK_ID};
+pub use vocab::{
+    build as build_tokenizer, byte_chars, BYTE_VOCAB, EOS_ID, SEPARATOR, SPECIALS, UNK_ID,
+};
 
 /// What went wrong tokenizing.
 #[derive(Debug, thiserror::Error)]

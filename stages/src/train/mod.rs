@@ -63,6 +63,12 @@ impl StageKind for Train {
         vec![records::TRAIN_LOG_FILE.into(), records::SUMMARY_FILE.into()]
     }
 
+    /// The kernels' instruction set: matrix products round differently on AVX-512,
+    /// AVX2 and the portable path (never with the thread count).
+    fn environment(_params: &Self::Params) -> std::collections::BTreeMap<String, String> {
+        [("kernels".to_owned(), itera_model::isa::kernel_path())].into()
+    }
+
     fn run(params: &Self::Params, ctx: &StageContext) -> anyhow::Result<()> {
         train(params, ctx)
     }
@@ -300,6 +306,7 @@ fn finish(
         threads,
         seed,
         resumed_from_step: st.resumed_from_step,
+        params: Some(serde_json::to_value(p)?),
     };
     records::write_json(&out.join(records::SUMMARY_FILE), &summary)?;
     ctx.log.line(format!(

@@ -1,0 +1,149 @@
+//! Instruction sets: what this CPU supports, which one the training and scoring kernels
+//! use (chosen once per process, overridable with `ITERA_KERNELS=portable`), and
+//! [`vectorized`], which runs a closure compiled for that instruction set.
+//!
+//! Two families of kernels depend on it:
+//! - matrix products ([`crate::ops::gemm`]): the `gemm` crate's AVX-512 or AVX2/FMA
+//!   kernels (it dispatches on the CPU itself), or this crate's portable product;
+//! - elementwise and scan kernels: plain Rust, compiled a second and third time with
+//!   AVX2 or AVX-512 enabled. They never use fused multiply-add (Rust does not contract
+//!   `a * b + c`) and reduce in fixed orders, so their results are the same bits on every
+//!   instruction set; only the matrix products' rounding differs between paths.
+//!
+//! Results never depend on the thread count on any path; they can differ between paths,
+//! which is why the path is recorded with every trained model ([`kernel_path`]).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// An instruction set the kernels can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F (+BW, VL, DQ) with AVX2, FMA and F16C.
+    Avx512,
+    /// AVX2 with FMA and F16C.
+    Avx2,
+    /// Plain Rust that the compiler vectorizes for the baseline target.
+    Portable,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            if avx2
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512dq")
+            {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// `self` if this CPU supports it, else the best one it does (never a faster one).
+    pub fn or_supported(self) -> Self {
+        let best = Self::detect();
+        if self.rank() <= best.rank() {
+            self
+        } else {
+            best
+        }
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Isa::Avx512 => 2,
+            Isa::Avx2 => 1,
+            Isa::Portable => 0,
+        }
+    }
+
+    fn from_rank(r: u8) -> Self {
+        match r {
+            2 => Isa::Avx512,
+            1 => Isa::Avx2,
+            _ => Isa::Portable,
+        }
+    }
+
+    /// Short lowercase name: `avx512`, `avx2` or `portable`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+}
+
+/// Environment variable that forces the portable kernels (`portable`); `auto` or unset
+/// uses the best the CPU supports.
+pub const KERNELS_ENV: &str = "ITERA_KERNELS";
+
+const UNSET: u8 = u8::MAX;
+static CHOSEN: AtomicU8 = AtomicU8::new(UNSET);
+
+/// The instruction set of the training and scoring kernels in this process: the best
+/// the CPU supports, or the portable code when `ITERA_KERNELS=portable` (or after
+/// [`force`]).
+pub fn kernels() -> Isa {
+    let r = CHOSEN.load(Ordering::Relaxed);
+    if r != UNSET {
+        return Isa::from_rank(r);
+    }
+    let isa = match std::env::var(KERNELS_ENV).as_deref() {
+        Ok("portable") => Isa::Portable,
+        _ => Isa::detect(),
+    };
+    CHOSEN.store(isa.rank(), Ordering::Relaxed);
+    isa
+}
+
+/// Makes every later kernel call of this process use `isa` (or the best supported one
+/// below it). For tests and benchmarks; set it before computing, not during.
+pub fn force(isa: Isa) {
+    CHOSEN.store(isa.or_supported().rank(), Ordering::Relaxed);
+}
+
+/// The kernel path results were computed with, as recorded in run records:
+/// `"avx512"`, `"avx2"` or `"portable"`, with the architecture (`x86_64/avx512`).
+pub fn kernel_path() -> String {
+    format!("{}/{}", std::env::consts::ARCH, kernels().name())
+}
+
+/// Runs `f` compiled for the kernels' instruction set. Mark `f` (and the closures it
+/// calls) `#[inline(always)]` so its loops are compiled inside the specialised copy.
+#[inline(always)]
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    match kernels() {
+        // SAFETY: `kernels()` only returns an instruction set the CPU supports.
+        Isa::Avx512 => unsafe { run_avx512(f) },
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { run_avx2(f) },
+        Isa::Portable => f(),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}

@@ -1,0 +1,180 @@
+//! Matrix products of the ops: the `gemm` crate (its AVX-512 or AVX2/FMA kernels, chosen
+//! by the CPU) or, on the portable path ([`crate::isa`]), a plain blocked product.
+//!
+//! Both keep every output element's sum in an order that depends only on the shapes:
+//! `gemm` splits the work between threads by output blocks, never along the summed
+//! dimension, and the portable product sums each element in index order. So results
+//! are the same bits for any thread count (tested in `tests/threads.rs`).
+
+use crate::isa::{self, Isa};
+use crate::real::Real;
+use rayon::prelude::*;
+
+/// Row-major `c (m x n) [+]= op(a) . op(b)` where `op(a)` is `m x k` and `op(b)` is `k x n`;
+/// `a_t` means `a` is stored `k x m` (transposed), likewise `b_t` for `b` stored `n x k`.
+/// Runs on the current rayon pool's threads.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<E: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[E],
+    a_t: bool,
+    b: &[E],
+    b_t: bool,
+    c: &mut [E],
+    accumulate: bool,
+) {
+    assert_eq!(a.len(), m * k, "gemm lhs size");
+    assert_eq!(b.len(), k * n, "gemm rhs size");
+    assert_eq!(c.len(), m * n, "gemm dst size");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c.fill(E::zero());
+        }
+        return;
+    }
+    if isa::kernels() == Isa::Portable {
+        portable(m, n, k, a, a_t, b, b_t, c, accumulate);
+        return;
+    }
+    let (a_rs, a_cs) = if a_t {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let (b_rs, b_cs) = if b_t {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k >= 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the slices have exactly the sizes the strides address (asserted above), `c`
+    // is exclusively borrowed and does not alias `a` or `b`; E is f32 or f64.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            E::one(),
+            E::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Rows of `c` per parallel task of the portable product.
+const PORTABLE_ROWS: usize = 16;
+
+/// The portable product: `b` made row-major `k x n`, then each row of `c` accumulated
+/// as `c[i, :] += a[i, p] * b[p, :]` for `p` in order.
+#[allow(clippy::too_many_arguments)]
+fn portable<E: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[E],
+    a_t: bool,
+    b: &[E],
+    b_t: bool,
+    c: &mut [E],
+    accumulate: bool,
+) {
+    let b_rows: std::borrow::Cow<'_, [E]> = if b_t {
+        let mut t = vec![E::zero(); k * n];
+        for (j, col) in b.chunks(k).enumerate() {
+            for (p, &v) in col.iter().enumerate() {
+                t[p * n + j] = v;
+            }
+        }
+        t.into()
+    } else {
+        b.into()
+    };
+    let a_at = |i: usize, p: usize| if a_t { a[p * m + i] } else { a[i * k + p] };
+    c.par_chunks_mut(PORTABLE_ROWS * n)
+        .enumerate()
+        .for_each(|(blk, rows)| {
+            for (r, crow) in rows.chunks_mut(n).enumerate() {
+                let i = blk * PORTABLE_ROWS + r;
+                if !accumulate {
+                    crow.fill(E::zero());
+                }
+                for p in 0..k {
+                    let av = a_at(i, p);
+                    for (cv, &bv) in crow.iter_mut().zip(&b_rows[p * n..(p + 1) * n]) {
+                        *cv += av * bv;
+                    }
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: &[f64], a_t: bool, b: &[f64], b_t: bool) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let av = if a_t { a[p * m + i] } else { a[i * k + p] };
+                    let bv = if b_t { b[j * k + p] } else { b[p * n + j] };
+                    c[i * n + j] += av * bv;
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn portable_and_crate_products_match_a_naive_product_in_every_layout() {
+        let (m, n, k) = (37, 29, 53);
+        let a: Vec<f64> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f64 - 6.0) / 7.0)
+            .collect();
+        let b: Vec<f64> = (0..k * n)
+            .map(|i| ((i * 5 % 11) as f64 - 5.0) / 3.0)
+            .collect();
+        for a_t in [false, true] {
+            for b_t in [false, true] {
+                let want = naive(m, n, k, &a, a_t, &b, b_t);
+                for acc in [false, true] {
+                    let mut c1 = vec![1.0; m * n];
+                    portable(m, n, k, &a, a_t, &b, b_t, &mut c1, acc);
+                    let mut c2 = vec![1.0; m * n];
+                    gemm(m, n, k, &a, a_t, &b, b_t, &mut c2, acc);
+                    for ((x, y), w) in c1.iter().zip(&c2).zip(&want) {
+                        let w = if acc { w + 1.0 } else { *w };
+                        assert!(
+                            (x - w).abs() < 1e-9 && (y - w).abs() < 1e-9,
+                            "{a_t} {b_t} {acc}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Results do not depend on the thread count: training with 1, 2, 3 and 8 threads gives
+//! the same bits (weights, optimizer state, every step's losses and gradient norm), and
+//! so does batched scoring. Shapes are large enough that the matrix products and the
+//! elementwise kernels really split their work (256 rows, widths up to 256).
+//! Generation runs on one thread by design (the recurrent decoder), so it needs no check
+//! here; `parity.rs` ties the decoder to these weights.
+
+use itera_model::{BatchSampler, ModelConfig, StepStats, TrainConfig, Trainer};
+
+fn model() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 300,
+        hidden_size: 64,
+        num_layers: 2,
+        ssm_state_size: 8,
+        num_experts: 4,
+        expert_size: 32,
+        top_k_experts: 2,
+        max_seq_length: 32,
+        dropout: 0.1,
+        ..ModelConfig::tiny()
+    }
+}
+
+fn stream(n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| ((i % 11) * 17 + (i / 11 % 7) * 29 + (i * i % 13)) as u32 % 300)
+        .collect()
+}
+
+type Run = (Vec<Vec<f32>>, Vec<StepStats>, f64);
+
+fn train(threads: usize) -> Run {
+    let cfg = TrainConfig {
+        learning_rate: 3e-3,
+        warmup_steps: 1,
+        steps: 3,
+        batch_size: 8,
+        seq_len: 32,
+        ..Default::default()
+    };
+    let mut t = Trainer::<f32>::new(&model(), &cfg, 11, threads).unwrap();
+    let mut s = BatchSampler::new(stream(5000), 8, 32, 11).unwrap();
+    let mut stats = Vec::new();
+    t.fit(&mut s, |_, st| {
+        stats.push(st.clone());
+        true
+    })
+    .unwrap();
+    // Timings are measurements, not results.
+    for st in &mut stats {
+        st.seconds = 0.0;
+        st.tokens_per_s = 0.0;
+    }
+    let (sum, _) = t.score(&stream(1500), 32, 8).unwrap();
+    let weights = t
+        .params()
+        .values
+        .iter()
+        .map(|v| v.data().to_vec())
+        .collect();
+    let mut moments: Vec<Vec<f32>> = t.optimizer().m.clone();
+    moments.extend(t.optimizer().v.clone());
+    let mut all: Vec<Vec<f32>> = weights;
+    all.extend(moments);
+    (all, stats, sum)
+}
+
+#[test]
+fn one_two_three_and_eight_threads_give_the_same_bits() {
+    let one = train(1);
+    for threads in [2, 3, 8] {
+        let other = train(threads);
+        assert_eq!(one.1, other.1, "step statistics with {threads} threads");
+        assert_eq!(
+            one.2.to_bits(),
+            other.2.to_bits(),
+            "score sum with {threads} threads"
+        );
+        assert!(
+            one.0 == other.0,
+            "weights or optimizer state differ with {threads} threads"
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! A study: every model of one or more evaluations side by side, with the training runs
+//! behind them, the settings that differ between those runs, and the best model by a
+//! stated rule.
+//!
+//! Models keep the order of the `eval` inputs (and of the models inside each); the first is
+//! the study's reference for the deltas. A training run belongs to the model of the same
+//! stage name (a `half-convert` model has no training run of its own).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::evaluate::fill_deltas;
+use crate::records::{EvalReport, ModelEval, TrainLogLine, TrainSummary};
+
+/// The rule that names the best model, as stated in the report.
+pub const BEST_RULE: &str = "lowest validation bits per byte (compared to 4 decimals, as shown), ties going to the smaller weights file, then to the earlier model in the study";
+
+/// One `train` input: its stage name, summary and log.
+#[derive(Debug, Clone)]
+pub struct TrainRun {
+    pub name: String,
+    pub summary: TrainSummary,
+    pub log: Vec<TrainLogLine>,
+}
+
+/// One `eval` input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// The evaluate stage.
+    pub stage: String,
+    pub eval: EvalReport,
+}
+
+/// Everything the report shows.
+#[derive(Debug, Clone)]
+pub struct Study {
+    pub evaluations: Vec<Evaluation>,
+    /// Every model of every evaluation, deltas against the first.
+    pub models: Vec<ModelEval>,
+    /// For each model, the index of its evaluation.
+    pub model_eval: Vec<usize>,
+    pub trains: Vec<TrainRun>,
+    pub settings: Settings,
+}
+
+/// The recorded training settings that differ between the training runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Dotted keys (`model.hidden_size`, `optimizer.learning_rate`, `steps`, ...).
+    pub keys: Vec<String>,
+    /// Per training run, in input order, its value of each key (`—` when not recorded).
+    pub rows: Vec<SettingsRow>,
+}
+
+/// One training run's values of the differing settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingsRow {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+impl Study {
+    /// Merges the evaluations (names made unique by prefixing the evaluate stage where two
+    /// evaluations hold models of the same name) and the training runs.
+    pub fn new(evaluations: Vec<Evaluation>, trains: Vec<TrainRun>) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            evaluations.iter().any(|e| !e.eval.models.is_empty()),
+            "the evaluations list no models: nothing to report"
+        );
+        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in &evaluations {
+            for m in &e.eval.models {
+                *count.entry(m.name.as_str()).or_default() += 1;
+            }
+        }
+        let mut models = Vec::new();
+        let mut model_eval = Vec::new();
+        for (i, e) in evaluations.iter().enumerate() {
+            for m in &e.eval.models {
+                let mut m = m.clone();
+                if count.get(m.name.as_str()).copied().unwrap_or(0) > 1 {
+                    m.name = format!("{}/{}", e.stage, m.name);
+                }
+                models.push(m);
+                model_eval.push(i);
+            }
+        }
+        fill_deltas(&mut models);
+        let settings = differing_settings(&trains);
+        Ok(Self {
+            evaluations,
+            models,
+            model_eval,
+            trains,
+            settings,
+        })
+    }
+
+    /// The training run of a model, if one was given.
+    pub fn train_of(&self, model: &str) -> Option<&TrainRun> {
+        self.trains.iter().find(|t| t.name == model)
+    }
+
+    /// The best model by [`BEST_RULE`] (only with two or more models).
+    pub fn best(&self) -> Option<&ModelEval> {
+        best(&self.models)
+    }
+}
+
+/// The best of `models` by [`BEST_RULE`]; `None` for fewer than two.
+pub fn best(models: &[ModelEval]) -> Option<&ModelEval> {
+    if models.len() < 2 {
+        return None;
+    }
+    let key = |m: &ModelEval| ((m.bits_per_byte * 1e4).round() as i64, m.file_bytes);
+    // `min_by_key` keeps the first of equal keys: the earlier model in the study.
+    models.iter().min_by_key(|m| key(m))
+}
+
+/// A training run's settings as dotted keys: its recorded params (defaults filled), then
+/// what the summary resolved (the model config with the tokenizer's vocabulary, steps from
+/// epochs, seed, threads), which wins.
+pub fn settings_of(summary: &TrainSummary) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Some(params) = &summary.params {
+        flatten("", params, &mut out);
+    }
+    if let Ok(config) = serde_json::to_value(&summary.config) {
+        flatten("model", &config, &mut out);
+    }
+    for (k, v) in [
+        ("steps", summary.steps.to_string()),
+        ("batch_size", summary.batch_size.to_string()),
+        ("seq_len", summary.seq_len.to_string()),
+        ("seed", summary.seed.to_string()),
+        ("threads", summary.threads.to_string()),
+    ] {
+        out.insert(k.to_owned(), v);
+    }
+    // `epochs` is an alternative to `steps`, which is recorded resolved.
+    out.remove("epochs");
+    out
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    let key = |k: &str| {
+        if prefix.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                flatten(&key(k), x, out);
+            }
+        }
+        serde_json::Value::String(s) => {
+            out.insert(prefix.to_owned(), s.clone());
+        }
+        other => {
+            out.insert(prefix.to_owned(), other.to_string());
+        }
+    }
+}
+
+/// The keys whose values are not the same in every training run.
+pub fn differing_settings(trains: &[TrainRun]) -> Settings {
+    if trains.len() < 2 {
+        return Settings::default();
+    }
+    let all: Vec<BTreeMap<String, String>> =
+        trains.iter().map(|t| settings_of(&t.summary)).collect();
+    let keys: BTreeSet<&String> = all.iter().flat_map(|m| m.keys()).collect();
+    let keys: Vec<String> = keys
+        .into_iter()
+        .filter(|k| {
+            let first = all[0].get(*k);
+            all.iter().any(|m| m.get(*k) != first)
+        })
+        .cloned()
+        .collect();
+    let rows = trains
+        .iter()
+        .zip(&all)
+        .map(|(t, m)| SettingsRow {
+            name: t.name.clone(),
+            values: keys
+                .iter()
+                .map(|k| m.get(k).cloned().unwrap_or_else(|| "—".into()))
+                .collect(),
+        })
+        .collect();
+    Settings { keys, rows }
+}
