@@ -75,3 +75,28 @@ fn runs_and_show_list_recorded_runs() {
     let err = t.itera(&["show", "nope"], 2);
     assert!(err.stderr.contains("no run `nope`"), "{}", err.stderr);
 }
+
+/// Every pipeline the repository ships (phase 8, smoke, examples, sweeps) loads and
+/// validates with this build, as a user's `itera validate` would.
+#[test]
+fn every_shipped_pipeline_validates() {
+    fn collect(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                collect(&path, out);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                out.push(path);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let mut files = Vec::new();
+    collect(&root, &mut files);
+    files.sort();
+    assert!(files.len() >= 6, "{files:?}");
+    let t = Test::new();
+    for file in &files {
+        t.itera(&["validate", file.to_str().unwrap()], 0);
+    }
+}
