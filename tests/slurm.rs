@@ -548,3 +548,78 @@ outputs = ["report.txt"]
     assert_eq!(t.executions(), ["report", "train-8e-3"]);
     assert_eq!(submitted_stages(&t), ["report", "train@LR=8e-3"]);
 }
+
+/// `rerun --verify --executor slurm` compares every job's result with the record, names
+/// the stage that differs, exits 1, and leaves the recorded entries as they were: a local
+/// verify afterwards still finds the deterministic stages reproduced.
+#[test]
+fn rerun_verify_under_slurm_verifies_and_keeps_the_recorded_entries() {
+    if !slurm_available("rerun_verify_under_slurm_verifies_and_keeps_the_recorded_entries") {
+        return;
+    }
+    let t = Test::with_pipeline(&on_cluster(
+        &DIAMOND.replace("echo beta >> {out}/b.txt", "date +%N >> {out}/b.txt"),
+        "",
+    ));
+    t.itera(SUBMIT_WAIT, 0);
+    let recorded = digests(&t);
+    let first = run_json(&t)["id"].as_str().unwrap().to_owned();
+    t.executions();
+
+    // Without --wait: a verification still waits for its verdict.
+    let out = t.itera(
+        &[
+            "rerun",
+            &first,
+            "--verify",
+            "--executor",
+            "slurm",
+            "--poll-interval",
+            "0.2",
+            "--progress",
+            "lines",
+        ],
+        1,
+    );
+    assert_eq!(t.executions(), ["a", "b", "c", "d"], "{}", out.stderr);
+    assert!(out.stderr.contains("NOT REPRODUCIBLE"), "{}", out.stderr);
+    assert!(out.stderr.contains("\n  b: recorded "), "{}", out.stderr);
+    for stage in ["a", "c", "d"] {
+        assert!(
+            !out.stderr.contains(&format!("\n  {stage}: recorded ")),
+            "{stage} reproduced: {}",
+            out.stderr
+        );
+    }
+    let script = read(&t, "runs/latest/slurm/b.sbatch");
+    assert!(script.contains(" --verify-against "), "{script}");
+    let run = run_json(&t);
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["stages"]["b"]["verify"]["matches"], false);
+    assert_eq!(run["stages"]["d"]["verify"]["matches"], true);
+    // b's job produced a result (it just differs), so d's job ran and verified too.
+    assert_eq!(read(&t, "runs/latest/slurm/b.exitcode"), "0\n");
+
+    // The recorded entries were kept: the store still holds exactly the first run's
+    // results, and a local verify of the first run finds only b different.
+    let mut entries: Vec<String> = t
+        .store_entries()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(entries.len(), 4, "{entries:?}");
+    let out = t.itera(&["rerun", &first, "--verify"], 1);
+    assert!(out.stderr.contains("\n  b: recorded "), "{}", out.stderr);
+    assert_eq!(
+        out.stderr.matches("reproduced the recorded digest").count(),
+        3,
+        "{}",
+        out.stderr
+    );
+    let after =
+        serde_json::from_str::<Value>(&read(&t, &format!("runs/{first}/run.json"))).unwrap();
+    for (stage, digest) in &recorded {
+        assert_eq!(after["stages"][stage]["digest"], digest.as_str());
+    }
+}

@@ -85,47 +85,10 @@ impl Dag {
     }
 
     fn check_acyclic(&self) -> Result<(), GraphError> {
-        for component in tarjan_scc(&self.graph) {
-            let looped =
-                component.len() == 1 && self.graph.find_edge(component[0], component[0]).is_some();
-            if component.len() > 1 || looped {
-                let mut names: Vec<&StageName> =
-                    component.iter().map(|i| &self.graph[*i]).collect();
-                names.sort();
-                return Err(GraphError::CycleDetected {
-                    path: self.cycle_from(self.index[names[0]], &component),
-                });
-            }
+        match cycles(&self.graph).into_iter().next() {
+            Some(path) => Err(GraphError::CycleDetected { path }),
+            None => Ok(()),
         }
-        Ok(())
-    }
-
-    /// A path from `start` back to itself inside `component` (depth-first, by name).
-    fn cycle_from(&self, start: NodeIndex, component: &[NodeIndex]) -> Vec<StageName> {
-        let mut path = vec![start];
-        let mut seen = BTreeSet::from([start]);
-        while let Some(&at) = path.last() {
-            let mut next: Vec<NodeIndex> = self
-                .graph
-                .neighbors(at)
-                .filter(|n| component.contains(n))
-                .collect();
-            next.sort_by_key(|n| &self.graph[*n]);
-            if next.contains(&start) {
-                path.push(start);
-                break;
-            }
-            match next.into_iter().find(|n| !seen.contains(n)) {
-                Some(n) => {
-                    seen.insert(n);
-                    path.push(n);
-                }
-                None => {
-                    path.pop();
-                }
-            }
-        }
-        path.into_iter().map(|i| self.graph[i].clone()).collect()
     }
 
     /// Every stage, upstream before downstream; ties broken by name.
@@ -203,20 +166,25 @@ impl Dag {
                 Ok(selected)
             }
             (Some(target), []) => {
-                let mut selected = BTreeSet::new();
-                let mut stack: Vec<NodeIndex> = self
-                    .resolve(target)?
-                    .iter()
-                    .map(|n| self.index[n])
-                    .collect();
-                while let Some(i) = stack.pop() {
-                    if selected.insert(self.graph[i].clone()) {
-                        stack.extend(self.graph.neighbors_directed(i, Direction::Incoming));
-                    }
-                }
-                Ok(selected)
+                Ok(self.with_ancestors(&self.resolve(target)?.into_iter().collect()))
             }
         }
+    }
+
+    /// `stages` and every stage upstream of them, directly or indirectly. Names the
+    /// graph does not have are ignored.
+    pub fn with_ancestors(&self, stages: &BTreeSet<StageName>) -> BTreeSet<StageName> {
+        let mut out = BTreeSet::new();
+        let mut stack: Vec<NodeIndex> = stages
+            .iter()
+            .filter_map(|n| self.index.get(n).copied())
+            .collect();
+        while let Some(i) = stack.pop() {
+            if out.insert(self.graph[i].clone()) {
+                stack.extend(self.graph.neighbors_directed(i, Direction::Incoming));
+            }
+        }
+        out
     }
 
     /// The stages a name given by the user means: the stage of that name, or every variant
@@ -332,4 +300,52 @@ impl Dag {
         edges.sort();
         edges
     }
+}
+
+/// The one cycle detector (the pipeline loader and [`Dag`] both use it): for each strongly
+/// connected component that holds a cycle, the shortest path from its smallest node back
+/// to itself (the first node repeated at the end), following edges; components ordered by
+/// their smallest node.
+pub(crate) fn cycles<N: Ord + Clone, E>(graph: &DiGraph<N, E>) -> Vec<Vec<N>> {
+    let mut found: Vec<Vec<N>> = tarjan_scc(graph)
+        .into_iter()
+        .filter(|c| c.len() > 1 || graph.find_edge(c[0], c[0]).is_some())
+        .map(|c| shortest_cycle(graph, &c))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Breadth-first from the component's smallest node back to itself, neighbours by order.
+fn shortest_cycle<N: Ord + Clone, E>(graph: &DiGraph<N, E>, component: &[NodeIndex]) -> Vec<N> {
+    let start = *component
+        .iter()
+        .min_by(|a, b| graph[**a].cmp(&graph[**b]))
+        .expect("a strongly connected component is never empty");
+    let mut previous: BTreeMap<NodeIndex, NodeIndex> = BTreeMap::new();
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(at) = queue.pop_front() {
+        let mut next: Vec<NodeIndex> = graph.neighbors(at).collect();
+        next.sort_by(|a, b| graph[*a].cmp(&graph[*b]));
+        next.dedup();
+        for n in next {
+            if !component.contains(&n) || previous.contains_key(&n) {
+                continue;
+            }
+            previous.insert(n, at);
+            if n == start {
+                let mut path = vec![graph[start].clone()];
+                let mut cur = at;
+                while cur != start {
+                    path.push(graph[cur].clone());
+                    cur = previous[&cur];
+                }
+                path.push(graph[start].clone());
+                path.reverse();
+                return path;
+            }
+            queue.push_back(n);
+        }
+    }
+    unreachable!("a strongly connected component with a cycle has one through each member")
 }

@@ -125,7 +125,7 @@ date +%s.%N > "$run/out/$stage"
             workdir: &self.run_dir,
             itera_bin: &self.program,
             resources: res,
-            force: false,
+            action: &itera_engine::exec::Action::Reuse,
         })
         .unwrap();
         let files = StageFiles::new(&slurm_dir(&self.run_dir), stage);

@@ -1,7 +1,10 @@
 //! `itera exec-stage --run DIR --stage NAME` (hidden): executes one stage of a recorded
 //! run, as a batch job does. Upstream results come from the run's stage records and the
 //! store; the stage runs under its key's lock and its status is written into the run
-//! folder (`stages/NAME.json`). Exit 0 when the stage has a result, 1 otherwise.
+//! folder (`stages/NAME.json`). With `--verify-against DIGEST` (`rerun --verify` under
+//! SLURM) the stage is recomputed and compared, never published over the recorded entry.
+//! Exit 0 when the stage has a result, 1 otherwise; a verification's verdict is in the
+//! stage's record, so that dependent jobs verify against the recorded results too.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,10 +13,11 @@ use std::sync::Arc;
 use clap::Args;
 use itera_engine::exec::NullEvents;
 use itera_engine::exec::{
-    execute_stage, thread_budget, upstream_of, Force, Mode, Resolved, RunJob, StageRequest,
+    execute_stage, thread_budget, Force, Mode, Planner, Resolved, RunJob, StageRequest,
 };
+use itera_engine::graph::Dag;
 use itera_engine::record::RunDir;
-use itera_engine::store::{Lookup, Reuse, Store};
+use itera_engine::store::{Digest, Lookup, Store};
 
 use super::progress::Display;
 use super::{exit, invalid, Global};
@@ -29,6 +33,10 @@ pub struct ExecStageArgs {
     /// Recompute even if the result is stored.
     #[arg(long)]
     pub force: bool,
+    /// `rerun --verify`: recompute, compare with this recorded digest, and keep the
+    /// recorded entry (exit 1 when the result differs).
+    #[arg(long, value_name = "DIGEST", conflicts_with = "force")]
+    pub verify_against: Option<String>,
     /// Thread budget (default: `resources.cpus`, else `SLURM_CPUS_PER_TASK`, else all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -52,7 +60,16 @@ pub fn main(g: &Global, args: ExecStageArgs) -> anyhow::Result<u8> {
         .unwrap_or_else(|| g.runs_dir.clone());
     let store = Store::new(&runs_dir);
     let mut resolved = BTreeMap::new();
-    for up in upstream_of(&pipeline, &args.stage) {
+    let verify_against = match &args.verify_against {
+        None => None,
+        Some(text) => Some(Digest::parse(text).ok_or_else(|| {
+            invalid(format!(
+                "--verify-against {text:?} is not a digest (64 lowercase hex digits)"
+            ))
+        })?),
+    };
+    let dag = Dag::new(&pipeline).map_err(|e| invalid(e.to_string()))?;
+    for up in dag.upstream(&args.stage) {
         let rec = record.stages.get(&up);
         let key = rec
             .filter(|r| r.status.succeeded())
@@ -104,22 +121,26 @@ pub fn main(g: &Global, args: ExecStageArgs) -> anyhow::Result<u8> {
         store,
         run,
         force: if args.force { Force::All } else { Force::None },
-        mode: Mode::Run,
+        mode: match &verify_against {
+            Some(d) => Mode::Verify([(args.stage.clone(), d.clone())].into_iter().collect()),
+            None => Mode::Run,
+        },
         cancel: super::interrupt::cancel_on_signal(),
         events,
         cores,
     };
+    let action = Planner::new(&job.pipeline, &job.selected, &job.force, &job.mode)
+        .map_err(|e| invalid(e.to_string()))?
+        .action(&args.stage);
     let req = StageRequest {
         stage: args.stage.clone(),
-        reuse: if args.force {
-            Reuse::Recompute
-        } else {
-            Reuse::Allow
-        },
-        verify_against: None,
+        reuse: action.reuse(),
+        verify_against: action.verify_against().cloned(),
         threads: threads.max(1),
     };
     let (rec, _) = execute_stage(&job, &req, &resolved);
+    // A result that did not reproduce is still a result: the mismatch is in the stage's
+    // record (read by the following `rerun`), and the dependent jobs go on to verify too.
     Ok(if rec.status.succeeded() {
         exit::OK
     } else {

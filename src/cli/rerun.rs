@@ -1,6 +1,8 @@
 //! `itera rerun RUN`: re-executes a recorded run from its resolved pipeline (the file as
 //! it was, after `extends` and `--set`). `--verify` recomputes every stage into a scratch
-//! folder and compares its digest with the record, failing loudly on any difference.
+//! folder and compares its digest with the record, failing loudly on any difference; the
+//! recorded entries are never replaced. Under SLURM every job compares its own stage
+//! (`exec-stage --verify-against`) and `rerun` waits for all of them.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +25,12 @@ pub struct RerunArgs {
     pub exec: ExecArgs,
 }
 
-pub fn main(g: &Global, args: RerunArgs) -> anyhow::Result<u8> {
+pub fn main(g: &Global, mut args: RerunArgs) -> anyhow::Result<u8> {
+    // A verification is its verdict: under SLURM it follows the jobs to their end, as
+    // with `--wait`, so that every recomputed stage is compared before itera exits.
+    if args.verify {
+        args.exec.slurm.wait = true;
+    }
     let run = find_run(&g.runs_dir, &args.run).map_err(|e| invalid(e.to_string()))?;
     let record = run.load()?;
     let registry = itera_stages::registry();

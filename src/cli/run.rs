@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use clap::{Args, ValueEnum};
-use itera_engine::exec::{self, Executor, Force, LocalExecutor, Mode, RunJob};
+use itera_engine::exec::{Executor, Force, LocalExecutor, Mode, RunJob};
 use itera_engine::host;
 use itera_engine::record::{
     RunDir, RunId, RunRecord, RunStatus, StageRecord, StageStatus, RUN_FORMAT,
@@ -112,7 +112,7 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
     };
     let cores = host::cores();
     let run = RunDir::create(&g.runs_dir, &pipeline.name)?;
-    let needed = exec::with_ancestors(&pipeline, &plan.selected);
+    let needed = dag.with_ancestors(&plan.selected);
     let order = dag.topo_order();
     let mut record = RunRecord {
         format: RUN_FORMAT,

@@ -114,6 +114,9 @@ pub fn print_plan(plan: &[(StageName, Planned)]) -> anyhow::Result<()> {
                     "# {stage}: runs on this host (resources.local = true) before its dependents are submitted\n"
                 );
             }
+            Planned::Unavailable { reason } => {
+                let _ = writeln!(s, "# {stage}: cannot run: {reason}\n");
+            }
             Planned::Job {
                 script_path,
                 script,

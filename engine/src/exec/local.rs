@@ -1,5 +1,5 @@
 //! The local executor: runs the selected stages on this machine, each as soon as its
-//! upstream results exist, at most `jobs` at a time (one thread per running stage). A
+//! upstream results exist (the [`Planner`] decides what each stage does), at most `jobs` at a time (one thread per running stage). A
 //! failed stage makes its downstream stages `skipped`; independent branches carry on (like
 //! `make -k`), so everything that can be cached is. Unselected upstream stages (`--only`)
 //! are only looked up in the store. On cancellation no new stage starts.
@@ -9,11 +9,12 @@ use std::sync::mpsc;
 
 use super::inputs::{key_parts, Resolved};
 use super::one::{execute_stage, StageRequest};
-use super::{thread_budget, upstream_of, with_ancestors, Event, ExecError, Executor, Mode};
+use super::planner::{not_stored, Action, Decision, Planner, Upstream};
+use super::{thread_budget, Event, ExecError, Executor};
 use super::{RunJob, RunOutcome};
 use crate::record::{StageRecord, StageStatus};
 use crate::spec::StageName;
-use crate::store::{Lookup, Reuse};
+use crate::store::Lookup;
 
 /// Runs stages as threads of this process.
 #[derive(Debug, Clone)]
@@ -31,44 +32,22 @@ impl Default for LocalExecutor {
 
 struct Scheduler<'a> {
     job: &'a RunJob,
+    plan: Planner,
     records: BTreeMap<StageName, StageRecord>,
     resolved: BTreeMap<StageName, Resolved>,
     waiting: BTreeSet<StageName>,
 }
 
-/// What to do next with a waiting stage.
-enum Next {
-    Wait,
-    Skip(String),
-    LookUp,
-    Launch,
-}
-
 impl Scheduler<'_> {
-    fn next_for(&self, name: &str) -> Next {
-        let ups = upstream_of(&self.job.pipeline, name);
-        if let Some(bad) = ups.iter().find(|u| {
-            self.records
-                .get(*u)
-                .is_some_and(|r| r.status.is_final() && !r.status.succeeded())
-        }) {
-            let why = match self.records[bad].status {
-                StageStatus::Failed => format!("upstream stage `{bad}` failed"),
-                _ => format!("upstream stage `{bad}` was skipped"),
-            };
-            return Next::Skip(why);
-        }
-        if self.job.cancel.is_cancelled() {
-            return Next::Skip("the run was interrupted".to_owned());
-        }
-        if !ups.iter().all(|u| self.resolved.contains_key(u)) {
-            return Next::Wait;
-        }
-        if self.job.selected.contains(name) {
-            Next::Launch
-        } else {
-            Next::LookUp
-        }
+    fn next_for(&self, name: &str) -> Decision {
+        let state = |u: &str| match self.records.get(u) {
+            _ if self.resolved.contains_key(u) => Upstream::Resolved,
+            Some(r) if r.status == StageStatus::Failed => Upstream::Failed,
+            Some(r) if r.status == StageStatus::Skipped => Upstream::Skipped,
+            _ => Upstream::Pending,
+        };
+        self.plan
+            .decide(name, state, self.job.cancel.is_cancelled())
     }
 
     fn finish(&mut self, name: &str, rec: StageRecord, res: Option<Resolved>) {
@@ -112,10 +91,7 @@ impl Scheduler<'_> {
                 rec.parts = Some(parts);
                 match job.store.lookup(&key) {
                     Lookup::Hit(e) => Ok(e),
-                    _ => Err(format!(
-                        "stage `{name}` was not selected and its result is not in the store; \
-                         run it first, or add it to --only"
-                    )),
+                    _ => Err(not_stored(name)),
                 }
             });
         match found {
@@ -153,11 +129,13 @@ impl Executor for LocalExecutor {
 
     fn execute(&self, job: &RunJob) -> Result<RunOutcome, ExecError> {
         let jobs = self.jobs.max(1);
+        let plan = Planner::new(&job.pipeline, &job.selected, &job.force, &job.mode)?;
         let mut s = Scheduler {
             job,
+            waiting: plan.stages().iter().cloned().collect(),
+            plan,
             records: BTreeMap::new(),
             resolved: BTreeMap::new(),
-            waiting: with_ancestors(&job.pipeline, &job.selected),
         };
         let (tx, rx) = mpsc::channel::<(StageName, StageRecord, Option<Resolved>)>();
         std::thread::scope(|scope| {
@@ -169,11 +147,11 @@ impl Executor for LocalExecutor {
                     changed = false;
                     for name in s.waiting.clone() {
                         match s.next_for(&name) {
-                            Next::Wait => continue,
-                            Next::Skip(why) => s.skip(&name, why),
-                            Next::LookUp => s.look_up(&name),
-                            Next::Launch if running < jobs => {
-                                let req = request(job, &name, jobs);
+                            Decision::Wait | Decision::GoAfterJobs(_) => continue,
+                            Decision::Skip(why) => s.skip(&name, why),
+                            Decision::Go(Action::LookUp) => s.look_up(&name),
+                            Decision::Go(action) if running < jobs => {
+                                let req = request(job, &name, &action, jobs);
                                 let resolved = s.resolved.clone();
                                 let tx = tx.clone();
                                 std::thread::Builder::new()
@@ -187,7 +165,7 @@ impl Executor for LocalExecutor {
                                     })?;
                                 running += 1;
                             }
-                            Next::Launch => continue,
+                            Decision::Go(_) => continue,
                         }
                         s.waiting.remove(&name);
                         changed = true;
@@ -215,20 +193,11 @@ impl Executor for LocalExecutor {
     }
 }
 
-fn request(job: &RunJob, name: &str, jobs: usize) -> StageRequest {
-    let verify_against = match &job.mode {
-        Mode::Verify(recorded) => recorded.get(name).cloned(),
-        Mode::Run => None,
-    };
-    let recompute = job.force.applies_to(name) || matches!(job.mode, Mode::Verify(_));
+fn request(job: &RunJob, name: &str, action: &Action, jobs: usize) -> StageRequest {
     StageRequest {
         stage: name.to_owned(),
-        reuse: if recompute {
-            Reuse::Recompute
-        } else {
-            Reuse::Allow
-        },
-        verify_against,
+        reuse: action.reuse(),
+        verify_against: action.verify_against().cloned(),
         threads: thread_budget(&job.pipeline, name, job.cores, jobs),
     }
 }

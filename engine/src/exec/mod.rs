@@ -1,12 +1,13 @@
 //! Executing a pipeline: the [`Executor`] trait (local threads here, SLURM jobs in
 //! `exec::slurm`), the [`RunJob`] every executor is given, the [`Event`]s it reports, and
-//! the pieces every executor shares: computing a stage's cache key from its upstream
+//! the pieces every executor shares: the scheduling rules ([`planner`]), computing a stage's cache key from its upstream
 //! results ([`inputs`]) and executing one stage under its key's lock ([`one`]), which is
 //! also what `itera exec-stage` runs inside a batch job.
 
 pub mod inputs;
 pub mod local;
 pub mod one;
+pub mod planner;
 pub mod preview;
 pub mod slurm;
 
@@ -22,6 +23,7 @@ use crate::store::{Digest, LockHolder, Store};
 pub use inputs::{key_parts, Resolved};
 pub use local::LocalExecutor;
 pub use one::{execute_stage, StageRequest};
+pub use planner::{Action, Decision, Planner, Upstream};
 
 /// Which stages to recompute even when cached.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -184,6 +186,9 @@ pub enum ExecError {
     /// A batch-system problem (submission, polling).
     #[error("{0}")]
     Backend(String),
+    /// The pipeline's graph is broken (the loader rejects such pipelines).
+    #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
 }
 
 /// A way to execute the stages of a run.
@@ -193,33 +198,6 @@ pub trait Executor {
     /// Executes (or, for a batch system, submits) the selected stages of `job`, writing
     /// each stage's status into the run folder as it changes.
     fn execute(&self, job: &RunJob) -> Result<RunOutcome, ExecError>;
-}
-
-/// The upstream stages of `stage` (from its `inputs`), deduplicated.
-pub fn upstream_of(pipeline: &Pipeline, stage: &str) -> BTreeSet<StageName> {
-    pipeline
-        .stages
-        .get(stage)
-        .map(|s| {
-            s.inputs
-                .values()
-                .flatten()
-                .map(|r| r.stage.clone())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `selected` plus everything upstream of it.
-pub fn with_ancestors(pipeline: &Pipeline, selected: &BTreeSet<StageName>) -> BTreeSet<StageName> {
-    let mut all = BTreeSet::new();
-    let mut todo: Vec<StageName> = selected.iter().cloned().collect();
-    while let Some(s) = todo.pop() {
-        if all.insert(s.clone()) {
-            todo.extend(upstream_of(pipeline, &s));
-        }
-    }
-    all
 }
 
 /// The thread budget of `stage` when `jobs` stages may run at once on `cores` cores:

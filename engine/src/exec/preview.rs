@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::inputs::{key_parts, Resolved};
-use super::{upstream_of, with_ancestors, Force};
+use super::planner::{Action, Planner};
+use super::{Force, Mode};
 use crate::record::{list_runs, RunId};
 use crate::spec::{Pipeline, StageName};
 use crate::stage::Registry;
-use crate::store::{CacheKey, KeyParts, Lookup, Store};
+use crate::store::{CacheKey, KeyParts, Lookup, Reuse, Store};
 
 /// The predicted fate of one stage.
 #[derive(Debug, Clone)]
@@ -60,7 +61,7 @@ pub fn last_recorded_parts(runs_dir: &Path) -> BTreeMap<StageName, (RunId, KeyPa
     out
 }
 
-/// Predicts a run of `selected` (plus the upstream stages it needs).
+/// Predicts a run of `selected` (plus the upstream stages it needs), in dependency order.
 pub fn preview(
     pipeline: &Pipeline,
     registry: &Registry,
@@ -69,54 +70,38 @@ pub fn preview(
     force: &Force,
 ) -> Vec<StagePreview> {
     let history = last_recorded_parts(store.runs_dir());
-    let needed = with_ancestors(pipeline, selected);
+    // A loaded pipeline is acyclic; a broken one previews as nothing.
+    let Ok(planner) = Planner::new(pipeline, selected, force, &Mode::Run) else {
+        return Vec::new();
+    };
     let mut resolved: BTreeMap<StageName, Resolved> = BTreeMap::new();
-    let mut done: BTreeMap<StageName, StagePreview> = BTreeMap::new();
-    let mut order = Vec::new();
-    let mut waiting: BTreeSet<StageName> = needed;
-    while !waiting.is_empty() {
-        let ready: Vec<StageName> = waiting
-            .iter()
-            .filter(|s| {
-                upstream_of(pipeline, s)
-                    .iter()
-                    .all(|u| done.contains_key(u))
-            })
-            .cloned()
-            .collect();
-        if ready.is_empty() {
-            break; // a cycle: the loader rejects these
-        }
-        for name in ready {
-            waiting.remove(&name);
-            let p = predict(
-                pipeline, registry, store, selected, force, &history, &resolved, &name,
-            );
-            if let Fate::Cached { key, .. } = &p.fate {
-                if let Lookup::Hit(entry) = store.lookup(key) {
-                    resolved.insert(name.clone(), Resolved::from_entry(&entry));
-                }
+    let mut out = Vec::new();
+    for name in planner.stages() {
+        let p = predict(
+            pipeline, registry, store, &planner, &history, &resolved, name,
+        );
+        if let Fate::Cached { key, .. } = &p.fate {
+            if let Lookup::Hit(entry) = store.lookup(key) {
+                resolved.insert(name.clone(), Resolved::from_entry(&entry));
             }
-            order.push(name.clone());
-            done.insert(name, p);
         }
+        out.push(p);
     }
-    order.into_iter().filter_map(|n| done.remove(&n)).collect()
+    out
 }
 
-#[allow(clippy::too_many_arguments)]
 fn predict(
     pipeline: &Pipeline,
     registry: &Registry,
     store: &Store,
-    selected: &BTreeSet<StageName>,
-    force: &Force,
+    planner: &Planner,
     history: &BTreeMap<StageName, (RunId, KeyParts)>,
     resolved: &BTreeMap<StageName, Resolved>,
     name: &str,
 ) -> StagePreview {
     let kind = pipeline.stages[name].kind.clone();
-    let is_selected = selected.contains(name);
+    let action = planner.action(name);
+    let is_selected = action != Action::LookUp;
     let mut preview = StagePreview {
         stage: name.to_owned(),
         kind,
@@ -126,7 +111,8 @@ fn predict(
         },
         parts: None,
     };
-    let pending_up: Vec<StageName> = upstream_of(pipeline, name)
+    let pending_up: Vec<StageName> = planner
+        .upstream(name)
         .into_iter()
         .filter(|u| !resolved.contains_key(u))
         .collect();
@@ -166,7 +152,7 @@ fn predict(
     preview.parts = Some(parts);
     let lookup = store.lookup(&key);
     preview.fate = match lookup {
-        Lookup::Hit(entry) if !(is_selected && force.applies_to(name)) => Fate::Cached {
+        Lookup::Hit(entry) if action.reuse() == Reuse::Allow => Fate::Cached {
             key,
             produced_by: match &entry.meta.run {
                 Some(r) => format!("run {r}, stage `{}`", entry.meta.stage),

@@ -3,9 +3,8 @@
 //! kind does not accept, missing required inputs, several references on a single slot,
 //! self-references, and dependency cycles (reported with their whole path).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
-use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use super::diagnostic::{did_you_mean, list, Diagnostic};
@@ -327,18 +326,7 @@ fn check_cycles(drafts: &[StageDraft<'_>], sources: &Sources, diags: &mut Vec<Di
             }
         }
     }
-    let mut components: Vec<Vec<&str>> = tarjan_scc(&graph)
-        .into_iter()
-        .filter(|c| c.len() > 1)
-        .map(|c| {
-            let mut names: Vec<&str> = c.iter().map(|i| graph[*i]).collect();
-            names.sort_unstable();
-            names
-        })
-        .collect();
-    components.sort();
-    for component in components {
-        let path = cycle_through(&graph, &index, &component);
+    for path in crate::graph::cycles(&graph) {
         let n = path.len();
         let (last, first) = (path[n - 2], path[n - 1]);
         let node = edge_refs[&(last, first)];
@@ -348,42 +336,6 @@ fn check_cycles(drafts: &[StageDraft<'_>], sources: &Sources, diags: &mut Vec<Di
                 .with_help("a stage cannot depend on its own output, directly or through other stages; remove one of these inputs"),
         );
     }
-}
-
-/// The shortest cycle from the component's first stage back to itself, as names (the
-/// first repeated at the end), following edges upstream -> downstream.
-fn cycle_through<'a>(
-    graph: &DiGraph<&'a str, ()>,
-    index: &BTreeMap<&str, NodeIndex>,
-    component: &[&'a str],
-) -> Vec<&'a str> {
-    let start = index[component[0]];
-    let mut previous: BTreeMap<NodeIndex, NodeIndex> = BTreeMap::new();
-    let mut queue = VecDeque::from([start]);
-    while let Some(at) = queue.pop_front() {
-        let mut next: Vec<NodeIndex> = graph.neighbors(at).collect();
-        next.sort_by_key(|i| graph[*i]);
-        for n in next {
-            if !component.contains(&graph[n]) || previous.contains_key(&n) {
-                continue;
-            }
-            previous.insert(n, at);
-            if n == start {
-                let mut path = vec![graph[start]];
-                let mut cur = at;
-                while cur != start {
-                    path.push(graph[cur]);
-                    cur = previous[&cur];
-                }
-                path.push(graph[start]);
-                path.reverse();
-                return path;
-            }
-            queue.push_back(n);
-        }
-    }
-    // A strongly connected component always has a cycle through each of its members.
-    unreachable!("no cycle through a strongly connected component")
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The SLURM executor: decides, stage by stage in dependency order, whether a stage is
-//! cached (looked up in the store), runs on this host (`resources.local = true`, e.g.
+//! The SLURM executor: asks the [`Planner`], stage by stage in dependency order, and
+//! carries out its decisions: a stage is cached (looked up in the store), runs on this host (`resources.local = true`, e.g.
 //! downloads on a login node), or becomes a batch job depending on its upstream jobs with
 //! `afterok`. The whole DAG is queued at once; with [`Follow::Wait`] it then follows the
 //! jobs to their end ([`super::follow`]). A refused submission cancels what this
@@ -15,10 +15,8 @@ use super::script::{self, slurm_dir, ScriptSpec, StageFiles};
 use super::{cancel, shared_fs};
 use crate::exec::inputs::{key_parts, Resolved};
 use crate::exec::one::{execute_stage, StageRequest};
-use crate::exec::{
-    thread_budget, upstream_of, with_ancestors, Event, ExecError, Executor, Mode, RunJob,
-    RunOutcome,
-};
+use crate::exec::planner::{not_stored, Action, Decision, Planner, Upstream};
+use crate::exec::{thread_budget, Event, ExecError, Executor, RunJob, RunOutcome};
 use crate::record::{StageRecord, StageStatus};
 use crate::spec::StageName;
 use crate::store::{Lookup, Reuse};
@@ -102,19 +100,10 @@ pub(super) struct Queued {
     pub(super) unknown_since: Option<Instant>,
 }
 
-/// What to do next with a waiting stage.
-enum Next {
-    Wait,
-    Skip(String),
-    /// All upstream results exist: look the stage up, then run or submit it.
-    Resolve,
-    /// Some upstream stages are queued jobs: submit after them.
-    SubmitAfter,
-}
-
 pub(super) struct Coordinator<'a> {
     pub(super) exec: &'a SlurmExecutor,
     pub(super) job: &'a RunJob,
+    pub(super) plan: Planner,
     pub(super) slots: BTreeMap<StageName, Slot>,
     jobs: JobsFile,
     /// Jobs this invocation queued, in order (cancelled if a later submission is refused).
@@ -136,13 +125,16 @@ impl Executor for SlurmExecutor {
                 slurm_dir(job.run.path()).display()
             ))
         })?;
+        let plan = Planner::new(&job.pipeline, &job.selected, &job.force, &job.mode)?;
         let mut c = Coordinator {
             exec: self,
             job,
-            slots: with_ancestors(&job.pipeline, &job.selected)
-                .into_iter()
-                .map(|s| (s, Slot::Waiting))
+            slots: plan
+                .stages()
+                .iter()
+                .map(|s| (s.clone(), Slot::Waiting))
                 .collect(),
+            plan,
             jobs: JobsFile::load(job.run.path())
                 .unwrap_or_else(|_| JobsFile::new(job.run.id().as_str(), &job.pipeline.name)),
             queued_now: Vec::new(),
@@ -204,10 +196,10 @@ impl Coordinator<'_> {
                 .collect();
             for name in waiting {
                 match self.next_for(&name) {
-                    Next::Wait => continue,
-                    Next::Skip(why) => self.skip(&name, why),
-                    Next::Resolve => self.resolve(&name)?,
-                    Next::SubmitAfter => self.submit(&name)?,
+                    Decision::Wait => continue,
+                    Decision::Skip(why) => self.skip(&name, why),
+                    Decision::Go(action) => self.resolve(&name, &action)?,
+                    Decision::GoAfterJobs(action) => self.submit(&name, &action)?,
                 }
                 changed = true;
             }
@@ -215,39 +207,16 @@ impl Coordinator<'_> {
         Ok(())
     }
 
-    fn next_for(&self, name: &str) -> Next {
-        let ups = upstream_of(&self.job.pipeline, name);
-        for u in &ups {
-            if let Some(Slot::Done(rec, None)) = self.slots.get(u) {
-                let why = match rec.status {
-                    StageStatus::Failed => format!("upstream stage `{u}` failed"),
-                    _ => format!("upstream stage `{u}` was skipped"),
-                };
-                return Next::Skip(why);
-            }
-        }
-        if self.job.cancel.is_cancelled() {
-            return Next::Skip("the run was interrupted before this stage was submitted".into());
-        }
-        let resolved = |u: &StageName| matches!(self.slots.get(u), Some(Slot::Done(_, Some(_))));
-        let placed =
-            |u: &StageName| resolved(u) || matches!(self.slots.get(u), Some(Slot::Queued(_)));
-        if ups.iter().all(resolved) {
-            Next::Resolve
-        } else if ups.iter().all(placed) && !self.is_local(name) && self.job.selected.contains(name)
-        {
-            Next::SubmitAfter
-        } else {
-            Next::Wait
-        }
-    }
-
-    fn is_local(&self, name: &str) -> bool {
-        self.job
-            .pipeline
-            .stages
-            .get(name)
-            .is_some_and(|s| s.resources.or(&self.job.pipeline.slurm).local == Some(true))
+    fn next_for(&self, name: &str) -> Decision {
+        let state = |u: &str| match self.slots.get(u) {
+            Some(Slot::Done(_, Some(_))) => Upstream::Resolved,
+            Some(Slot::Done(rec, None)) if rec.status == StageStatus::Skipped => Upstream::Skipped,
+            Some(Slot::Done(_, None)) => Upstream::Failed,
+            Some(Slot::Queued(_)) => Upstream::Queued,
+            _ => Upstream::Pending,
+        };
+        self.plan
+            .decide(name, state, self.job.cancel.is_cancelled())
     }
 
     fn resolved_map(&self) -> BTreeMap<StageName, Resolved> {
@@ -269,16 +238,12 @@ impl Coordinator<'_> {
             .unwrap_or_default()
     }
 
-    fn recompute(&self, name: &str) -> bool {
-        self.job.force.applies_to(name) || matches!(self.job.mode, Mode::Verify(_))
-    }
-
     /// Every upstream result exists: a cache hit, a local run, or a job without dependencies.
-    fn resolve(&mut self, name: &str) -> Result<(), ExecError> {
+    fn resolve(&mut self, name: &str, action: &Action) -> Result<(), ExecError> {
         let job = self.job;
         let resolved = self.resolved_map();
-        let selected = job.selected.contains(name);
-        if !self.recompute(name) || !selected {
+        let selected = *action != Action::LookUp;
+        if action.reuse() == Reuse::Allow {
             let mut rec = StageRecord::pending(&self.kind_of(name));
             match key_parts(&job.pipeline, &job.registry, name, &resolved) {
                 Ok(parts) => {
@@ -305,11 +270,7 @@ impl Coordinator<'_> {
                         return Ok(());
                     }
                     if !selected {
-                        let error = format!(
-                            "stage `{name}` was not selected and its result is not in the store; \
-                             run it first, or add it to --only"
-                        );
-                        self.fail(name, rec, error, Vec::new(), None);
+                        self.fail(name, rec, not_stored(name), Vec::new(), None);
                         return Ok(());
                     }
                 }
@@ -319,29 +280,21 @@ impl Coordinator<'_> {
                 }
             }
         }
-        if self.is_local(name) {
-            self.run_here(name, &resolved);
+        if self.plan.runs_on_host(name) {
+            self.run_here(name, action, &resolved);
             Ok(())
         } else {
-            self.submit(name)
+            self.submit(name, action)
         }
     }
 
     /// Runs a `local = true` stage in this process, as the local executor would.
-    fn run_here(&mut self, name: &str, resolved: &BTreeMap<StageName, Resolved>) {
+    fn run_here(&mut self, name: &str, action: &Action, resolved: &BTreeMap<StageName, Resolved>) {
         let job = self.job;
-        let verify_against = match &job.mode {
-            Mode::Verify(recorded) => recorded.get(name).cloned(),
-            Mode::Run => None,
-        };
         let req = StageRequest {
             stage: name.to_owned(),
-            reuse: if self.recompute(name) {
-                Reuse::Recompute
-            } else {
-                Reuse::Allow
-            },
-            verify_against,
+            reuse: action.reuse(),
+            verify_against: action.verify_against().cloned(),
             threads: thread_budget(&job.pipeline, name, job.cores, 1),
         };
         if !self.jobs.local.iter().any(|s| s == name) {
@@ -354,7 +307,7 @@ impl Coordinator<'_> {
     }
 
     /// Writes the stage's script and queues it after its queued upstream jobs.
-    fn submit(&mut self, name: &str) -> Result<(), ExecError> {
+    fn submit(&mut self, name: &str, action: &Action) -> Result<(), ExecError> {
         let job = self.job;
         let spec = &job.pipeline.stages[name];
         let resources = spec.resources.or(&job.pipeline.slurm);
@@ -368,7 +321,7 @@ impl Coordinator<'_> {
             workdir: &self.exec.workdir,
             itera_bin: &self.exec.itera_bin,
             resources: &resources,
-            force: self.recompute(name),
+            action,
         })
         .map_err(|e| self.abort(name, e.to_string()))?;
         let files = StageFiles::new(&slurm_dir(&run_dir), name);
@@ -378,7 +331,7 @@ impl Coordinator<'_> {
         let _ = std::fs::remove_file(&files.exitcode);
         let mut after = Vec::new();
         let mut deps = Vec::new();
-        for u in upstream_of(&job.pipeline, name) {
+        for u in self.plan.upstream(name) {
             if let Some(Slot::Queued(q)) = self.slots.get(&u) {
                 after.push(u.clone());
                 deps.push(q.job.clone());

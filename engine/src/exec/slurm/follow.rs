@@ -3,13 +3,13 @@
 //! error and log tail (the stage log and the job's own stderr, where SLURM writes
 //! time-limit and memory kills).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::cancel;
 use super::executor::{Coordinator, Queued, Slot};
-use crate::exec::{upstream_of, Event};
+use crate::exec::Event;
 
 use super::sbatch::JobId;
 use super::script::{slurm_dir, StageFiles};
@@ -235,7 +235,8 @@ impl Coordinator<'_> {
     }
 
     fn failed_upstream(&self, name: &str) -> String {
-        upstream_of(&self.job.pipeline, name)
+        self.plan
+            .upstream(name)
             .into_iter()
             .find(|u| matches!(self.slots.get(u), Some(Slot::Done(_, None))))
             .map(|u| format!("upstream stage `{u}` did not succeed; SLURM cancelled the job"))
@@ -274,7 +275,9 @@ impl Coordinator<'_> {
             .slots
             .iter()
             .filter_map(|(n, s)| match s {
-                Slot::Queued(q) if self.depends_on(n, name) => Some((n.clone(), q.job.clone())),
+                Slot::Queued(q) if self.plan.depends_on(n, name) => {
+                    Some((n.clone(), q.job.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -293,20 +296,5 @@ impl Coordinator<'_> {
                 ),
             );
         }
-    }
-
-    /// Whether `stage` is downstream of `upstream`.
-    fn depends_on(&self, stage: &str, upstream: &str) -> bool {
-        let mut todo: Vec<StageName> = upstream_of(&self.job.pipeline, stage).into_iter().collect();
-        let mut seen = BTreeSet::new();
-        while let Some(s) = todo.pop() {
-            if s == upstream {
-                return true;
-            }
-            if seen.insert(s.clone()) {
-                todo.extend(upstream_of(&self.job.pipeline, &s));
-            }
-        }
-        false
     }
 }

@@ -3,15 +3,16 @@
 //! other stage gets its batch script, rendered exactly as it would be submitted, and the
 //! upstream stages its job would wait for. Nothing is written or submitted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::executor::{absolute_dirs, SlurmExecutor};
 use super::sbatch;
 use super::script::{self, slurm_dir, ScriptSpec, StageFiles};
 use crate::exec::inputs::{key_parts, Resolved};
-use crate::exec::{upstream_of, with_ancestors, ExecError, Mode, RunJob};
+use crate::exec::planner::{not_stored, Action, Decision, Planner, Upstream};
+use crate::exec::{ExecError, RunJob};
 use crate::spec::StageName;
-use crate::store::Lookup;
+use crate::store::{Lookup, Reuse};
 
 /// What would happen to one stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub enum Planned {
     Cached { key: String },
     /// It would run on this host (`resources.local = true`).
     Local,
+    /// Not selected and not stored: the run would fail here.
+    Unavailable { reason: String },
     /// It would be submitted with this script, after these stages' jobs.
     Job {
         script_path: std::path::PathBuf,
@@ -32,35 +35,31 @@ pub enum Planned {
 
 /// The plan for every stage the run would touch, in dependency order.
 pub fn plan(exec: &SlurmExecutor, job: &RunJob) -> Result<Vec<(StageName, Planned)>, ExecError> {
-    let mut todo: Vec<StageName> = with_ancestors(&job.pipeline, &job.selected)
-        .into_iter()
-        .collect();
+    let planner = Planner::new(&job.pipeline, &job.selected, &job.force, &job.mode)?;
     let mut resolved: BTreeMap<StageName, Resolved> = BTreeMap::new();
     let mut out: Vec<(StageName, Planned)> = Vec::new();
-    let mut placed: BTreeMap<StageName, bool> = BTreeMap::new(); // stage -> is a job
+    let mut jobs: BTreeSet<StageName> = BTreeSet::new();
     let (runs_dir, run_dir) = absolute_dirs(job).map_err(ExecError::Backend)?;
-    while !todo.is_empty() {
-        let ready = todo
-            .iter()
-            .position(|s| {
-                upstream_of(&job.pipeline, s)
-                    .iter()
-                    .all(|u| placed.contains_key(u))
-            })
-            .ok_or_else(|| {
-                ExecError::Backend("the pipeline's stages depend on each other in a cycle".into())
-            })?;
-        let name = todo.remove(ready);
-        let ups = upstream_of(&job.pipeline, &name);
-        let recompute = job.force.applies_to(&name) || matches!(job.mode, Mode::Verify(_));
-        if !recompute && ups.iter().all(|u| resolved.contains_key(u)) {
-            if let Ok(parts) = key_parts(&job.pipeline, &job.registry, &name, &resolved) {
+    for name in planner.stages() {
+        let state = |u: &str| {
+            if resolved.contains_key(u) {
+                Upstream::Resolved
+            } else if jobs.contains(u) {
+                Upstream::Queued
+            } else {
+                // Neither stored nor a job: it runs on this host, before this stage.
+                Upstream::Pending
+            }
+        };
+        let decision = planner.decide(name, state, false);
+        let action = planner.action(name);
+        if action.reuse() == Reuse::Allow && matches!(decision, Decision::Go(_)) {
+            if let Ok(parts) = key_parts(&job.pipeline, &job.registry, name, &resolved) {
                 let key = parts.key();
                 if let Lookup::Hit(entry) = job.store.lookup(&key) {
                     resolved.insert(name.clone(), Resolved::from_entry(&entry));
-                    placed.insert(name.clone(), false);
                     out.push((
-                        name,
+                        name.clone(),
                         Planned::Cached {
                             key: key.to_string(),
                         },
@@ -69,30 +68,39 @@ pub fn plan(exec: &SlurmExecutor, job: &RunJob) -> Result<Vec<(StageName, Planne
                 }
             }
         }
-        let spec = &job.pipeline.stages[&name];
-        let resources = spec.resources.or(&job.pipeline.slurm);
-        if resources.local == Some(true) {
-            placed.insert(name.clone(), false);
-            out.push((name, Planned::Local));
+        if action == Action::LookUp {
+            out.push((
+                name.clone(),
+                Planned::Unavailable {
+                    reason: not_stored(name),
+                },
+            ));
             continue;
         }
+        if planner.runs_on_host(name) {
+            out.push((name.clone(), Planned::Local));
+            continue;
+        }
+        let spec = &job.pipeline.stages[name];
+        let resources = spec.resources.or(&job.pipeline.slurm);
         let script = script::render(&ScriptSpec {
             pipeline: &job.pipeline.name,
-            stage: &name,
+            stage: name,
             run_id: job.run.id().as_str(),
             runs_dir: &runs_dir,
             run_dir: &run_dir,
             workdir: &exec.workdir,
             itera_bin: &exec.itera_bin,
             resources: &resources,
-            force: recompute,
+            action: &action,
         })
         .map_err(|e| ExecError::Backend(e.to_string()))?;
-        let after: Vec<StageName> = ups
+        let after: Vec<StageName> = planner
+            .upstream(name)
             .into_iter()
-            .filter(|u| placed.get(u) == Some(&true))
+            .filter(|u| jobs.contains(u))
             .collect();
-        let script_path = StageFiles::new(&slurm_dir(&run_dir), &name).script;
+        let script_path = StageFiles::new(&slurm_dir(&run_dir), name).script;
         let mut args = sbatch::arguments(&script_path, &[]);
         if !after.is_empty() {
             let ids: Vec<String> = after.iter().map(|u| format!("<job of {u}>")).collect();
@@ -100,9 +108,9 @@ pub fn plan(exec: &SlurmExecutor, job: &RunJob) -> Result<Vec<(StageName, Planne
             args.insert(2, "--kill-on-invalid-dep=yes".to_owned());
         }
         let command = super::command::display("sbatch", &args);
-        placed.insert(name.clone(), true);
+        jobs.insert(name.clone());
         out.push((
-            name,
+            name.clone(),
             Planned::Job {
                 script_path,
                 script,

@@ -11,7 +11,9 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::exec::Action;
 use crate::spec::Resources;
+use crate::store::Reuse;
 
 /// Files of one stage's job inside `runs/<run>/slurm/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +62,10 @@ pub struct ScriptSpec<'a> {
     pub itera_bin: &'a Path,
     /// The stage's resources, already merged over `[pipeline.slurm]` (see [`Resources::or`]).
     pub resources: &'a Resources,
-    /// Recompute even if the result is stored (`--force`).
-    pub force: bool,
+    /// What the job does (the [`Planner`](crate::exec::Planner)'s action): reuse or
+    /// compute, recompute (`--force`), or recompute and compare with the recorded digest
+    /// (`rerun --verify`: `exec-stage --verify-against DIGEST`).
+    pub action: &'a Action,
 }
 
 /// A value that cannot be put into a batch script.
@@ -202,7 +206,11 @@ pub fn render(spec: &ScriptSpec<'_>) -> Result<String, ScriptError> {
         shell_quote(runs_dir),
         shell_quote(run_dir),
         shell_quote(spec.stage),
-        if spec.force { " --force" } else { "" }
+        match (spec.action.reuse(), spec.action.verify_against()) {
+            (_, Some(digest)) => format!(" --verify-against {digest}"),
+            (Reuse::Recompute, None) => " --force".to_owned(),
+            (Reuse::Allow, None) => String::new(),
+        }
     );
     s.push_str(")\n");
     s.push_str(concat!(
@@ -294,7 +302,7 @@ mod tests {
             workdir: Path::new("/home/me/study"),
             itera_bin: Path::new("/opt/itera/bin/itera"),
             resources: res,
-            force: false,
+            action: &Action::Reuse,
         }
     }
 
