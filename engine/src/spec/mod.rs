@@ -13,6 +13,7 @@ mod links;
 mod matrix;
 mod model;
 mod overrides;
+mod resources;
 mod tree;
 mod typed;
 mod validate;

@@ -179,6 +179,13 @@ fn check_pipeline<'a>(
     };
     let mut rest = table.clone();
     rest.remove("defaults");
+    if let Some(slurm) = table.get("slurm") {
+        diags.extend(super::resources::check_values(
+            slurm,
+            "`[pipeline.slurm]`",
+            sources,
+        ));
+    }
     // `stages.x = ...` written under `[pipeline]` lands inside it.
     if let Some(misplaced) = rest.remove("stages") {
         diags.push(
@@ -433,6 +440,12 @@ fn check_resources(
         ));
         return None;
     };
+    let bad =
+        super::resources::check_values(node, &format!("`[stages.{stage}.resources]`"), sources);
+    if !bad.is_empty() {
+        diags.extend(bad);
+        return None;
+    }
     let subject = |_: &[String], _: &Node| Subject {
         noun: "key",
         owner: format!("in `[stages.{stage}.resources]`"),
