@@ -7,10 +7,12 @@
 //! - [`model`]: the parallel forward pass and loss;
 //! - [`optim`]: AdamW and gradient clipping; [`trainer`]: steps, checkpoints, resume;
 //! - [`sampler`]: seeded, resumable batches; [`score`]: NLL of a token stream;
-//! - [`weights`]: `model.safetensors` + `config.json` I/O;
+//! - [`artifact`]: the model folder's files, `config.json` reader, tensor decoding and the
+//!   deterministic safetensors writer; [`weights`]: training-side model I/O;
 //! - [`decode`]: the recurrent decoder over plain slices (f32/f16 weights), sampling;
 //! - [`isa`]: instruction-set detection and dispatch of the training/scoring kernels.
 
+pub mod artifact;
 pub mod config;
 pub mod decode;
 pub mod isa;
@@ -29,6 +31,6 @@ pub use config::ModelConfig;
 pub use params::Params;
 pub use sampler::{BatchSampler, SamplerState};
 pub use score::score;
-pub use train_config::TrainConfig;
+pub use train_config::{OptimizerConfig, ScheduleConfig, TrainConfig};
 pub use trainer::{StepStats, TrainError, Trainer};
 pub use weights::{export, load_model};

@@ -3,7 +3,7 @@
 
 use crate::params::Params;
 use crate::real::Real;
-use crate::train_config::TrainConfig;
+use crate::train_config::OptimizerConfig;
 use rayon::prelude::*;
 
 /// AdamW moments, one pair per parameter tensor.
@@ -35,7 +35,13 @@ impl<E: Real> AdamW<E> {
     /// One update with learning rate `lr`:
     /// `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`,
     /// `w -= lr (wd w [decayed tensors only] + m_hat / (sqrt(v_hat) + eps))`.
-    pub fn update(&mut self, params: &mut Params<E>, grads: &[Vec<E>], lr: f64, cfg: &TrainConfig) {
+    pub fn update(
+        &mut self,
+        params: &mut Params<E>,
+        grads: &[Vec<E>],
+        lr: f64,
+        cfg: &OptimizerConfig,
+    ) {
         self.t += 1;
         let t = self.t as i32;
         let (b1, b2) = (cfg.beta1, cfg.beta2);

@@ -1,40 +1,24 @@
-//! Optimisation settings of a training run (the `optim` part of the `train` stage's
-//! params): AdamW, the warmup + cosine learning-rate schedule, clipping, batch shape and
-//! length of the run; validated with actionable messages.
+//! Optimisation settings of a training run, with their one set of defaults: AdamW and
+//! clipping ([`OptimizerConfig`], the `train` stage's `optimizer` table), the warmup +
+//! cosine learning-rate schedule ([`ScheduleConfig`], its `schedule` table), batch shape
+//! and length of the run; validated with actionable messages naming each key's path.
 
 use crate::config::ConfigIssue;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// How to train: AdamW hyper-parameters, schedule, clipping, batch shape, steps.
+/// How to train: AdamW hyper-parameters, the learning-rate schedule, and the batch shape
+/// and length of the run. The `train` stage's `optimizer` and `schedule` tables are
+/// [`OptimizerConfig`] and [`ScheduleConfig`] themselves, so every default lives here once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Peak learning rate, reached at the end of warmup.
-    #[serde(default = "defaults::learning_rate")]
-    pub learning_rate: f64,
-    /// AdamW first-moment decay (beta1).
-    #[serde(default = "defaults::beta1")]
-    pub beta1: f64,
-    /// AdamW second-moment decay (beta2).
-    #[serde(default = "defaults::beta2")]
-    pub beta2: f64,
-    /// AdamW epsilon added to the root of the second moment.
-    #[serde(default = "defaults::eps")]
-    pub eps: f64,
-    /// Decoupled weight decay (Loshchilov & Hutter 2019) applied to weight matrices only:
-    /// never to norms, biases, embeddings, `A_log` or `D`.
-    #[serde(default = "defaults::weight_decay")]
-    pub weight_decay: f64,
-    /// Steps of linear warmup from 0 to `learning_rate`.
-    #[serde(default = "defaults::warmup_steps")]
-    pub warmup_steps: u64,
-    /// The cosine schedule decays to `min_lr_ratio * learning_rate` at `steps`.
-    #[serde(default = "defaults::min_lr_ratio")]
-    pub min_lr_ratio: f64,
-    /// Clip the global L2 norm of the gradient to this value (0 disables clipping).
-    #[serde(default = "defaults::grad_clip")]
-    pub grad_clip: f64,
+    /// AdamW settings.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
     /// Optimizer steps of the whole run.
     #[serde(default = "defaults::steps")]
     pub steps: u64,
@@ -46,38 +30,76 @@ pub struct TrainConfig {
     pub seq_len: usize,
 }
 
-mod defaults {
-    pub fn learning_rate() -> f64 {
-        1e-3
+/// AdamW (decoupled weight decay) and gradient clipping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Peak learning rate, reached at the end of warmup.
+    #[serde(default = "defaults::learning_rate")]
+    pub learning_rate: f64,
+    /// First-moment decay (beta1).
+    #[serde(default = "defaults::beta1")]
+    pub beta1: f64,
+    /// Second-moment decay (beta2).
+    #[serde(default = "defaults::beta2")]
+    pub beta2: f64,
+    /// Added to the root of the second moment.
+    #[serde(default = "defaults::eps")]
+    pub eps: f64,
+    /// Decoupled weight decay (Loshchilov & Hutter 2019) of the weight matrices only:
+    /// never of norms, biases, embeddings, `A_log` or `D`.
+    #[serde(default = "defaults::weight_decay")]
+    pub weight_decay: f64,
+    /// Clip the gradient's global L2 norm to this (0 disables clipping).
+    #[serde(default = "defaults::grad_clip")]
+    pub grad_clip: f64,
+}
+
+/// Linear warmup, then cosine decay to `min_lr_ratio` times the peak at the last step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Steps of linear warmup from 0 to the peak learning rate.
+    #[serde(default = "defaults::warmup_steps")]
+    pub warmup_steps: u64,
+    /// Learning rate at the last step, as a fraction of the peak.
+    #[serde(default = "defaults::min_lr_ratio")]
+    pub min_lr_ratio: f64,
+}
+
+/// The defaults of every training setting (the `train` stage uses these too).
+pub mod defaults {
+    pub const fn learning_rate() -> f64 {
+        3e-4
     }
-    pub fn beta1() -> f64 {
+    pub const fn beta1() -> f64 {
         0.9
     }
-    pub fn beta2() -> f64 {
+    pub const fn beta2() -> f64 {
         0.95
     }
-    pub fn eps() -> f64 {
+    pub const fn eps() -> f64 {
         1e-8
     }
-    pub fn weight_decay() -> f64 {
+    pub const fn weight_decay() -> f64 {
         0.1
     }
-    pub fn warmup_steps() -> u64 {
+    pub const fn warmup_steps() -> u64 {
         100
     }
-    pub fn min_lr_ratio() -> f64 {
+    pub const fn min_lr_ratio() -> f64 {
         0.1
     }
-    pub fn grad_clip() -> f64 {
+    pub const fn grad_clip() -> f64 {
         1.0
     }
-    pub fn steps() -> u64 {
+    pub const fn steps() -> u64 {
         1000
     }
-    pub fn batch_size() -> usize {
+    pub const fn batch_size() -> usize {
         32
     }
-    pub fn seq_len() -> usize {
+    pub const fn seq_len() -> usize {
         128
     }
 }
@@ -85,17 +107,33 @@ mod defaults {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
+            optimizer: OptimizerConfig::default(),
+            schedule: ScheduleConfig::default(),
+            steps: defaults::steps(),
+            batch_size: defaults::batch_size(),
+            seq_len: defaults::seq_len(),
+        }
+    }
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
             learning_rate: defaults::learning_rate(),
             beta1: defaults::beta1(),
             beta2: defaults::beta2(),
             eps: defaults::eps(),
             weight_decay: defaults::weight_decay(),
+            grad_clip: defaults::grad_clip(),
+        }
+    }
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
             warmup_steps: defaults::warmup_steps(),
             min_lr_ratio: defaults::min_lr_ratio(),
-            grad_clip: defaults::grad_clip(),
-            steps: defaults::steps(),
-            batch_size: defaults::batch_size(),
-            seq_len: defaults::seq_len(),
         }
     }
 }
@@ -104,13 +142,14 @@ impl TrainConfig {
     /// Learning rate of the 0-based optimizer step `step`: linear warmup over
     /// `warmup_steps`, then cosine decay to `min_lr_ratio * learning_rate` at `steps`.
     pub fn lr_at(&self, step: u64) -> f64 {
-        let peak = self.learning_rate;
-        if step < self.warmup_steps {
-            return peak * (step + 1) as f64 / self.warmup_steps as f64;
+        let peak = self.optimizer.learning_rate;
+        let warmup = self.schedule.warmup_steps;
+        if step < warmup {
+            return peak * (step + 1) as f64 / warmup as f64;
         }
-        let span = self.steps.saturating_sub(self.warmup_steps).max(1);
-        let progress = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
-        let min = peak * self.min_lr_ratio;
+        let span = self.steps.saturating_sub(warmup).max(1);
+        let progress = ((step - warmup) as f64 / span as f64).min(1.0);
+        let min = peak * self.schedule.min_lr_ratio;
         min + 0.5 * (peak - min) * (1.0 + (std::f64::consts::PI * progress).cos())
     }
 
@@ -122,42 +161,43 @@ impl TrainConfig {
                 issues.push(ConfigIssue { field, message });
             }
         };
-        let lr = self.learning_rate;
+        let (o, sch) = (&self.optimizer, &self.schedule);
+        let lr = o.learning_rate;
         bad(
-            "learning_rate",
+            "optimizer.learning_rate",
             lr > 0.0 && lr.is_finite(),
             format!("must be a positive number, found {lr}"),
         );
         bad(
-            "beta1",
-            (0.0..1.0).contains(&self.beta1),
-            format!("must be in [0, 1), found {}", self.beta1),
+            "optimizer.beta1",
+            (0.0..1.0).contains(&o.beta1),
+            format!("must be in [0, 1), found {}", o.beta1),
         );
         bad(
-            "beta2",
-            (0.0..1.0).contains(&self.beta2),
-            format!("must be in [0, 1), found {}", self.beta2),
+            "optimizer.beta2",
+            (0.0..1.0).contains(&o.beta2),
+            format!("must be in [0, 1), found {}", o.beta2),
         );
         bad(
-            "eps",
-            self.eps > 0.0 && self.eps.is_finite(),
-            format!("must be a positive number, found {}", self.eps),
+            "optimizer.eps",
+            o.eps > 0.0 && o.eps.is_finite(),
+            format!("must be a positive number, found {}", o.eps),
         );
-        let wd = self.weight_decay;
+        let wd = o.weight_decay;
         bad(
-            "weight_decay",
+            "optimizer.weight_decay",
             (0.0..1.0).contains(&wd),
             format!("must be in [0, 1), found {wd}"),
         );
-        let r = self.min_lr_ratio;
+        let r = sch.min_lr_ratio;
         bad(
-            "min_lr_ratio",
+            "schedule.min_lr_ratio",
             (0.0..=1.0).contains(&r),
             format!("must be in [0, 1], found {r}"),
         );
-        let c = self.grad_clip;
+        let c = o.grad_clip;
         bad(
-            "grad_clip",
+            "optimizer.grad_clip",
             c >= 0.0 && c.is_finite(),
             format!("must be zero (off) or positive, found {c}"),
         );
@@ -191,10 +231,15 @@ mod tests {
     #[test]
     fn schedule_warms_up_then_decays_to_the_floor() {
         let c = TrainConfig {
-            learning_rate: 1.0,
-            warmup_steps: 10,
+            optimizer: OptimizerConfig {
+                learning_rate: 1.0,
+                ..Default::default()
+            },
+            schedule: ScheduleConfig {
+                warmup_steps: 10,
+                min_lr_ratio: 0.1,
+            },
             steps: 110,
-            min_lr_ratio: 0.1,
             ..Default::default()
         };
         assert!((c.lr_at(0) - 0.1).abs() < 1e-12);
@@ -208,15 +253,26 @@ mod tests {
     #[test]
     fn invalid_settings_are_all_reported() {
         let c = TrainConfig {
-            learning_rate: 0.0,
-            beta2: 1.0,
+            optimizer: OptimizerConfig {
+                learning_rate: 0.0,
+                beta2: 1.0,
+                ..Default::default()
+            },
             seq_len: 256,
             batch_size: 0,
             ..Default::default()
         };
         let issues = c.issues(128);
         let fields: Vec<_> = issues.iter().map(|i| i.field).collect();
-        assert_eq!(fields, ["learning_rate", "beta2", "batch_size", "seq_len"]);
+        assert_eq!(
+            fields,
+            [
+                "optimizer.learning_rate",
+                "optimizer.beta2",
+                "batch_size",
+                "seq_len"
+            ]
+        );
         assert!(issues[3].message.contains("max_seq_length (128)"));
         assert!(TrainConfig::default().issues(128).is_empty());
     }
@@ -228,5 +284,7 @@ mod tests {
         assert_eq!(c.batch_size, 32);
         let e = serde_json::from_str::<TrainConfig>(r#"{"stepz": 5}"#).unwrap_err();
         assert!(e.to_string().contains("stepz"));
+        let e = serde_json::from_str::<TrainConfig>(r#"{"optimizer": {"lr": 1}}"#).unwrap_err();
+        assert!(e.to_string().contains("lr"));
     }
 }

@@ -26,6 +26,10 @@ use std::time::Instant;
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// File of the step counter, seed and settings in a checkpoint folder.
 pub const STATE_FILE: &str = "trainer_state.json";
+/// `trainer_state.json`'s format name and version (2: training settings nested as
+/// `optimizer` and `schedule`).
+pub const CHECKPOINT_FORMAT: &str = "itera-lite-checkpoint";
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// Why training cannot start or continue.
 #[derive(Debug, thiserror::Error)]
@@ -203,9 +207,9 @@ impl<E: Real> Trainer<E> {
             let mut g = out.loss.backward();
             let mut grads: Vec<Vec<E>> = params.values.iter().map(|v| grad_of(&mut g, v)).collect();
             drop(g);
-            let norm = clip_global_norm(&mut grads, train.grad_clip);
+            let norm = clip_global_norm(&mut grads, train.optimizer.grad_clip);
             if ce.is_finite() && norm.is_finite() {
-                adam.update(params, &grads, lr, train);
+                adam.update(params, &grads, lr, &train.optimizer);
             }
             (ce, aux, counts, norm)
         });
@@ -319,8 +323,8 @@ impl<E: Real> Trainer<E> {
         }
         weights::write_tensors(&tmp.join(OPTIMIZER_FILE), &moments, weights::metadata())?;
         let state = TrainerState {
-            format: "itera-lite-checkpoint".into(),
-            version: 1,
+            format: CHECKPOINT_FORMAT.into(),
+            version: CHECKPOINT_VERSION,
             dtype: format!("{:?}", E::SAFETENSORS_DTYPE),
             step: self.step,
             adam_t: self.adam.t,
@@ -346,19 +350,25 @@ impl<E: Real> Trainer<E> {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let state: TrainerState = serde_json::from_str(&text).map_err(|e| TrainError::State {
-            path: path.clone(),
-            message: format!("not a trainer state: {e}"),
-        })?;
-        if state.format != "itera-lite-checkpoint" || state.version != 1 {
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| TrainError::State {
+                path: path.clone(),
+                message: format!("not a trainer state: {e}"),
+            })?;
+        let (format, version) = (&value["format"], &value["version"]);
+        if format != CHECKPOINT_FORMAT || version != CHECKPOINT_VERSION {
             return Err(TrainError::State {
                 path,
                 message: format!(
-                    "unsupported checkpoint format {} v{}",
-                    state.format, state.version
+                    "unsupported checkpoint format {format} v{version} (this build reads \
+                     {CHECKPOINT_FORMAT} v{CHECKPOINT_VERSION})"
                 ),
             });
         }
+        let state: TrainerState = serde_json::from_value(value).map_err(|e| TrainError::State {
+            path: path.clone(),
+            message: format!("not a trainer state: {e}"),
+        })?;
         let cfg = weights::load_config(dir)?;
         let params = weights::load_params::<E>(&cfg, &dir.join(weights::WEIGHTS_FILE))?;
         let opt_path = dir.join(OPTIMIZER_FILE);

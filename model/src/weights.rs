@@ -1,18 +1,17 @@
-//! `model.safetensors` + `config.json`: writing a model (names and shapes of
-//! `docs/MODEL.md`, `__metadata__ = {"format": "itera-lite", "version": "1"}`) and loading
-//! one back (F32 or F64 as stored; F16 and BF16 upcast to f32).
+//! Training-side model I/O: writing [`Params`] as a model folder (`model.safetensors` in
+//! the layout of [`crate::params::layout`], written by [`crate::artifact`]'s deterministic
+//! writer, and `config.json`) and loading one back as `E` (F32 or F64 as stored; F16 and
+//! BF16 widened), checking every name and shape.
 
+use crate::artifact::{self, ArtifactError, OutTensor};
 use crate::config::ModelConfig;
 use crate::params::{layout, Params};
 use crate::real::Real;
 use safetensors::{Dtype, SafeTensors};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-/// File name of the weights in a model or checkpoint folder.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// File name of the model config in a model or checkpoint folder.
-pub const CONFIG_FILE: &str = "config.json";
+pub use crate::artifact::{metadata, CONFIG_FILE, WEIGHTS_FILE};
 
 /// Why weights could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -29,15 +28,9 @@ pub enum WeightsError {
         path: PathBuf,
         source: safetensors::SafeTensorError,
     },
-    /// `config.json` is not a valid model config.
-    #[error("{path}: invalid model config: {source}")]
-    Config {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    /// The config has invalid values.
-    #[error("{path}: invalid model config: {issues}")]
-    ConfigValues { path: PathBuf, issues: String },
+    /// `config.json` cannot be read or is not a valid model config.
+    #[error(transparent)]
+    Config(#[from] ArtifactError),
     /// A tensor the config requires is missing.
     #[error("{path}: tensor `{name}` is missing (is config.json the one these weights were trained with?)")]
     Missing { path: PathBuf, name: String },
@@ -68,39 +61,24 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WeightsError + '_ {
     }
 }
 
-/// The header metadata of every file written here.
-pub fn metadata() -> HashMap<String, String> {
-    HashMap::from([
-        ("format".to_string(), "itera-lite".to_string()),
-        ("version".to_string(), "1".to_string()),
-    ])
-}
-
 /// Writes named tensors (name, shape, values) to a safetensors file, atomically
 /// (temporary file + rename).
 pub fn write_tensors<E: Real>(
     path: &Path,
     tensors: &[(String, Vec<usize>, &[E])],
-    meta: HashMap<String, String>,
+    meta: BTreeMap<String, String>,
 ) -> Result<(), WeightsError> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let mut out: Vec<OutTensor> = tensors
         .iter()
-        .map(|(n, s, v)| (n.clone(), s.clone(), E::to_le_bytes(v)))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, s, b)| {
-            // Invariant: the byte length is numel * size of E by construction.
-            let view = safetensors::tensor::TensorView::new(E::SAFETENSORS_DTYPE, s.clone(), b)
-                .expect("consistent tensor view");
-            (n.clone(), view)
+        .map(|(n, s, v)| OutTensor {
+            name: n.clone(),
+            dtype: E::SAFETENSORS_DTYPE,
+            shape: s.clone(),
+            data: E::to_le_bytes(v),
         })
         .collect();
-    let data =
-        safetensors::serialize(views, Some(meta)).map_err(|source| WeightsError::Format {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    artifact::sort_like_safetensors(&mut out);
+    let data = artifact::write_safetensors(&meta, &out);
     let tmp = path.with_extension("safetensors.tmp");
     std::fs::write(&tmp, data).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
@@ -119,55 +97,15 @@ pub fn read_tensors<E: Real>(path: &Path) -> Result<NamedTensors<E>, WeightsErro
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         let data = view.data();
-        let values: Vec<E> = match view.dtype() {
-            Dtype::F32 => <f32 as Real>::from_le_bytes(data)
-                .into_iter()
-                .map(|x| E::of(x as f64))
-                .collect(),
-            Dtype::F64 => <f64 as Real>::from_le_bytes(data)
-                .into_iter()
-                .map(E::of)
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|c| E::of(f16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64))
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|c| {
-                    E::of(f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64)
-                })
-                .collect(),
-            dtype => {
-                return Err(WeightsError::Dtype {
-                    path: path.to_path_buf(),
-                    name,
-                    dtype,
-                })
-            }
-        };
+        let values: Vec<E> =
+            artifact::tensor_values(view.dtype(), data).ok_or_else(|| WeightsError::Dtype {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                dtype: view.dtype(),
+            })?;
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok(out)
-}
-
-/// IEEE half -> single precision (exact).
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let man = (h & 0x3ff) as u32;
-    let bits = match (exp, man) {
-        (0, 0) => sign,
-        (0, m) => {
-            // Subnormal: normalise.
-            let shift = m.leading_zeros() - 21;
-            let m = (m << shift) & 0x3ff;
-            sign | ((127 - 15 + 1 - shift) << 23) | (m << 13)
-        }
-        (0x1f, m) => sign | (0xff << 23) | (m << 13),
-        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
-    };
-    f32::from_bits(bits)
 }
 
 /// Writes `params` to `path` as `model.safetensors` content.
@@ -221,22 +159,7 @@ pub fn save_config(cfg: &ModelConfig, dir: &Path) -> Result<(), WeightsError> {
 
 /// Reads and validates `config.json` from `dir`.
 pub fn load_config(dir: &Path) -> Result<ModelConfig, WeightsError> {
-    let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    let cfg: ModelConfig = serde_json::from_str(&text).map_err(|source| WeightsError::Config {
-        path: path.clone(),
-        source,
-    })?;
-    let issues = cfg.issues();
-    if !issues.is_empty() {
-        let issues = issues
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(WeightsError::ConfigValues { path, issues });
-    }
-    Ok(cfg)
+    Ok(artifact::read_config(&dir.join(CONFIG_FILE))?)
 }
 
 /// Writes a model folder: `model.safetensors` and `config.json` (creating `dir`).

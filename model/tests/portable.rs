@@ -3,7 +3,9 @@
 //! of the thread count. Its own test binary: forcing the kernels is process-wide.
 
 use itera_model::isa::{self, Isa};
-use itera_model::{BatchSampler, ModelConfig, TrainConfig, Trainer};
+use itera_model::{
+    BatchSampler, ModelConfig, OptimizerConfig, ScheduleConfig, TrainConfig, Trainer,
+};
 
 fn run(threads: usize) -> (Vec<f64>, Vec<Vec<f32>>) {
     let model = ModelConfig {
@@ -18,8 +20,14 @@ fn run(threads: usize) -> (Vec<f64>, Vec<Vec<f32>>) {
         ..ModelConfig::tiny()
     };
     let cfg = TrainConfig {
-        learning_rate: 3e-3,
-        warmup_steps: 1,
+        optimizer: OptimizerConfig {
+            learning_rate: 3e-3,
+            ..Default::default()
+        },
+        schedule: ScheduleConfig {
+            warmup_steps: 1,
+            ..Default::default()
+        },
         steps: 4,
         batch_size: 8,
         seq_len: 32,

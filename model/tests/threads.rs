@@ -5,7 +5,9 @@
 //! Generation runs on one thread by design (the recurrent decoder), so it needs no check
 //! here; `parity.rs` ties the decoder to these weights.
 
-use itera_model::{BatchSampler, ModelConfig, StepStats, TrainConfig, Trainer};
+use itera_model::{
+    BatchSampler, ModelConfig, OptimizerConfig, ScheduleConfig, StepStats, TrainConfig, Trainer,
+};
 
 fn model() -> ModelConfig {
     ModelConfig {
@@ -32,8 +34,14 @@ type Run = (Vec<Vec<f32>>, Vec<StepStats>, f64);
 
 fn train(threads: usize) -> Run {
     let cfg = TrainConfig {
-        learning_rate: 3e-3,
-        warmup_steps: 1,
+        optimizer: OptimizerConfig {
+            learning_rate: 3e-3,
+            ..Default::default()
+        },
+        schedule: ScheduleConfig {
+            warmup_steps: 1,
+            ..Default::default()
+        },
         steps: 3,
         batch_size: 8,
         seq_len: 32,

@@ -2,7 +2,9 @@
 //! equal seed/data/threads, and kill-and-resume from a checkpoint ends bit-identical to an
 //! uninterrupted run.
 
-use itera_model::{BatchSampler, ModelConfig, TrainConfig, Trainer};
+use itera_model::{
+    BatchSampler, ModelConfig, OptimizerConfig, ScheduleConfig, TrainConfig, Trainer,
+};
 
 fn small_model() -> ModelConfig {
     ModelConfig {
@@ -43,12 +45,18 @@ fn tiny_model_overfits_a_fixed_batch() {
         ..small_model()
     };
     let train = TrainConfig {
-        learning_rate: 1e-2,
-        warmup_steps: 5,
+        optimizer: OptimizerConfig {
+            learning_rate: 1e-2,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+        schedule: ScheduleConfig {
+            warmup_steps: 5,
+            ..Default::default()
+        },
         steps: 150,
         batch_size: 4,
         seq_len: 16,
-        weight_decay: 0.0,
         ..Default::default()
     };
     let mut t = Trainer::<f32>::new(&cfg, &train, 1, 2).unwrap();
@@ -74,8 +82,14 @@ fn tiny_model_overfits_a_fixed_batch() {
 
 fn run(steps: u64, threads: usize, seed: u64) -> Trainer {
     let train = TrainConfig {
-        learning_rate: 3e-3,
-        warmup_steps: 2,
+        optimizer: OptimizerConfig {
+            learning_rate: 3e-3,
+            ..Default::default()
+        },
+        schedule: ScheduleConfig {
+            warmup_steps: 2,
+            ..Default::default()
+        },
         steps,
         batch_size: 3,
         seq_len: 12,
@@ -107,8 +121,14 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("ckpt");
     let train = TrainConfig {
-        learning_rate: 3e-3,
-        warmup_steps: 2,
+        optimizer: OptimizerConfig {
+            learning_rate: 3e-3,
+            ..Default::default()
+        },
+        schedule: ScheduleConfig {
+            warmup_steps: 2,
+            ..Default::default()
+        },
         steps: 7,
         batch_size: 3,
         seq_len: 12,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use itera_stages::half::{check_model_dir, TOKENIZER_FILE};
+use itera_model::artifact::{check_dir as check_model_dir, TOKENIZER_FILE};
 use itera_stages::records::{to_finite_json, TextScore};
 use itera_stages::scoring::{self, ModelScorer, ScorerKind, TextTokenizer};
 use serde::Serialize;

@@ -10,7 +10,7 @@ use itera_model::decode::{Decoder, Precision, SamplingConfig, Weights};
 use tokenizers::Tokenizer;
 
 use crate::evaluate::measure::{continue_prompt, TextRules};
-use crate::half::{check_model_dir, TOKENIZER_FILE};
+use itera_model::artifact::{check_dir as check_model_dir, TOKENIZER_FILE};
 
 /// A loaded model ready to generate.
 pub struct Session {

@@ -4,29 +4,25 @@
 //! Every F32 tensor is rounded to nearest-even, so the tensor bytes are exactly half; the
 //! header's `__metadata__` is kept (with `dtype` and `converted_from` added), `config.json`
 //! and `tokenizer.json` are copied alongside, and `conversion.json` records the sizes
-//! before and after. The output is written with a deterministic header (sorted metadata,
-//! tensors in the input's order), so the same input always gives the same bytes.
+//! before and after. The output is written by the model artifact's deterministic writer
+//! (sorted metadata, tensors in the input's order), so the same input always gives the
+//! same bytes.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use itera_engine::stage::{InputSlot, InputSlots, OutputDecl, StageContext, StageKind};
-use itera_model::config::ModelConfig;
+use itera_model::artifact::{
+    self, OutTensor, CONFIG_FILE, FORMAT_TAG, TOKENIZER_FILE, WEIGHTS_FILE,
+};
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// File names of a model artifact (shared by train, half-convert, evaluate and generate).
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-pub const CONFIG_FILE: &str = "config.json";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// What `half-convert` writes about the conversion.
 pub const CONVERSION_FILE: &str = "conversion.json";
-/// The `format` value in `__metadata__` of every Itera-Lite weights file.
-pub const FORMAT_TAG: &str = "itera-lite";
 
 /// The 16-bit format to convert to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -40,11 +36,15 @@ pub enum HalfDtype {
 }
 
 impl HalfDtype {
-    fn safetensors_name(self) -> &'static str {
+    fn safetensors_dtype(self) -> Dtype {
         match self {
-            HalfDtype::F16 => "F16",
-            HalfDtype::Bf16 => "BF16",
+            HalfDtype::F16 => Dtype::F16,
+            HalfDtype::Bf16 => Dtype::BF16,
         }
+    }
+
+    fn safetensors_name(self) -> String {
+        artifact::dtype_name(self.safetensors_dtype())
     }
 }
 
@@ -85,8 +85,6 @@ pub struct ConversionRecord {
 /// Why an input cannot be converted.
 #[derive(Debug, thiserror::Error)]
 pub enum HalfConvertError {
-    #[error("input `{dir}` is not a model: it has no `{missing}` (half-convert needs a `train` stage's artifact, with model.safetensors and config.json)")]
-    NotAModel { dir: PathBuf, missing: &'static str },
     #[error("`{path}` is not a safetensors file: {reason}")]
     NotSafetensors { path: PathBuf, reason: String },
     #[error("`{path}` is not an Itera-Lite weights file: its header's __metadata__ has format {found:?}, expected \"itera-lite\"")]
@@ -154,36 +152,13 @@ impl StageKind for HalfConvert {
     }
 }
 
-/// Checks that `dir` holds an Itera-Lite model and returns its config.
-pub fn check_model_dir(dir: &Path) -> Result<ModelConfig, anyhow::Error> {
-    for missing in [WEIGHTS_FILE, CONFIG_FILE] {
-        if !dir.join(missing).is_file() {
-            return Err(HalfConvertError::NotAModel {
-                dir: dir.to_owned(),
-                missing,
-            }
-            .into());
-        }
-    }
-    let config_path = dir.join(CONFIG_FILE);
-    let text = fs::read_to_string(&config_path)
-        .with_context(|| format!("cannot read `{}`", config_path.display()))?;
-    let config: ModelConfig = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "`{}` is not an Itera-Lite model config",
-            config_path.display()
-        )
-    })?;
-    Ok(config)
-}
-
 /// Converts the model in `input` into `out` (which must exist) and writes `conversion.json`.
 pub fn convert_model_dir(
     input: &Path,
     out: &Path,
     dtype: HalfDtype,
 ) -> anyhow::Result<ConversionRecord> {
-    check_model_dir(input)?;
+    artifact::check_dir(input)?;
     let weights_path = input.join(WEIGHTS_FILE);
     let bytes = fs::read(&weights_path)
         .with_context(|| format!("cannot read `{}`", weights_path.display()))?;
@@ -232,7 +207,7 @@ pub fn convert_safetensors(
             found: format,
         });
     }
-    meta.insert("dtype".into(), dtype.safetensors_name().into());
+    meta.insert("dtype".into(), dtype.safetensors_name());
     meta.insert("converted_from".into(), "F32".into());
 
     let mut record = ConversionRecord {
@@ -294,12 +269,12 @@ pub fn convert_safetensors(
         record.tensor_bytes_after += out.len() as u64;
         converted.push(OutTensor {
             name,
-            dtype: dtype.safetensors_name(),
+            dtype: dtype.safetensors_dtype(),
             shape: view.shape().to_vec(),
             data: out,
         });
     }
-    Ok((write_safetensors(&meta, &converted), record))
+    Ok((artifact::write_safetensors(&meta, &converted), record))
 }
 
 /// Tensor names in the order of their data in the file.
@@ -313,58 +288,16 @@ fn offset_order(metadata: &Metadata) -> Vec<String> {
     names.into_iter().map(|(_, n)| n).collect()
 }
 
-/// One tensor to write.
-pub struct OutTensor {
-    pub name: String,
-    /// safetensors dtype name (`"F32"`, `"F16"`, `"BF16"`).
-    pub dtype: &'static str,
-    pub shape: Vec<usize>,
-    /// Little-endian element bytes.
-    pub data: Vec<u8>,
-}
-
-/// Serializes tensors as safetensors with a deterministic header: `__metadata__` first with
-/// sorted keys, then the tensors in the given order, padded with spaces to 8 bytes.
-/// (The `safetensors` crate keeps `__metadata__` in a `HashMap`, whose order varies
-/// between runs, which would make identical conversions differ byte-wise.)
-pub fn write_safetensors(meta: &BTreeMap<String, String>, tensors: &[OutTensor]) -> Vec<u8> {
-    let mut header = String::from("{");
-    header.push_str("\"__metadata__\":");
-    header.push_str(&serde_json::to_string(meta).expect("a string map serializes"));
-    let mut offset = 0usize;
-    for t in tensors {
-        let end = offset + t.data.len();
-        header.push(',');
-        header.push_str(&serde_json::to_string(&t.name).expect("a string serializes"));
-        header.push_str(&format!(
-            ":{{\"dtype\":\"{}\",\"shape\":{},\"data_offsets\":[{offset},{end}]}}",
-            t.dtype,
-            serde_json::to_string(&t.shape).expect("a usize list serializes"),
-        ));
-        offset = end;
-    }
-    header.push('}');
-    while header.len() % 8 != 0 {
-        header.push(' ');
-    }
-    let mut out = Vec::with_capacity(8 + header.len() + offset);
-    out.write_all(&(header.len() as u64).to_le_bytes())
-        .expect("writing to a Vec cannot fail");
-    out.extend_from_slice(header.as_bytes());
-    for t in tensors {
-        out.extend_from_slice(&t.data);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use itera_model::artifact::write_safetensors;
+    use itera_model::config::ModelConfig;
 
     fn f32_tensor(name: &str, shape: &[usize], values: &[f32]) -> OutTensor {
         OutTensor {
             name: name.into(),
-            dtype: "F32",
+            dtype: Dtype::F32,
             shape: shape.to_vec(),
             data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         }

@@ -316,7 +316,10 @@ fn tokenize_train_half_evaluate_report() {
             CancelToken::default(),
         )
         .unwrap_err();
-    assert!(format!("{err:#}").contains("is not a model"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("is not an Itera-Lite model folder"),
+        "{err:#}"
+    );
 }
 
 /// Cancels the run when the stage reports a given step.

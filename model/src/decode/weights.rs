@@ -10,11 +10,16 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::{Dtype, SafeTensors};
 
+use crate::artifact::{self, ArtifactError, OutTensor};
 use crate::config::ModelConfig;
+use crate::params;
 
 /// Why weights or a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
+    /// The model folder, a file of it, or its `config.json` cannot be used.
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
@@ -22,10 +27,7 @@ pub enum WeightsError {
         #[source]
         source: std::io::Error,
     },
-    /// `config.json` is not a valid `ModelConfig`.
-    #[error("{path} is not a valid model config: {message}")]
-    ConfigSyntax { path: PathBuf, message: String },
-    /// The config parses but its values are inconsistent.
+    /// The config's values are inconsistent.
     #[error("invalid model config{}: {}", origin(.path), .issues.join("; "))]
     ConfigInvalid {
         path: Option<PathBuf>,
@@ -108,76 +110,18 @@ pub struct Weights {
     tensors: BTreeMap<String, Tensor>,
 }
 
-/// Every tensor name a model with `config` has, with its shape, in a stable order.
+/// Every tensor name a model with `config` has, with its shape, in the order of
+/// [`params::layout`] (the one table of names and shapes).
 pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (v, d, n, k) = (
-        config.vocab_size,
-        config.hidden_size,
-        config.ssm_state_size,
-        config.ssm_conv_kernel,
-    );
-    let di = config.d_inner();
-    let mut out: Vec<(String, Vec<usize>)> = vec![
-        ("embed.weight".into(), vec![v, d]),
-        ("pos_embed.weight".into(), vec![config.max_seq_length, d]),
-    ];
-    for l in 0..config.num_layers {
-        let p = format!("layers.{l}");
-        let mut push = |name: String, shape: Vec<usize>| out.push((format!("{p}.{name}"), shape));
-        push("ssm_norm.weight".into(), vec![d]);
-        push("ssm_norm.bias".into(), vec![d]);
-        push("ssm.in_proj.weight".into(), vec![2 * di, d]);
-        push("ssm.in_proj.bias".into(), vec![2 * di]);
-        push("ssm.conv.weight".into(), vec![di, k]);
-        push("ssm.conv.bias".into(), vec![di]);
-        push("ssm.dt_proj.weight".into(), vec![di, di]);
-        push("ssm.dt_proj.bias".into(), vec![di]);
-        push("ssm.A_log".into(), vec![n]);
-        push("ssm.B".into(), vec![n, di]);
-        push("ssm.C".into(), vec![di, n]);
-        push("ssm.D".into(), vec![di]);
-        push("ssm.out_proj.weight".into(), vec![d, di]);
-        push("ssm.out_proj.bias".into(), vec![d]);
-        push("ffn_norm.weight".into(), vec![d]);
-        push("ffn_norm.bias".into(), vec![d]);
-        if config.is_moe_layer(l) {
-            let f = config.expert_size;
-            push("moe.router.weight".into(), vec![config.num_experts, d]);
-            for e in 0..config.num_experts {
-                push(format!("moe.experts.{e}.up.weight"), vec![f, d]);
-                push(format!("moe.experts.{e}.up.bias"), vec![f]);
-                push(format!("moe.experts.{e}.down.weight"), vec![d, f]);
-                push(format!("moe.experts.{e}.down.bias"), vec![d]);
-            }
-        } else {
-            let f = config.ffn_size();
-            push("ffn.up.weight".into(), vec![f, d]);
-            push("ffn.up.bias".into(), vec![f]);
-            push("ffn.down.weight".into(), vec![d, f]);
-            push("ffn.down.bias".into(), vec![d]);
-        }
-    }
-    out.push(("final_norm.weight".into(), vec![d]));
-    out.push(("final_norm.bias".into(), vec![d]));
-    if !config.tie_embeddings {
-        out.push(("lm_head.weight".into(), vec![v, d]));
-    }
-    out
+    params::layout(config)
+        .into_iter()
+        .map(|spec| (spec.name, spec.shape))
+        .collect()
 }
 
 /// Reads and validates `config.json`.
 pub fn load_config(path: &Path) -> Result<ModelConfig, WeightsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| WeightsError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let config: ModelConfig =
-        serde_json::from_str(&text).map_err(|e| WeightsError::ConfigSyntax {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-    check_config(&config, Some(path))?;
-    Ok(config)
+    Ok(artifact::read_config(path)?)
 }
 
 fn check_config(config: &ModelConfig, path: Option<&Path>) -> Result<(), WeightsError> {
@@ -208,8 +152,8 @@ impl Weights {
 
     /// Loads `config.json` and `model.safetensors` from a model directory.
     pub fn load_dir(dir: &Path) -> Result<Self, WeightsError> {
-        let config = load_config(&dir.join("config.json"))?;
-        Self::load_safetensors(config, &dir.join("model.safetensors"))
+        let config = load_config(&dir.join(artifact::CONFIG_FILE))?;
+        Self::load_safetensors(config, &dir.join(artifact::WEIGHTS_FILE))
     }
 
     /// Loads the weights of a model with `config` from a safetensors file whose tensors are
@@ -235,20 +179,11 @@ impl Weights {
         })?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.iter() {
-            let raw = view.data();
             let data: Vec<f32> = match view.dtype() {
-                Dtype::F32 => raw
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                Dtype::F16 => raw
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                Dtype::BF16 => raw
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
+                Dtype::F32 | Dtype::F16 | Dtype::BF16 => {
+                    artifact::tensor_values(view.dtype(), view.data())
+                        .expect("F32, F16 and BF16 are decodable")
+                }
                 other => {
                     return Err(WeightsError::UnsupportedDtype {
                         name: name.to_owned(),
@@ -391,42 +326,40 @@ impl Weights {
     /// Writes the weights as a safetensors file of F32, F16 or BF16 tensors with the
     /// `itera-lite` metadata (used by tests of the loader and by benchmarks).
     pub fn to_safetensors_bytes(&self, dtype: StoreDtype) -> Vec<u8> {
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+        let mut tensors: Vec<OutTensor> = self
             .tensors
             .iter()
             .map(|(name, t)| {
-                let raw: Vec<u8> = match dtype {
-                    StoreDtype::F32 => t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                    StoreDtype::F16 => t
-                        .data
-                        .iter()
-                        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                        .collect(),
-                    StoreDtype::BF16 => t
-                        .data
-                        .iter()
-                        .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-                        .collect(),
+                let (dtype, data): (Dtype, Vec<u8>) = match dtype {
+                    StoreDtype::F32 => (
+                        Dtype::F32,
+                        t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    ),
+                    StoreDtype::F16 => (
+                        Dtype::F16,
+                        t.data
+                            .iter()
+                            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                            .collect(),
+                    ),
+                    StoreDtype::BF16 => (
+                        Dtype::BF16,
+                        t.data
+                            .iter()
+                            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                            .collect(),
+                    ),
                 };
-                (name.clone(), t.shape.clone(), raw)
+                OutTensor {
+                    name: name.clone(),
+                    dtype,
+                    shape: t.shape.clone(),
+                    data,
+                }
             })
             .collect();
-        let st_dtype = match dtype {
-            StoreDtype::F32 => Dtype::F32,
-            StoreDtype::F16 => Dtype::F16,
-            StoreDtype::BF16 => Dtype::BF16,
-        };
-        let views = bytes.iter().map(|(name, shape, raw)| {
-            let view = safetensors::tensor::TensorView::new(st_dtype, shape.clone(), raw)
-                .expect("shape and byte length agree by construction");
-            (name.clone(), view)
-        });
-        let metadata = HashMap::from([
-            ("format".to_owned(), "itera-lite".to_owned()),
-            ("version".to_owned(), "1".to_owned()),
-        ]);
-        safetensors::serialize(views, Some(metadata))
-            .expect("serializing in-memory tensors with valid shapes cannot fail")
+        artifact::sort_like_safetensors(&mut tensors);
+        artifact::write_safetensors(&artifact::metadata(), &tensors)
     }
 }
 

@@ -18,10 +18,10 @@ use anyhow::Context as _;
 use itera_engine::stage::{InputSlot, InputSlots, OutputDecl, ParamIssue, StageContext, StageKind};
 use itera_model::decode::{Decoder, Precision, SamplingConfig, Weights};
 
-use crate::half::{check_model_dir, TOKENIZER_FILE, WEIGHTS_FILE};
 use crate::records::{self, Deltas, EvalReport, ModelEval, SamplingRecord};
 use crate::scoring::{Figures, ModelScorer, TextTokenizer};
 use crate::tokens::{Split, TokenizedData};
+use itera_model::artifact::{check_dir as check_model_dir, TOKENIZER_FILE, WEIGHTS_FILE};
 pub use params::{EvaluateParams, SamplingParams, SEED_PROMPTS};
 
 /// The `evaluate` kind.

@@ -16,10 +16,10 @@ use itera_engine::stage::{InputSlot, InputSlots, OutputDecl, ParamIssue, StageCo
 use itera_model::{BatchSampler, Trainer};
 use serde::{Deserialize, Serialize};
 
-use crate::half::{self, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
 use crate::records::{self, TrainLogLine, TrainSummary};
 use crate::report::findings::{fmt_duration, fmt_rate};
 use crate::tokens::{Split, TokenizedData};
+use itera_model::artifact::{CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
 pub use params::TrainParams;
 
 /// Folder of the checkpoint inside the work folder.
@@ -227,7 +227,13 @@ fn resume(
     if !ckpt.join(itera_model::trainer::STATE_FILE).is_file() || !resume_path.is_file() {
         return Ok(None);
     }
-    let (trainer, sampler_state) = Trainer::<f32>::resume(ckpt, threads)?;
+    // A checkpoint another itera build wrote in a format this one does not read is
+    // not resumed: training starts over (the result is the same, only later).
+    let (trainer, sampler_state) = match Trainer::<f32>::resume(ckpt, threads) {
+        Ok(resumed) => resumed,
+        Err(itera_model::TrainError::State { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     let st: ResumeState = records::read_json(resume_path)?;
     let Some(sampler_state) = sampler_state else {
         return Ok(None);
@@ -269,7 +275,6 @@ fn finish(
 ) -> anyhow::Result<()> {
     let out = &ctx.out_dir;
     trainer.export(out)?;
-    normalize_weights(&out.join(WEIGHTS_FILE))?;
     fs::copy(data.tokenizer_path(), out.join(TOKENIZER_FILE))
         .context("cannot copy tokenizer.json into the model")?;
     let mut log_text = String::new();
@@ -316,49 +321,4 @@ fn finish(
         final_val
     ));
     Ok(())
-}
-
-/// Rewrites a safetensors file with a deterministic header (sorted `__metadata__`), so that
-/// equal weights always give equal bytes (and equal artifact digests).
-pub fn normalize_weights(path: &Path) -> anyhow::Result<()> {
-    let bytes = fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow::anyhow!("`{}`: {e}", path.display()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow::anyhow!("`{}`: {e}", path.display()))?;
-    let sorted_meta = meta
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let mut names: Vec<(usize, String)> = meta
-        .tensors()
-        .into_iter()
-        .map(|(n, i)| (i.data_offsets.0, n))
-        .collect();
-    names.sort();
-    let mut tensors = Vec::with_capacity(names.len());
-    for (_, name) in names {
-        let view = st
-            .tensor(&name)
-            .map_err(|e| anyhow::anyhow!("`{}`: {e}", path.display()))?;
-        let dtype = match view.dtype() {
-            safetensors::Dtype::F32 => "F32",
-            safetensors::Dtype::F16 => "F16",
-            safetensors::Dtype::BF16 => "BF16",
-            other => anyhow::bail!(
-                "`{}`: tensor `{name}` has unexpected dtype {other:?}",
-                path.display()
-            ),
-        };
-        tensors.push(half::OutTensor {
-            name,
-            dtype,
-            shape: view.shape().to_vec(),
-            data: view.data().to_vec(),
-        });
-    }
-    fs::write(path, half::write_safetensors(&sorted_meta, &tensors))
-        .with_context(|| format!("cannot write `{}`", path.display()))
 }

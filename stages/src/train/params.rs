@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use itera_engine::stage::ParamIssue;
 use itera_model::config::ModelConfig;
-use itera_model::TrainConfig;
+use itera_model::{OptimizerConfig, ScheduleConfig, TrainConfig};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -20,11 +20,11 @@ pub struct TrainParams {
     pub model: ModelParams,
     /// AdamW settings.
     #[serde(default)]
-    pub optimizer: OptimizerParams,
+    pub optimizer: OptimizerConfig,
     /// Learning-rate schedule: linear warmup, then cosine decay to `min_lr_ratio` times the
     /// peak at the last step.
     #[serde(default)]
-    pub schedule: ScheduleParams,
+    pub schedule: ScheduleConfig,
     /// Optimizer steps. Give `steps` or `epochs`, not both; default 1000 steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<u64>,
@@ -61,49 +61,11 @@ pub struct TrainParams {
     pub seed: Option<u64>,
 }
 
-/// AdamW (decoupled weight decay) and gradient clipping.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OptimizerParams {
-    /// Peak learning rate.
-    #[serde(default = "defaults::learning_rate")]
-    pub learning_rate: f64,
-    /// First-moment decay.
-    #[serde(default = "defaults::beta1")]
-    pub beta1: f64,
-    /// Second-moment decay.
-    #[serde(default = "defaults::beta2")]
-    pub beta2: f64,
-    /// Added to the root of the second moment.
-    #[serde(default = "defaults::eps")]
-    pub eps: f64,
-    /// Decoupled weight decay of the weight matrices (not norms, biases, embeddings).
-    #[serde(default = "defaults::weight_decay")]
-    pub weight_decay: f64,
-    /// Clip the gradient's global L2 norm to this (0 disables clipping).
-    #[serde(default = "defaults::grad_clip")]
-    pub grad_clip: f64,
-}
-
-/// Warmup + cosine learning-rate schedule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleParams {
-    /// Steps of linear warmup from 0 to the peak learning rate.
-    #[serde(default = "defaults::warmup_steps")]
-    pub warmup_steps: u64,
-    /// Learning rate at the last step, as a fraction of the peak.
-    #[serde(default = "defaults::min_lr_ratio")]
-    pub min_lr_ratio: f64,
-}
+/// Default number of steps when neither `steps` nor `epochs` is given.
+pub const DEFAULT_STEPS: u64 = itera_model::train_config::defaults::steps();
 
 mod defaults {
-    pub fn batch_size() -> usize {
-        32
-    }
-    pub fn seq_len() -> usize {
-        128
-    }
+    pub use itera_model::train_config::defaults::{batch_size, seq_len};
     pub fn log_every() -> u64 {
         10
     }
@@ -115,55 +77,6 @@ mod defaults {
     }
     pub fn checkpoint_every() -> u64 {
         100
-    }
-    pub fn learning_rate() -> f64 {
-        3e-4
-    }
-    pub fn beta1() -> f64 {
-        0.9
-    }
-    pub fn beta2() -> f64 {
-        0.95
-    }
-    pub fn eps() -> f64 {
-        1e-8
-    }
-    pub fn weight_decay() -> f64 {
-        0.1
-    }
-    pub fn grad_clip() -> f64 {
-        1.0
-    }
-    pub fn warmup_steps() -> u64 {
-        100
-    }
-    pub fn min_lr_ratio() -> f64 {
-        0.1
-    }
-}
-
-/// Default number of steps when neither `steps` nor `epochs` is given.
-pub const DEFAULT_STEPS: u64 = 1000;
-
-impl Default for OptimizerParams {
-    fn default() -> Self {
-        Self {
-            learning_rate: defaults::learning_rate(),
-            beta1: defaults::beta1(),
-            beta2: defaults::beta2(),
-            eps: defaults::eps(),
-            weight_decay: defaults::weight_decay(),
-            grad_clip: defaults::grad_clip(),
-        }
-    }
-}
-
-impl Default for ScheduleParams {
-    fn default() -> Self {
-        Self {
-            warmup_steps: defaults::warmup_steps(),
-            min_lr_ratio: defaults::min_lr_ratio(),
-        }
     }
 }
 
@@ -230,14 +143,8 @@ impl TrainParams {
     /// The optimisation settings for a run of `steps` steps.
     pub fn train_config(&self, steps: u64) -> TrainConfig {
         TrainConfig {
-            learning_rate: self.optimizer.learning_rate,
-            beta1: self.optimizer.beta1,
-            beta2: self.optimizer.beta2,
-            eps: self.optimizer.eps,
-            weight_decay: self.optimizer.weight_decay,
-            warmup_steps: self.schedule.warmup_steps,
-            min_lr_ratio: self.schedule.min_lr_ratio,
-            grad_clip: self.optimizer.grad_clip,
+            optimizer: self.optimizer.clone(),
+            schedule: self.schedule.clone(),
             steps,
             batch_size: self.batch_size,
             seq_len: self.seq_len,
@@ -270,14 +177,7 @@ impl TrainParams {
             .train_config(steps.max(1))
             .issues(config.max_seq_length)
         {
-            let path = match i.field {
-                "learning_rate" | "beta1" | "beta2" | "eps" | "weight_decay" | "grad_clip" => {
-                    format!("optimizer.{}", i.field)
-                }
-                "warmup_steps" | "min_lr_ratio" => format!("schedule.{}", i.field),
-                other => other.to_owned(),
-            };
-            issues.push(ParamIssue::new(&path, i.message));
+            issues.push(ParamIssue::new(i.field, i.message));
         }
         if self.steps.is_some() && self.epochs.is_some() {
             issues.push(
