@@ -31,7 +31,6 @@ fn run(threads: usize) -> (Vec<f64>, Vec<Vec<f32>>) {
         steps: 4,
         batch_size: 8,
         seq_len: 32,
-        ..Default::default()
     };
     let stream: Vec<u32> = (0..4000).map(|i| ((i * 7 + i / 5) % 200) as u32).collect();
     let mut t = Trainer::<f32>::new(&model, &cfg, 3, threads).unwrap();

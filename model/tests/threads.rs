@@ -45,7 +45,6 @@ fn train(threads: usize) -> Run {
         steps: 3,
         batch_size: 8,
         seq_len: 32,
-        ..Default::default()
     };
     let mut t = Trainer::<f32>::new(&model(), &cfg, 11, threads).unwrap();
     let mut s = BatchSampler::new(stream(5000), 8, 32, 11).unwrap();

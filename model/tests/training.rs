@@ -57,7 +57,6 @@ fn tiny_model_overfits_a_fixed_batch() {
         steps: 150,
         batch_size: 4,
         seq_len: 16,
-        ..Default::default()
     };
     let mut t = Trainer::<f32>::new(&cfg, &train, 1, 2).unwrap();
     let batch: Vec<u32> = (0..4 * 17).map(|i| ((i * 37 + 11) % 64) as u32).collect();
@@ -93,7 +92,6 @@ fn run(steps: u64, threads: usize, seed: u64) -> Trainer {
         steps,
         batch_size: 3,
         seq_len: 12,
-        ..Default::default()
     };
     let mut t = Trainer::<f32>::new(&small_model(), &train, seed, threads).unwrap();
     let mut s = BatchSampler::new(stream(2000), 3, 12, seed).unwrap();
@@ -132,7 +130,6 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
         steps: 7,
         batch_size: 3,
         seq_len: 12,
-        ..Default::default()
     };
     {
         let mut t = Trainer::<f32>::new(&small_model(), &train, 9, 2).unwrap();

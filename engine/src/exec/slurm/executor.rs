@@ -310,20 +310,9 @@ impl Coordinator<'_> {
     fn submit(&mut self, name: &str, action: &Action) -> Result<(), ExecError> {
         let job = self.job;
         let spec = &job.pipeline.stages[name];
-        let resources = spec.resources.or(&job.pipeline.slurm);
         let (runs_dir, run_dir) = absolute_dirs(job).map_err(|e| self.abort(name, e))?;
-        let text = script::render(&ScriptSpec {
-            pipeline: &job.pipeline.name,
-            stage: name,
-            run_id: job.run.id().as_str(),
-            runs_dir: &runs_dir,
-            run_dir: &run_dir,
-            workdir: &self.exec.workdir,
-            itera_bin: &self.exec.itera_bin,
-            resources: &resources,
-            action,
-        })
-        .map_err(|e| self.abort(name, e.to_string()))?;
+        let text = render_script(self.exec, job, name, action, &runs_dir, &run_dir)
+            .map_err(|e| self.abort(name, e.to_string()))?;
         let files = StageFiles::new(&slurm_dir(&run_dir), name);
         crate::fs::write_atomic(&files.script, text.as_bytes(), crate::fs::Durability::Fsync)
             .map_err(|e| self.abort(name, e.to_string()))?;
@@ -473,43 +462,24 @@ impl Coordinator<'_> {
 
     fn outcome(self) -> RunOutcome {
         let interrupted = self.job.cancel.is_cancelled();
-        let stages = self
-            .slots
-            .into_iter()
-            .map(|(name, slot)| {
-                let rec = match slot {
-                    Slot::Done(rec, _) => *rec,
-                    Slot::Queued(q) => {
-                        let mut rec = StageRecord::pending(
-                            &self
-                                .job
-                                .pipeline
-                                .stages
-                                .get(&name)
-                                .map(|s| s.kind.clone())
-                                .unwrap_or_default(),
-                        );
-                        rec.reason = Some(format!("queued as SLURM job {}", q.job));
-                        rec
-                    }
-                    Slot::Waiting => {
-                        let mut rec = StageRecord::pending(
-                            &self
-                                .job
-                                .pipeline
-                                .stages
-                                .get(&name)
-                                .map(|s| s.kind.clone())
-                                .unwrap_or_default(),
-                        );
-                        rec.status = StageStatus::Skipped;
-                        rec.reason = Some("not submitted".to_owned());
-                        rec
-                    }
-                };
-                (name, rec)
-            })
-            .collect();
+        let mut stages = std::collections::BTreeMap::new();
+        for (name, slot) in &self.slots {
+            let rec = match slot {
+                Slot::Done(rec, _) => (**rec).clone(),
+                Slot::Queued(q) => {
+                    let mut rec = StageRecord::pending(&self.kind_of(name));
+                    rec.reason = Some(format!("queued as SLURM job {}", q.job));
+                    rec
+                }
+                Slot::Waiting => {
+                    let mut rec = StageRecord::pending(&self.kind_of(name));
+                    rec.status = StageStatus::Skipped;
+                    rec.reason = Some("not submitted".to_owned());
+                    rec
+                }
+            };
+            stages.insert(name.clone(), rec);
+        }
         RunOutcome {
             stages,
             interrupted,
@@ -523,6 +493,29 @@ pub(super) fn absolute_dirs(job: &RunJob) -> Result<(PathBuf, PathBuf), String> 
         std::path::absolute(p).map_err(|e| format!("cannot make `{}` absolute: {e}", p.display()))
     };
     Ok((abs(job.store.runs_dir())?, abs(job.run.path())?))
+}
+
+/// The batch script of `stage` (what the submission and the dry run both write).
+pub(super) fn render_script(
+    exec: &SlurmExecutor,
+    job: &RunJob,
+    stage: &str,
+    action: &Action,
+    runs_dir: &std::path::Path,
+    run_dir: &std::path::Path,
+) -> Result<String, script::ScriptError> {
+    let resources = job.pipeline.stages[stage].resources.or(&job.pipeline.slurm);
+    script::render(&ScriptSpec {
+        pipeline: &job.pipeline.name,
+        stage,
+        run_id: job.run.id().as_str(),
+        runs_dir,
+        run_dir,
+        workdir: &exec.workdir,
+        itera_bin: &exec.itera_bin,
+        resources: &resources,
+        action,
+    })
 }
 
 fn sleep_unless_cancelled(cancel: &crate::stage::CancelToken, total: Duration) {

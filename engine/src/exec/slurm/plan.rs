@@ -5,9 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::executor::{absolute_dirs, SlurmExecutor};
+use super::executor::{absolute_dirs, render_script, SlurmExecutor};
 use super::sbatch;
-use super::script::{self, slurm_dir, ScriptSpec, StageFiles};
+use super::script::{slurm_dir, StageFiles};
 use crate::exec::inputs::{key_parts, Resolved};
 use crate::exec::planner::{not_stored, Action, Decision, Planner, Upstream};
 use crate::exec::{ExecError, RunJob};
@@ -81,20 +81,8 @@ pub fn plan(exec: &SlurmExecutor, job: &RunJob) -> Result<Vec<(StageName, Planne
             out.push((name.clone(), Planned::Local));
             continue;
         }
-        let spec = &job.pipeline.stages[name];
-        let resources = spec.resources.or(&job.pipeline.slurm);
-        let script = script::render(&ScriptSpec {
-            pipeline: &job.pipeline.name,
-            stage: name,
-            run_id: job.run.id().as_str(),
-            runs_dir: &runs_dir,
-            run_dir: &run_dir,
-            workdir: &exec.workdir,
-            itera_bin: &exec.itera_bin,
-            resources: &resources,
-            action: &action,
-        })
-        .map_err(|e| ExecError::Backend(e.to_string()))?;
+        let script = render_script(exec, job, name, &action, &runs_dir, &run_dir)
+            .map_err(|e| ExecError::Backend(e.to_string()))?;
         let after: Vec<StageName> = planner
             .upstream(name)
             .into_iter()
