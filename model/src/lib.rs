@@ -9,7 +9,9 @@
 //! - [`sampler`]: seeded, resumable batches; [`score`]: NLL of a token stream;
 //! - [`artifact`]: the model folder's files, `config.json` reader, tensor decoding and the
 //!   deterministic safetensors writer; [`weights`]: training-side model I/O;
-//! - [`decode`]: the recurrent decoder over plain slices (f32/f16 weights), sampling;
+//! - [`quant`]: int8/int4 weight quantization and its file format; [`quantize`]: which
+//!   tensor gets which format (schemes, rules) and the quantized weights file;
+//! - [`decode`]: the recurrent decoder over plain slices (f32/f16/int8/int4 weights), sampling;
 //! - [`isa`]: instruction-set detection and dispatch of the training/scoring kernels.
 
 pub mod artifact;
@@ -20,6 +22,8 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod quant;
+pub mod quantize;
 pub mod real;
 pub mod sampler;
 pub mod score;

@@ -8,6 +8,7 @@ use super::fastmath;
 use super::kernels::{Arith, Isa, PackedMatrix};
 use super::weights::Weights;
 use crate::config::ModelConfig;
+use crate::quant::Quantized;
 
 /// Why a decoding call was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -83,13 +84,43 @@ struct Layer {
     ffn: FeedForward,
 }
 
+/// An embedding table: f32 rows, or quantized rows widened one at a time on lookup.
+enum Table {
+    Dense(Vec<f32>),
+    Quantized(Quantized),
+}
+
+impl Table {
+    /// `out = row r` (`d` values).
+    fn row_into(&self, r: usize, d: usize, out: &mut [f32]) {
+        match self {
+            Table::Dense(v) => out.copy_from_slice(&v[r * d..(r + 1) * d]),
+            Table::Quantized(q) => q.row_into(r, out),
+        }
+    }
+
+    /// `out += row r`, using `scratch` (`d` values) for a quantized row.
+    fn add_row(&self, r: usize, d: usize, out: &mut [f32], scratch: &mut [f32]) {
+        let row: &[f32] = match self {
+            Table::Dense(v) => &v[r * d..(r + 1) * d],
+            Table::Quantized(q) => {
+                q.row_into(r, scratch);
+                scratch
+            }
+        };
+        for (o, &x) in out.iter_mut().zip(row) {
+            *o += x;
+        }
+    }
+}
+
 /// Weights prepared for fast batch-1 decoding.
 pub struct Decoder {
     config: ModelConfig,
     precision: Precision,
     isa: Isa,
-    embed: Vec<f32>,
-    pos_embed: Vec<f32>,
+    embed: Table,
+    pos_embed: Table,
     layers: Vec<Layer>,
     final_norm: (Vec<f32>, Vec<f32>),
     head: PackedMatrix,
@@ -150,16 +181,26 @@ impl Decoder {
         let half = precision != Precision::F32;
         // In f16 modes every parameter takes its f16 value, as in a half-converted checkpoint.
         let vec = |name: &str| -> Vec<f32> {
-            let v = weights.get(name);
-            if half {
+            let v = weights.values(name).unwrap_or_else(|| {
+                panic!("`{name}` is not a tensor of this config (weights are validated on construction)")
+            });
+            if half && weights.quantized(name).is_none() {
                 v.iter().map(|&x| super::kernels::round_f16(x)).collect()
             } else {
-                v.to_vec()
+                v.into_owned()
             }
         };
-        let mat = |name: &str| {
-            let t = weights.required(name);
-            PackedMatrix::pack(&t.data, t.shape[0], t.shape[1], half)
+        // Quantized matrices are packed as they are stored; the others as f32 or f16.
+        let mat = |name: &str| match weights.quantized(name) {
+            Some(q) => PackedMatrix::pack_quantized(q),
+            None => {
+                let t = weights.required(name);
+                PackedMatrix::pack(&t.data, t.shape[0], t.shape[1], half)
+            }
+        };
+        let table = |name: &str| match weights.quantized(name) {
+            Some(q) => Table::Quantized(q.clone()),
+            None => Table::Dense(vec(name)),
         };
         let linear = |w: &str, b: Option<&str>| Linear {
             w: mat(w),
@@ -220,8 +261,8 @@ impl Decoder {
         Self {
             precision,
             isa: isa.or_supported(),
-            embed: vec("embed.weight"),
-            pos_embed: vec("pos_embed.weight"),
+            embed: table("embed.weight"),
+            pos_embed: table("pos_embed.weight"),
             layers,
             final_norm: norm("final_norm"),
             head: mat(head_name),
@@ -397,13 +438,8 @@ impl Decoder {
         let eps = c.layer_norm_eps as f32;
         // e_t = embed[tok] + pos_embed[t]
         let t = s.position;
-        for ((e, &a), &b) in
-            s.e.iter_mut()
-                .zip(&self.embed[token * d..(token + 1) * d])
-                .zip(&self.pos_embed[t * d..(t + 1) * d])
-        {
-            *e = a + b;
-        }
+        self.embed.row_into(token, d, &mut s.e);
+        self.pos_embed.add_row(t, d, &mut s.e, &mut s.d_out);
         for (l, layer) in self.layers.iter().enumerate() {
             // --- SSM sub-block ---
             layer_norm(&s.e, &layer.ssm_norm, eps, &mut s.normed);

@@ -1,6 +1,6 @@
 //! Matrix-vector kernels of the recurrent decoder: weights packed once into cache-friendly
-//! tiles (f32 or f16 storage), and `y = W x + b` with AVX-512, AVX2/FMA/F16C or portable
-//! code chosen at run time.
+//! tiles (f32, f16, int8 or int4 storage; the quantized tiles are in `qkernels`), and
+//! `y = W x + b` with AVX-512, AVX2/FMA/F16C or portable code chosen at run time.
 //!
 //! Packing: the rows of a `[rows, cols]` matrix are padded to a multiple of 16 and cut into
 //! groups of 64 rows (then 16-row tail tiles). Within a group the storage is `[cols][64]`:
@@ -26,6 +26,9 @@ const GROUP: usize = 64;
 const TILE: usize = 16;
 
 pub use crate::isa::Isa;
+use crate::quant::{QuantFormat, Quantized};
+
+use super::qkernels;
 
 /// How products are accumulated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +65,16 @@ impl Aligned {
             std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.lines.len() * 16)
         }
     }
+    fn as_u8(&self) -> &[u8] {
+        // SAFETY: Line is 64 plain bytes.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.lines.len() * 64) }
+    }
+    fn as_u8_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, unique borrow.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.lines.len() * 64)
+        }
+    }
     fn as_u16(&self) -> &[u16] {
         // SAFETY: as above for u16.
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.lines.len() * 32) }
@@ -74,6 +87,22 @@ impl Aligned {
     }
 }
 
+/// How a packed matrix stores its weights.
+#[derive(Clone)]
+enum Storage {
+    F32,
+    F16,
+    /// int8 levels; one scale per row (padded rows: scale 0).
+    I8 {
+        scales: Vec<f32>,
+    },
+    /// int4 levels, two per byte; per tile `[cols / group][width]` scales.
+    I4 {
+        group: usize,
+        scales: Vec<f32>,
+    },
+}
+
 /// A `[rows, cols]` matrix packed for [`PackedMatrix::matvec`].
 #[derive(Clone)]
 pub struct PackedMatrix {
@@ -81,7 +110,7 @@ pub struct PackedMatrix {
     cols: usize,
     groups: usize,
     tails: usize,
-    f16: bool,
+    storage: Storage,
     data: Aligned,
 }
 
@@ -127,8 +156,92 @@ impl PackedMatrix {
             cols,
             groups,
             tails,
-            f16,
+            storage: if f16 { Storage::F16 } else { Storage::F32 },
             data,
+        }
+    }
+
+    /// Packs a quantized matrix as it is (int8: one byte per weight; int4: two weights per
+    /// byte), with its scales; no f32 copy of the weights is made.
+    pub fn pack_quantized(q: &Quantized) -> Self {
+        let (rows, cols) = (q.rows, q.cols);
+        let padded = rows.div_ceil(TILE) * TILE;
+        let groups = padded / GROUP;
+        let tails = (padded - groups * GROUP) / TILE;
+        // (first row, width, byte offset) of the tile holding row `r`.
+        let tile_of = |r: usize, bytes_per_col: usize| -> (usize, usize, usize) {
+            let g = r / GROUP;
+            if g < groups {
+                (g * GROUP, GROUP, g * GROUP * cols * bytes_per_col / GROUP)
+            } else {
+                let t = (r - groups * GROUP) / TILE;
+                let first = groups * GROUP + t * TILE;
+                (
+                    first,
+                    TILE,
+                    (groups * GROUP + t * TILE) * cols * bytes_per_col / GROUP,
+                )
+            }
+        };
+        match q.format {
+            QuantFormat::Int8 => {
+                let mut data = Aligned::zeroed(padded * cols);
+                let out = data.as_u8_mut();
+                for r in 0..rows {
+                    let (first, width, base) = tile_of(r, GROUP);
+                    for i in 0..cols {
+                        out[base + i * width + (r - first)] = q.level(r, i) as i8 as u8;
+                    }
+                }
+                let mut scales = q.scales.clone();
+                scales.resize(padded, 0.0);
+                Self {
+                    rows,
+                    cols,
+                    groups,
+                    tails,
+                    storage: Storage::I8 { scales },
+                    data,
+                }
+            }
+            QuantFormat::Int4 => {
+                let mut data = Aligned::zeroed(padded * cols / 2);
+                let out = data.as_u8_mut();
+                let ng = cols / q.group;
+                let mut scales = vec![0.0f32; padded * ng];
+                for r in 0..rows {
+                    let (first, width, base) = tile_of(r, GROUP / 2);
+                    let (rr, half) = (r - first, width / 2);
+                    for i in 0..cols {
+                        let nibble = (q.level(r, i) + 8) as u8;
+                        let byte = &mut out[base + i * half + rr % half];
+                        *byte |= if rr < half { nibble } else { nibble << 4 };
+                    }
+                    for g in 0..ng {
+                        scales[first * ng + g * width + rr] = q.scale(r, g * q.group);
+                    }
+                }
+                // Padded rows hold level 0 (nibble 8) so they sum to zero.
+                for r in rows..padded {
+                    let (first, width, base) = tile_of(r, GROUP / 2);
+                    let (rr, half) = (r - first, width / 2);
+                    for i in 0..cols {
+                        let byte = &mut out[base + i * half + rr % half];
+                        *byte |= if rr < half { 8 } else { 8 << 4 };
+                    }
+                }
+                Self {
+                    rows,
+                    cols,
+                    groups,
+                    tails,
+                    storage: Storage::I4 {
+                        group: q.group,
+                        scales,
+                    },
+                    data,
+                }
+            }
         }
     }
 
@@ -142,7 +255,11 @@ impl PackedMatrix {
 
     /// Bytes of packed weights (what one matvec streams from memory).
     pub fn bytes(&self) -> usize {
-        self.data.lines.len() * 64
+        let scales = match &self.storage {
+            Storage::I8 { scales } | Storage::I4 { scales, .. } => 4 * scales.len(),
+            Storage::F32 | Storage::F16 => 0,
+        };
+        self.data.lines.len() * 64 + scales
     }
 
     /// `y = W x (+ bias)`. `x` has `cols` values, `y` and `bias` have `rows`.
@@ -156,7 +273,11 @@ impl PackedMatrix {
             bias.is_none_or(|b| b.len() == self.rows),
             "matvec bias length"
         );
-        let arith = if self.f16 { arith } else { Arith::F32 };
+        let arith = if matches!(self.storage, Storage::F16) {
+            arith
+        } else {
+            Arith::F32
+        };
         let cols = self.cols;
         let mut acc = [0.0f32; GROUP];
         for g in 0..self.groups + self.tails {
@@ -171,12 +292,28 @@ impl PackedMatrix {
                 )
             };
             let len = width * cols;
-            if self.f16 {
-                let w = &self.data.as_u16()[offset..offset + len];
-                tile_f16(isa, arith, w, x, width, &mut acc);
-            } else {
-                let w = &self.data.as_f32()[offset..offset + len];
-                tile_f32(isa, w, x, width, &mut acc);
+            match &self.storage {
+                Storage::F16 => {
+                    let w = &self.data.as_u16()[offset..offset + len];
+                    tile_f16(isa, arith, w, x, width, &mut acc);
+                }
+                Storage::F32 => {
+                    let w = &self.data.as_f32()[offset..offset + len];
+                    tile_f32(isa, w, x, width, &mut acc);
+                }
+                Storage::I8 { scales } => {
+                    let w = &self.data.as_u8()[offset..offset + len];
+                    qkernels::tile_i8(isa, w, x, width, &mut acc);
+                    for (a, s) in acc[..width].iter_mut().zip(&scales[first_row..]) {
+                        *a *= s;
+                    }
+                }
+                Storage::I4 { group, scales } => {
+                    let w = &self.data.as_u8()[offset / 2..(offset + len) / 2];
+                    let ng = cols / group;
+                    let s = &scales[first_row * ng..(first_row + width) * ng];
+                    qkernels::tile_i4(isa, w, x, width, *group, s, &mut acc);
+                }
             }
             let end = (first_row + width).min(self.rows);
             y[first_row..end].copy_from_slice(&acc[..end - first_row]);

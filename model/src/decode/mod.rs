@@ -15,6 +15,7 @@
 pub mod decoder;
 mod fastmath;
 pub mod kernels;
+mod qkernels;
 pub mod reference;
 pub mod sampling;
 pub mod weights;

@@ -13,6 +13,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::artifact::{self, ArtifactError, OutTensor};
 use crate::config::ModelConfig;
 use crate::params;
+use crate::quant::{self, QuantMetadata, Quantized};
 
 /// Why weights or a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,12 @@ pub enum WeightsError {
         origin(.path)
     )]
     UnexpectedTensor { name: String, path: Option<PathBuf> },
+    /// A quantized matrix is stored inconsistently.
+    #[error("{message}{}", origin(.path))]
+    Quantization {
+        message: String,
+        path: Option<PathBuf>,
+    },
     /// A weight holds NaN or infinity.
     #[error("tensor `{name}` holds a non-finite value at flat index {index}")]
     NonFinite { name: String, index: usize },
@@ -103,11 +110,13 @@ pub struct Tensor {
     pub data: Vec<f32>,
 }
 
-/// All weights of one model, checked against its config.
+/// All weights of one model, checked against its config. Matrices of a quantized file stay
+/// quantized ([`Weights::quantized`]); the decoder computes with them as they are.
 #[derive(Debug, Clone)]
 pub struct Weights {
     config: ModelConfig,
     tensors: BTreeMap<String, Tensor>,
+    quantized: BTreeMap<String, Quantized>,
 }
 
 /// Every tensor name a model with `config` has, with its shape, in the order of
@@ -147,7 +156,7 @@ impl Weights {
             .into_iter()
             .map(|(name, (shape, data))| (name, Tensor { shape, data }))
             .collect();
-        Self::checked(config, tensors, None)
+        Self::checked(config, tensors, BTreeMap::new(), None)
     }
 
     /// Loads `config.json` and `model.safetensors` from a model directory.
@@ -177,8 +186,41 @@ impl Weights {
             path: label.clone().unwrap_or_else(|| PathBuf::from("<memory>")),
             message: e.to_string(),
         })?;
+        let quant = quant_metadata(bytes, label.as_deref())?;
         let mut tensors = BTreeMap::new();
+        let mut quantized = BTreeMap::new();
         for (name, view) in st.iter() {
+            if let Some(meta) = &quant {
+                if let Some(&format) = meta.tensors.get(name) {
+                    let scale_name = format!("{name}{}", quant::SCALE_SUFFIX);
+                    let scales =
+                        st.tensor(&scale_name)
+                            .map_err(|_| WeightsError::MissingTensor {
+                                name: scale_name.clone(),
+                                expected: Vec::new(),
+                                path: label.clone(),
+                            })?;
+                    let q = Quantized::from_stored(
+                        name,
+                        format,
+                        meta.group_size,
+                        (view.dtype(), view.shape(), view.data()),
+                        (scales.dtype(), scales.shape(), scales.data()),
+                    )
+                    .map_err(|e| WeightsError::Quantization {
+                        message: e.to_string(),
+                        path: label.clone(),
+                    })?;
+                    quantized.insert(name.to_owned(), q);
+                    continue;
+                }
+                if name
+                    .strip_suffix(quant::SCALE_SUFFIX)
+                    .is_some_and(|base| meta.tensors.contains_key(base))
+                {
+                    continue;
+                }
+            }
             let data: Vec<f32> = match view.dtype() {
                 Dtype::F32 | Dtype::F16 | Dtype::BF16 => {
                     artifact::tensor_values(view.dtype(), view.data())
@@ -195,17 +237,29 @@ impl Weights {
             let shape = view.shape().to_vec();
             tensors.insert(name.to_owned(), Tensor { shape, data });
         }
-        Self::checked(config, tensors, label)
+        Self::checked(config, tensors, quantized, label)
     }
 
     fn checked(
         config: ModelConfig,
         tensors: BTreeMap<String, Tensor>,
+        quantized: BTreeMap<String, Quantized>,
         path: Option<PathBuf>,
     ) -> Result<Self, WeightsError> {
         check_config(&config, path.as_deref())?;
         let expected = expected_tensors(&config);
         for (name, shape) in &expected {
+            if let Some(q) = quantized.get(name) {
+                if shape.as_slice() != [q.rows, q.cols] {
+                    return Err(WeightsError::WrongShape {
+                        name: name.clone(),
+                        expected: shape.clone(),
+                        found: vec![q.rows, q.cols],
+                        path,
+                    });
+                }
+                continue;
+            }
             let Some(t) = tensors.get(name) else {
                 return Err(WeightsError::MissingTensor {
                     name: name.clone(),
@@ -237,17 +291,22 @@ impl Weights {
                 });
             }
         }
-        if tensors.len() != expected.len() {
+        if tensors.len() + quantized.len() != expected.len() {
             let known: std::collections::HashSet<&str> =
                 expected.iter().map(|(n, _)| n.as_str()).collect();
             let extra = tensors
                 .keys()
+                .chain(quantized.keys())
                 .find(|k| !known.contains(k.as_str()))
                 .cloned()
                 .expect("more tensors than expected names, all expected present: one is extra");
             return Err(WeightsError::UnexpectedTensor { name: extra, path });
         }
-        Ok(Self { config, tensors })
+        Ok(Self {
+            config,
+            tensors,
+            quantized,
+        })
     }
 
     /// Seeded random weights at a scale that keeps activations of order one: linear
@@ -291,9 +350,37 @@ impl Weights {
         &self.config
     }
 
-    /// The tensor `name`, if the model has one by that name (see [`expected_tensors`]).
+    /// The tensor `name`, if the model stores it unquantized (see [`expected_tensors`]).
     pub fn tensor(&self, name: &str) -> Option<&Tensor> {
         self.tensors.get(name)
+    }
+
+    /// The matrix `name`, if the model stores it quantized.
+    pub fn quantized(&self, name: &str) -> Option<&Quantized> {
+        self.quantized.get(name)
+    }
+
+    /// Every quantized matrix by name.
+    pub fn quantized_tensors(&self) -> &BTreeMap<String, Quantized> {
+        &self.quantized
+    }
+
+    /// The values of tensor `name` as f32, dequantized when it is stored quantized (a copy
+    /// then); `None` when the model has no such tensor.
+    pub fn values(&self, name: &str) -> Option<std::borrow::Cow<'_, [f32]>> {
+        if let Some(t) = self.tensors.get(name) {
+            return Some(std::borrow::Cow::Borrowed(&t.data));
+        }
+        self.quantized
+            .get(name)
+            .map(|q| std::borrow::Cow::Owned(q.dequantize()))
+    }
+
+    /// Number of scalar weights (quantized ones counted once each).
+    pub fn parameters(&self) -> u64 {
+        let dense: usize = self.tensors.values().map(|t| t.data.len()).sum();
+        let quant: usize = self.quantized.values().map(|q| q.rows * q.cols).sum();
+        (dense + quant) as u64
     }
 
     /// The values of a tensor the config requires; construction checked they all exist.
@@ -369,4 +456,30 @@ pub enum StoreDtype {
     F32,
     F16,
     BF16,
+}
+
+/// `__metadata__["quantization"]` of a safetensors file, if it has one.
+fn quant_metadata(
+    bytes: &[u8],
+    path: Option<&Path>,
+) -> Result<Option<QuantMetadata>, WeightsError> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| WeightsError::Safetensors {
+        path: path
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("<memory>")),
+        message: e.to_string(),
+    })?;
+    let Some(text) = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(quant::METADATA_KEY))
+    else {
+        return Ok(None);
+    };
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|e| WeightsError::Quantization {
+            message: format!("__metadata__.{} is not valid: {e}", quant::METADATA_KEY),
+            path: path.map(Path::to_owned),
+        })
 }

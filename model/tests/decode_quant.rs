@@ -1,0 +1,139 @@
+//! Quantized weights in the recurrent decoder: int8, int4 and mixed files read back with
+//! their matrices still quantized, and the decoder's native int8/int4 kernels (AVX-512,
+//! AVX2, portable) giving the logits of the same model with the dequantized f32 weights.
+
+use std::collections::{BTreeMap, HashMap};
+
+use itera_model::artifact;
+use itera_model::decode::{Decoder, Isa, Precision, Weights};
+use itera_model::quantize::{choose, quantize_model, Scheme};
+use itera_model::ModelConfig;
+
+/// Row counts with 64-row groups and 16-row tails, columns that groups of 32 divide.
+fn config() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 300,
+        hidden_size: 96,
+        num_layers: 2,
+        ssm_state_size: 8,
+        ssm_expand_factor: 2,
+        num_experts: 3,
+        expert_size: 64,
+        top_k_experts: 2,
+        moe_layers: Some(vec![1]),
+        ffn_size: Some(160),
+        max_seq_length: 64,
+        tie_embeddings: false,
+        ..ModelConfig::tiny()
+    }
+}
+
+fn quantized(scheme: Scheme) -> (Weights, Weights) {
+    let c = config();
+    let dense = Weights::random(&c, 5).unwrap();
+    let tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = dense
+        .tensors()
+        .iter()
+        .map(|(n, t)| (n.clone(), (t.shape.clone(), t.data.clone())))
+        .collect();
+    let file = quantize_model(
+        &tensors,
+        scheme.name(),
+        |name, shape| choose(name, shape, scheme, &[], 32),
+        32,
+        artifact::metadata(),
+    )
+    .unwrap();
+    let q = Weights::from_safetensors_bytes(c.clone(), &file.bytes, None).unwrap();
+    let back: HashMap<String, (Vec<usize>, Vec<f32>)> = tensors
+        .keys()
+        .map(|n| {
+            let shape = tensors[n].0.clone();
+            (n.clone(), (shape, q.values(n).unwrap().into_owned()))
+        })
+        .collect();
+    (q, Weights::from_tensors(c, back).unwrap())
+}
+
+fn logits(decoder: &Decoder, toks: &[u32]) -> Vec<Vec<f32>> {
+    let mut state = decoder.new_state();
+    toks.iter()
+        .map(|&t| decoder.step(&mut state, t).unwrap().to_vec())
+        .collect()
+}
+
+#[test]
+fn quantized_matrices_stay_quantized_and_decode_like_their_dequantized_values() {
+    let toks: Vec<u32> = (0..20).map(|i| (i * 37 + 5) % 300).collect();
+    for scheme in [Scheme::Int8, Scheme::Int4, Scheme::Mixed] {
+        let (q, deq) = quantized(scheme);
+        let n_quant = q.quantized_tensors().len();
+        match scheme {
+            // embed, pos_embed, lm_head (+ every eligible matrix for int8/int4)
+            Scheme::Mixed => assert_eq!(n_quant, 3),
+            _ => assert!(n_quant > 10, "{scheme:?}: {n_quant}"),
+        }
+        let want = logits(
+            &Decoder::with_isa(&deq, Precision::F32, Isa::Portable),
+            &toks,
+        );
+        let mut isas = vec![Isa::Portable];
+        if Isa::Avx2.or_supported() == Isa::Avx2 {
+            isas.push(Isa::Avx2);
+        }
+        if Isa::Avx512.or_supported() == Isa::Avx512 {
+            isas.push(Isa::Avx512);
+        }
+        for isa in isas {
+            let decoder = Decoder::with_isa(&q, Precision::F32, isa);
+            let got = logits(&decoder, &toks);
+            let mut worst = 0.0f32;
+            for (a, b) in got.iter().flatten().zip(want.iter().flatten()) {
+                worst = worst.max((a - b).abs() / (1.0 + b.abs()));
+            }
+            assert!(
+                worst < 2e-4,
+                "{scheme:?} on {isa:?}: max relative error {worst}"
+            );
+            let f32_bytes = Decoder::with_isa(&deq, Precision::F32, isa).weight_bytes();
+            if scheme != Scheme::Mixed {
+                assert!(
+                    decoder.weight_bytes() * 3 < f32_bytes,
+                    "{scheme:?}: {} bytes against {f32_bytes}",
+                    decoder.weight_bytes()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_quantized_file_without_its_scales_is_refused() {
+    let c = config();
+    let dense = Weights::random(&c, 5).unwrap();
+    let tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = dense
+        .tensors()
+        .iter()
+        .map(|(n, t)| (n.clone(), (t.shape.clone(), t.data.clone())))
+        .collect();
+    let file = quantize_model(
+        &tensors,
+        "int8",
+        |name, shape| choose(name, shape, Scheme::Int8, &[], 32),
+        32,
+        artifact::metadata(),
+    )
+    .unwrap();
+    // Rename the scales of one matrix so the file no longer has them.
+    let text = String::from_utf8_lossy(&file.bytes).into_owned();
+    assert!(text.contains("lm_head.weight.scale"));
+    let broken = file
+        .bytes
+        .windows(20)
+        .position(|w| w == b"lm_head.weight.scale")
+        .unwrap();
+    let mut bytes = file.bytes.clone();
+    bytes[broken + 15..broken + 20].copy_from_slice(b"scalx");
+    let err = Weights::from_safetensors_bytes(c, &bytes, None).unwrap_err();
+    assert!(err.to_string().contains("lm_head.weight.scale"), "{err}");
+}
