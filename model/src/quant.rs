@@ -133,10 +133,10 @@ impl Quantized {
         group: usize,
     ) -> Result<Self, QuantError> {
         assert_eq!(w.len(), rows * cols, "matrix values do not match its shape");
-        if group < 2 || group % 2 != 0 {
+        if group < 2 || !group.is_multiple_of(2) {
             return Err(QuantError::GroupSize(group));
         }
-        if cols % group != 0 {
+        if !cols.is_multiple_of(group) {
             return Err(QuantError::Group {
                 name: name.to_owned(),
                 cols,
@@ -153,7 +153,7 @@ impl Quantized {
                     let c = g * group + j;
                     let nibble = (quantize_value(v, s, 7.0) + 8) as u8;
                     let byte = &mut q[r * cols / 2 + c / 2];
-                    *byte |= if c % 2 == 0 { nibble } else { nibble << 4 };
+                    *byte |= if c.is_multiple_of(2) { nibble } else { nibble << 4 };
                 }
             }
         }
@@ -173,7 +173,7 @@ impl Quantized {
             QuantFormat::Int8 => self.q[r * self.cols + c] as i8 as i32,
             QuantFormat::Int4 => {
                 let byte = self.q[(r * self.cols + c) / 2];
-                let nibble = if c % 2 == 0 { byte & 15 } else { byte >> 4 };
+                let nibble = if c.is_multiple_of(2) { byte & 15 } else { byte >> 4 };
                 nibble as i32 - 8
             }
         }

@@ -112,7 +112,7 @@ pub fn choose(
                 shape.len()
             ));
         }
-        if rule.format == TensorFormat::Int4 && shape[1] % group != 0 {
+        if rule.format == TensorFormat::Int4 && !shape[1].is_multiple_of(group) {
             return Err(format!(
                 "rule `{}` asks for int4 of `{name}` ({} columns), which group_size = {group} \
                  does not divide: choose another group_size or int8",
@@ -124,7 +124,7 @@ pub fn choose(
     let ok = eligible(name, shape);
     Ok(match scheme {
         Scheme::Int8 if ok => TensorFormat::Int8,
-        Scheme::Int4 if ok && shape[1] % group == 0 => TensorFormat::Int4,
+        Scheme::Int4 if ok && shape[1].is_multiple_of(group) => TensorFormat::Int4,
         Scheme::Int4 if ok => TensorFormat::Int8,
         Scheme::Int8 | Scheme::Int4 => TensorFormat::F32,
         Scheme::Mixed if ok && name.contains("embed") || name == "lm_head.weight" => {
