@@ -45,7 +45,17 @@ walk(ev)
 f32 = os.path.getsize(os.path.join(out("train"), "model.safetensors"))
 f16 = os.path.getsize(os.path.join(out("half"), "model.safetensors"))
 assert f16 <= 0.51 * f32, f"FP16 weights {f16} B are more than 0.51x the FP32 {f32} B"
+for stage, most in (("int8", 0.30), ("int4", 0.20), ("mixed", 0.62)):
+    size = os.path.getsize(os.path.join(out(stage), "model.safetensors"))
+    assert size <= most * f32, f"{stage} weights {size} B are more than {most}x the FP32 {f32} B"
+    q = json.load(open(os.path.join(out(stage), "quantization.json")))
+    assert q["scheme"] == stage and q["file_bytes_after"] == size, q
+md = open(os.path.join(report, "report.md")).read()
+assert "## Compression" in md and "recommended for" in md, "report.md has no compression table"
+rj = json.load(open(os.path.join(report, "report.json")))
+assert [r["format"] for r in rj["compression"]] == ["F32", "F16", "int8", "int4", "mixed"], rj["compression"]
 models = ev["models"]
+assert [m["dtype"] for m in models] == ["F32", "F16", "int8", "int4", "mixed"], [m["dtype"] for m in models]
 ref, half = models[0], models[1]
 rel = abs(half["val_loss"] - ref["val_loss"]) / ref["val_loss"]
 assert rel < 0.01, f"FP16 validation loss differs by {rel:.4%} from FP32"

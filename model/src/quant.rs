@@ -153,7 +153,11 @@ impl Quantized {
                     let c = g * group + j;
                     let nibble = (quantize_value(v, s, 7.0) + 8) as u8;
                     let byte = &mut q[r * cols / 2 + c / 2];
-                    *byte |= if c.is_multiple_of(2) { nibble } else { nibble << 4 };
+                    *byte |= if c.is_multiple_of(2) {
+                        nibble
+                    } else {
+                        nibble << 4
+                    };
                 }
             }
         }
@@ -173,7 +177,11 @@ impl Quantized {
             QuantFormat::Int8 => self.q[r * self.cols + c] as i8 as i32,
             QuantFormat::Int4 => {
                 let byte = self.q[(r * self.cols + c) / 2];
-                let nibble = if c.is_multiple_of(2) { byte & 15 } else { byte >> 4 };
+                let nibble = if c.is_multiple_of(2) {
+                    byte & 15
+                } else {
+                    byte >> 4
+                };
                 nibble as i32 - 8
             }
         }

@@ -137,3 +137,78 @@ fn a_quantized_file_without_its_scales_is_refused() {
     let err = Weights::from_safetensors_bytes(c, &bytes, None).unwrap_err();
     assert!(err.to_string().contains("lm_head.weight.scale"), "{err}");
 }
+
+/// The ten lines of numpy in docs/MODEL.md ("Quantized weights") dequantize a file exactly
+/// as Itera does.
+const NUMPY_DEQUANTIZE: &str = r#"
+import json, sys, numpy as np
+from safetensors import safe_open
+from safetensors.numpy import load_file
+path = sys.argv[1]
+with safe_open(path, "numpy") as f:
+    meta = json.loads(f.metadata()["quantization"])
+t = load_file(path)
+def dequantize(name):
+    q, s = t[name], t[name + ".scale"]
+    if meta["tensors"][name] == "int8":
+        return q.astype(np.float32) * s[:, None]
+    lo, hi = (q & 15).astype(np.int8) - 8, (q >> 4).astype(np.int8) - 8
+    levels = np.stack([lo, hi], axis=-1).reshape(q.shape[0], -1).astype(np.float32)
+    return levels * np.repeat(s, meta["group_size"], axis=1)
+print(json.dumps({n: dequantize(n).ravel().tolist() for n in meta["tensors"]}))
+"#;
+
+#[test]
+fn python_numpy_dequantizes_like_itera() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import safetensors, numpy"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        _ => {
+            println!("skipped: python3 with `safetensors` and `numpy` is not installed (pip install safetensors numpy)");
+            return;
+        }
+    }
+    let c = config();
+    let dense = Weights::random(&c, 9).unwrap();
+    let tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = dense
+        .tensors()
+        .iter()
+        .map(|(n, t)| (n.clone(), (t.shape.clone(), t.data.clone())))
+        .collect();
+    // int4 for the feed-forward matrices, int8 for everything else eligible.
+    let rules = [itera_model::quantize::Rule {
+        pattern: "layers.*.ffn.*.weight".into(),
+        format: itera_model::quantize::TensorFormat::Int4,
+    }];
+    let file = quantize_model(
+        &tensors,
+        "custom",
+        |name, shape| choose(name, shape, Scheme::Int8, &rules, 32),
+        32,
+        artifact::metadata(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, &file.bytes).unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-c", NUMPY_DEQUANTIZE, path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: BTreeMap<String, Vec<f64>> = serde_json::from_slice(&out.stdout).unwrap();
+    let q = Weights::from_safetensors_bytes(c, &file.bytes, None).unwrap();
+    assert_eq!(got.len(), q.quantized_tensors().len());
+    assert!(got.contains_key("layers.0.ffn.up.weight"));
+    for (name, values) in &got {
+        let want = q.quantized(name).unwrap().dequantize();
+        let got: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+        assert_eq!(got, want, "{name}");
+    }
+}

@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod files;
 pub mod generate;
 pub mod half;
+pub mod quantize;
 pub mod records;
 pub mod report;
 pub mod scoring;
@@ -24,6 +25,7 @@ pub fn registry() -> Registry {
     registry.register::<tokenize::Tokenize>();
     registry.register::<train::Train>();
     registry.register::<half::HalfConvert>();
+    registry.register::<quantize::Quantize>();
     registry.register::<evaluate::Evaluate>();
     registry.register::<report::Report>();
     registry.register::<files::Files>();

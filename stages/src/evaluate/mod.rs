@@ -200,7 +200,10 @@ fn evaluate(params: &EvaluateParams, ctx: &StageContext) -> anyhow::Result<()> {
         at(4);
         check_cancel()?;
 
-        let precisions: &[Precision] = if dtype == "F32" {
+        // f16 models are timed at every f16 precision; f32 and quantized models as they
+        // are (quantized matrices always compute natively, whatever the precision).
+        let quantized = !weights.quantized_tensors().is_empty();
+        let precisions: &[Precision] = if dtype == "F32" || quantized {
             &[Precision::F32]
         } else {
             &[Precision::F32, Precision::F16, Precision::F16Native]
@@ -217,24 +220,19 @@ fn evaluate(params: &EvaluateParams, ctx: &StageContext) -> anyhow::Result<()> {
                 measure::precision_name(p)
             ));
             let d = Decoder::new(weights, p);
-            generation_speed.push(measure::generation_speed(
-                &d,
-                p,
-                &speed_prompt,
-                speed_tokens,
-                params.speed_runs,
-            )?);
+            let mut speed =
+                measure::generation_speed(&d, p, &speed_prompt, speed_tokens, params.speed_runs)?;
+            if quantized {
+                speed.precision = dtype.clone();
+            }
+            generation_speed.push(speed);
             check_cancel()?;
         }
         at(5);
 
         let figures = Figures::new(nll, n, data.valid_bytes_per_token());
         let file_bytes = std::fs::metadata(artifact.path.join(WEIGHTS_FILE))?.len();
-        let parameters: u64 = weights
-            .tensors()
-            .values()
-            .map(|t| t.data.len() as u64)
-            .sum();
+        let parameters = weights.parameters();
         let degeneration = repetition::degeneration(&generations);
         let line = format!(
             "{name} ({dtype}): val loss {:.4}, {:.4} bits/byte, {file_bytes} bytes, repeated 4-grams greedy {:.1}% sampled {:.1}%",
@@ -316,6 +314,16 @@ fn weights_dtype(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow::anyhow!("`{}` is not a safetensors file: {e}", path.display()))?;
+    // A quantized model is named by its scheme (`int8`, `int4`, `mixed`, ...).
+    if let Some(text) = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(itera_model::quant::METADATA_KEY))
+    {
+        let q: itera_model::quant::QuantMetadata = serde_json::from_str(text)
+            .with_context(|| format!("`{}`: its quantization metadata", path.display()))?;
+        return Ok(q.scheme);
+    }
     let info = meta.info("embed.weight").with_context(|| {
         format!(
             "`{}` has no `embed.weight`: not an Itera-Lite model",

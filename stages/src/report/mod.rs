@@ -4,6 +4,7 @@
 //! variants, the best model by a stated rule, repetition in generations — with findings
 //! computed from the numbers, SVG plots, `report.json`, and the provenance of every number.
 
+pub mod compression;
 pub mod findings;
 pub mod study;
 pub mod svg;
@@ -55,6 +56,10 @@ pub struct ReportJson {
     pub best: Option<Best>,
     /// One row per model of the study, in study order.
     pub comparison: Vec<ComparisonRow>,
+    /// Every stored format against the F32 reference, with the recommendations
+    /// (empty without an F32 reference and another format).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compression: Vec<compression::CompressionRow>,
     /// Training settings that differ between the training runs.
     pub settings: Settings,
     /// Every training run given, in input order.
@@ -285,6 +290,7 @@ pub fn write_report(
     tables::comparison(&mut md, study);
     tables::variants(&mut md, study);
     tables::size(&mut md, study);
+    compression::section(&mut md, study);
     tables::quality(&mut md, study);
     tables::speeds(&mut md, study);
     tables::training(&mut md, study);
@@ -341,6 +347,7 @@ pub fn write_report(
             rule: study::BEST_RULE.into(),
         }),
         comparison: comparison_rows(study),
+        compression: compression::rows(study),
         settings: study.settings.clone(),
         training: study
             .trains

@@ -73,25 +73,27 @@ enum Engine {
 
 impl ModelScorer {
     /// Prepares `weights` for scoring with `kind` on `threads` threads. F16 and BF16
-    /// weights are exact in f32, so every model is scored with f32 arithmetic.
+    /// weights are exact in f32, so every model is scored with f32 arithmetic; the batched
+    /// scorer takes quantized matrices dequantized, the recurrent one computes with them.
     pub fn new(weights: &Weights, kind: ScorerKind, threads: usize) -> anyhow::Result<Self> {
         let config = weights.config().clone();
         let engine = match kind {
             ScorerKind::Batched => {
                 let mut values = Vec::new();
                 for spec in layout(&config) {
+                    // Quantized matrices are scored as what they compute: their
+                    // dequantized values.
                     let tensor = weights
-                        .tensors()
-                        .get(&spec.name)
+                        .values(&spec.name)
                         .with_context(|| format!("the weights have no tensor `{}`", spec.name))?;
                     anyhow::ensure!(
-                        tensor.data.len() == spec.numel(),
+                        tensor.len() == spec.numel(),
                         "tensor `{}` has {} values, the config implies {}",
                         spec.name,
-                        tensor.data.len(),
+                        tensor.len(),
                         spec.numel()
                     );
-                    values.push(tensor.data.clone());
+                    values.push(tensor.into_owned());
                 }
                 Engine::Batched(Box::new(Params::from_values(&config, values)))
             }
