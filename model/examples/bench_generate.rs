@@ -1,6 +1,7 @@
 //! Batch-1 generation speed of the recurrent decoder on the phase-8 tiny model with random
 //! weights: tokens/s (median of 7 runs, one thread) for f32, f16-upcast and f16-native
-//! weights at V=2000 and V=8000, greedy and with sampling, plus the seed's approach of
+//! weights at V=2000 and V=8000, greedy and with sampling, int8, int4 and mixed quantized
+//! weights (greedy), plus the seed's approach of
 //! re-running the whole prefix for every new token.
 //!
 //! Run: `cargo run --release -p itera-model --example bench_generate [VOCAB...]`
@@ -8,6 +9,7 @@
 use std::time::Instant;
 
 use itera_model::decode::{generate, Decoder, Isa, Precision, SamplingConfig, Weights};
+use itera_model::quantize::{choose, quantize_model, Scheme};
 use itera_model::ModelConfig;
 
 const RUNS: usize = 7;
@@ -109,6 +111,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     decoder.weight_bytes() as f64 / (1 << 20) as f64
                 );
             }
+        }
+        // Quantized weights (weight-only, computed natively by the decoder), greedy.
+        for scheme in [Scheme::Int8, Scheme::Int4, Scheme::Mixed] {
+            let tensors = weights
+                .tensors()
+                .iter()
+                .map(|(n, t)| (n.clone(), (t.shape.clone(), t.data.clone())))
+                .collect();
+            let file = quantize_model(
+                &tensors,
+                scheme.name(),
+                |name, shape| choose(name, shape, scheme, &[], 32),
+                32,
+                itera_model::artifact::metadata(),
+            )?;
+            let q = Weights::from_safetensors_bytes(config.clone(), &file.bytes, None)?;
+            let precision = if q.f16_matrices() {
+                Precision::F16
+            } else {
+                Precision::F32
+            };
+            let decoder = Decoder::new(&q, precision);
+            let greedy = SamplingConfig::greedy();
+            let (wall, cpu) = measure(|| {
+                (0..SEQUENCES)
+                    .map(|s| {
+                        generate(&decoder, &[s], new, &greedy, |_| true, None)
+                            .expect("valid prompt")
+                            .len()
+                    })
+                    .sum()
+            });
+            println!(
+                "V={vocab:>5} {:<11} {:<15} {wall:>8.0} {cpu:>8.0}   {:?}, {:.2} MiB of matrices",
+                scheme.name(),
+                "greedy",
+                decoder.isa(),
+                decoder.weight_bytes() as f64 / (1 << 20) as f64
+            );
         }
         // The portable kernels (no AVX), for CPUs without them.
         let decoder = Decoder::with_isa(&weights, Precision::F32, Isa::Portable);

@@ -117,6 +117,8 @@ pub struct Weights {
     config: ModelConfig,
     tensors: BTreeMap<String, Tensor>,
     quantized: BTreeMap<String, Quantized>,
+    /// Whether every unquantized matrix was stored as F16 (a mixed int8/f16 file).
+    f16_matrices: bool,
 }
 
 /// Every tensor name a model with `config` has, with its shape, in the order of
@@ -189,6 +191,7 @@ impl Weights {
         let quant = quant_metadata(bytes, label.as_deref())?;
         let mut tensors = BTreeMap::new();
         let mut quantized = BTreeMap::new();
+        let mut f16_matrices = true;
         for (name, view) in st.iter() {
             if let Some(meta) = &quant {
                 if let Some(&format) = meta.tensors.get(name) {
@@ -235,9 +238,14 @@ impl Weights {
                 }
             };
             let shape = view.shape().to_vec();
+            if shape.len() == 2 && view.dtype() != Dtype::F16 {
+                f16_matrices = false;
+            }
             tensors.insert(name.to_owned(), Tensor { shape, data });
         }
-        Self::checked(config, tensors, quantized, label)
+        let mut w = Self::checked(config, tensors, quantized, label)?;
+        w.f16_matrices = f16_matrices;
+        Ok(w)
     }
 
     fn checked(
@@ -306,6 +314,7 @@ impl Weights {
             config,
             tensors,
             quantized,
+            f16_matrices: false,
         })
     }
 
@@ -374,6 +383,12 @@ impl Weights {
         self.quantized
             .get(name)
             .map(|q| std::borrow::Cow::Owned(q.dequantize()))
+    }
+
+    /// Whether every unquantized matrix was read from F16 values (then
+    /// [`Precision::F16`](super::Precision::F16) decodes them exactly, from half the bytes).
+    pub fn f16_matrices(&self) -> bool {
+        self.f16_matrices
     }
 
     /// Number of scalar weights (quantized ones counted once each).

@@ -203,7 +203,10 @@ fn evaluate(params: &EvaluateParams, ctx: &StageContext) -> anyhow::Result<()> {
         // f16 models are timed at every f16 precision; f32 and quantized models as they
         // are (quantized matrices always compute natively, whatever the precision).
         let quantized = !weights.quantized_tensors().is_empty();
-        let precisions: &[Precision] = if dtype == "F32" || quantized {
+        let precisions: &[Precision] = if quantized && weights.f16_matrices() {
+            // A mixed file: its f16 matrices decode exactly at f16-upcast.
+            &[Precision::F16]
+        } else if dtype == "F32" || quantized {
             &[Precision::F32]
         } else {
             &[Precision::F32, Precision::F16, Precision::F16Native]
