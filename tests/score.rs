@@ -326,3 +326,78 @@ fn separators_split_stories_and_errors_say_what_to_fix() {
         assert!(out.stdout.is_empty(), "{args:?} printed {}", out.stdout);
     }
 }
+
+/// A quantized model (the `quantize` stage) is scored by `itera score` on its dequantized
+/// values, recurrent and batched scorers agree, and `itera generate` runs it natively.
+#[test]
+fn quantized_models_are_scored_and_generate() {
+    let quantize = r#"
+[stages.q8]
+kind = "quantize"
+inputs = { model = "train" }
+scheme = "int8"
+
+[stages.q4]
+kind = "quantize"
+inputs = { model = "train" }
+scheme = "int4"
+group_size = 16
+"#;
+    let t = Test::with_pipeline(&(pipeline() + quantize));
+    t.write("valid.txt", &stories(30));
+    t.write("extra.txt", &stories(45)[stories(30).len()..]);
+    t.run(&[
+        "--only", "corpus", "--only", "tokenize", "--only", "train", "--only", "q8", "--only", "q4",
+    ]);
+    let q8 = read(&t, "q8", "quantization.json");
+    assert_eq!(q8["scheme"], "int8");
+    assert!(q8["compression"].as_f64().unwrap() > 3.0, "{q8}");
+    let q4 = read(&t, "q4", "quantization.json");
+    assert!(
+        q4["parameters_by_format"]["int4"].as_u64().unwrap() > 0,
+        "{q4}"
+    );
+    let score = |stage: &str, scorer: &str| {
+        let out = t.itera(
+            &[
+                "score",
+                "latest",
+                "--stage",
+                stage,
+                "valid.txt",
+                "--json",
+                "--scorer",
+                scorer,
+            ],
+            0,
+        );
+        json(&out.stdout)["total"]["loss"].as_f64().unwrap()
+    };
+    let f32_loss = score("train", "batched");
+    for stage in ["q8", "q4"] {
+        let batched = score(stage, "batched");
+        let recurrent = score(stage, "recurrent");
+        assert!(
+            (batched - recurrent).abs() < 1e-3 * batched,
+            "{stage}: batched {batched} vs recurrent {recurrent}"
+        );
+        assert!(
+            (batched - f32_loss).abs() < 0.05 * f32_loss,
+            "{stage}: {batched} vs f32 {f32_loss}"
+        );
+        let out = t.itera(
+            &[
+                "generate",
+                "latest",
+                "--stage",
+                stage,
+                "-p",
+                "once upon a time",
+                "--max-tokens",
+                "5",
+            ],
+            0,
+        );
+        assert!(out.stdout.starts_with("once upon a time"), "{}", out.stdout);
+    }
+}
