@@ -117,14 +117,98 @@ pub struct SamplingRecord {
     pub seed: u64,
 }
 
+/// How a model's weights are stored (`dtype` in eval.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WeightsFormat {
+    F32,
+    F16,
+    BF16,
+    /// Quantized by the `quantize` stage with this scheme.
+    #[serde(rename = "int8")]
+    Int8,
+    #[serde(rename = "int4")]
+    Int4,
+    #[serde(rename = "mixed")]
+    Mixed,
+}
+
+impl WeightsFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::BF16 => "BF16",
+            Self::Int8 => "int8",
+            Self::Int4 => "int4",
+            Self::Mixed => "mixed",
+        }
+    }
+
+    /// The speed label of a quantized format's decoder.
+    pub fn quantized_precision(self) -> Option<SpeedPrecision> {
+        match self {
+            Self::Int8 => Some(SpeedPrecision::Int8),
+            Self::Int4 => Some(SpeedPrecision::Int4),
+            Self::Mixed => Some(SpeedPrecision::Mixed),
+            Self::F32 | Self::F16 | Self::BF16 => None,
+        }
+    }
+}
+
+impl std::fmt::Display for WeightsFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How the decoder computed a measured generation speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpeedPrecision {
+    /// f32 weights and arithmetic.
+    #[serde(rename = "f32")]
+    F32,
+    /// f16 weights widened to f32 inside each matrix-vector product.
+    #[serde(rename = "f16-upcast")]
+    F16Upcast,
+    /// f16 weights with f16 arithmetic in the products.
+    #[serde(rename = "f16-native")]
+    F16Native,
+    /// Quantized weights computed natively (f32 activations).
+    #[serde(rename = "int8")]
+    Int8,
+    #[serde(rename = "int4")]
+    Int4,
+    #[serde(rename = "mixed")]
+    Mixed,
+}
+
+impl SpeedPrecision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16Upcast => "f16-upcast",
+            Self::F16Native => "f16-native",
+            Self::Int8 => "int8",
+            Self::Int4 => "int4",
+            Self::Mixed => "mixed",
+        }
+    }
+}
+
+impl std::fmt::Display for SpeedPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One model's results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEval {
     /// The upstream stage that produced the model.
     pub name: String,
-    /// Storage dtype of the weights (`F32`, `F16`, `BF16`).
-    pub dtype: String,
+    /// How the weights are stored (`F32`, `F16`, `BF16`, or a quantization scheme).
+    pub dtype: WeightsFormat,
     pub parameters: u64,
     /// Size of `model.safetensors`.
     pub file_bytes: u64,
@@ -237,8 +321,8 @@ impl Deltas {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpeedRecord {
-    /// `f32`, `f16-upcast` (F16 weights widened to f32 at load) or `f16-native` (f16 arithmetic).
-    pub precision: String,
+    /// How the decoder computed (see [`SpeedPrecision`]).
+    pub precision: SpeedPrecision,
     pub tokens_per_s: f64,
     /// Every repetition's tokens per second, in the order measured.
     pub runs: Vec<f64>,

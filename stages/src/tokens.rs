@@ -14,8 +14,8 @@ use serde::Deserialize;
 pub struct DataMeta {
     pub scheme: String,
     pub vocab_size: usize,
-    /// `"u16"` or `"u32"`.
-    pub dtype: String,
+    /// Element type of `train.bin` / `valid.bin`.
+    pub dtype: crate::tokenize::Dtype,
     pub eos_id: u32,
     pub train_tokens: u64,
     pub valid_tokens: u64,
@@ -80,12 +80,6 @@ impl TokenizedData {
             );
         }
         let meta: DataMeta = crate::records::read_json(&dir.join("meta.json"))?;
-        anyhow::ensure!(
-            matches!(meta.dtype.as_str(), "u16" | "u32"),
-            "`{}`: unknown token dtype {:?} (expected \"u16\" or \"u32\")",
-            dir.join("meta.json").display(),
-            meta.dtype
-        );
         let stats: Stats = crate::records::read_json(&dir.join("stats.json"))?;
         Ok(Self {
             dir: dir.to_owned(),
@@ -104,7 +98,7 @@ impl TokenizedData {
         let path = self.dir.join(split.file());
         let bytes =
             std::fs::read(&path).with_context(|| format!("cannot read `{}`", path.display()))?;
-        let width = if self.meta.dtype == "u16" { 2 } else { 4 };
+        let width = self.meta.dtype.bytes();
         anyhow::ensure!(
             bytes.len() % width == 0,
             "`{}` has {} bytes, not a whole number of {}-byte tokens: the file is truncated",

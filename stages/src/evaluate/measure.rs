@@ -7,7 +7,7 @@ use std::time::Instant;
 use itera_model::decode::{generate, Decoder, Precision, Sampler, SamplingConfig};
 use tokenizers::Tokenizer;
 
-use crate::records::{median, GenerationRecord, SpeedRecord};
+use crate::records::{median, GenerationRecord, SpeedPrecision, SpeedRecord};
 use crate::scoring::ModelScorer;
 
 /// The validation tokens cut into windows: window `i` is `tokens[i*len .. (i+1)*len + 1]`,
@@ -95,19 +95,19 @@ pub fn generation_speed(
         rates.push(out.len() as f64 / t.elapsed().as_secs_f64().max(1e-9));
     }
     Ok(SpeedRecord {
-        precision: precision_name(precision).into(),
+        precision: speed_precision(precision),
         tokens_per_s: median(&rates),
         runs: rates,
         threads: 1,
     })
 }
 
-/// The name a precision has in eval.json.
-pub fn precision_name(p: Precision) -> &'static str {
+/// How eval.json names a decoder precision.
+pub fn speed_precision(p: Precision) -> SpeedPrecision {
     match p {
-        Precision::F32 => "f32",
-        Precision::F16 => "f16-upcast",
-        Precision::F16Native => "f16-native",
+        Precision::F32 => SpeedPrecision::F32,
+        Precision::F16 => SpeedPrecision::F16Upcast,
+        Precision::F16Native => SpeedPrecision::F16Native,
     }
 }
 

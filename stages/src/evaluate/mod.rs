@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use itera_engine::stage::{InputSlot, InputSlots, OutputDecl, ParamIssue, StageContext, StageKind};
 use itera_model::decode::{Decoder, Precision, SamplingConfig, Weights};
 
-use crate::records::{self, Deltas, EvalReport, ModelEval, SamplingRecord};
+use crate::records::{self, Deltas, EvalReport, ModelEval, SamplingRecord, WeightsFormat};
 use crate::scoring::{Figures, ModelScorer, TextTokenizer};
 use crate::tokens::{Split, TokenizedData};
 use itera_model::artifact::{check_dir as check_model_dir, TOKENIZER_FILE, WEIGHTS_FILE};
@@ -206,7 +206,7 @@ fn evaluate(params: &EvaluateParams, ctx: &StageContext) -> anyhow::Result<()> {
         let precisions: &[Precision] = if quantized && weights.f16_matrices() {
             // A mixed file: its f16 matrices decode exactly at f16-upcast.
             &[Precision::F16]
-        } else if dtype == "F32" || quantized {
+        } else if dtype == WeightsFormat::F32 || quantized {
             &[Precision::F32]
         } else {
             &[Precision::F32, Precision::F16, Precision::F16Native]
@@ -220,13 +220,13 @@ fn evaluate(params: &EvaluateParams, ctx: &StageContext) -> anyhow::Result<()> {
         for &p in precisions {
             ctx.progress.message(format!(
                 "{name}: generation speed ({})",
-                measure::precision_name(p)
+                measure::speed_precision(p)
             ));
             let d = Decoder::new(weights, p);
             let mut speed =
                 measure::generation_speed(&d, p, &speed_prompt, speed_tokens, params.speed_runs)?;
-            if quantized {
-                speed.precision = dtype.clone();
+            if let Some(q) = dtype.quantized_precision() {
+                speed.precision = q;
             }
             generation_speed.push(speed);
             check_cancel()?;
@@ -313,11 +313,11 @@ pub fn fill_deltas(evals: &mut [ModelEval]) {
 }
 
 /// The storage dtype of a weights file (`F32`, `F16`, `BF16`), from its embedding tensor.
-fn weights_dtype(path: &Path) -> anyhow::Result<String> {
+fn weights_dtype(path: &Path) -> anyhow::Result<WeightsFormat> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow::anyhow!("`{}` is not a safetensors file: {e}", path.display()))?;
-    // A quantized model is named by its scheme (`int8`, `int4`, `mixed`, ...).
+    // A quantized model is named by its scheme.
     if let Some(text) = meta
         .metadata()
         .as_ref()
@@ -325,7 +325,15 @@ fn weights_dtype(path: &Path) -> anyhow::Result<String> {
     {
         let q: itera_model::quant::QuantMetadata = serde_json::from_str(text)
             .with_context(|| format!("`{}`: its quantization metadata", path.display()))?;
-        return Ok(q.scheme);
+        return match q.scheme.as_str() {
+            "int8" => Ok(WeightsFormat::Int8),
+            "int4" => Ok(WeightsFormat::Int4),
+            "mixed" => Ok(WeightsFormat::Mixed),
+            other => anyhow::bail!(
+                "`{}`: unknown quantization scheme {other:?} (int8, int4 or mixed)",
+                path.display()
+            ),
+        };
     }
     let info = meta.info("embed.weight").with_context(|| {
         format!(
@@ -333,5 +341,13 @@ fn weights_dtype(path: &Path) -> anyhow::Result<String> {
             path.display()
         )
     })?;
-    Ok(format!("{:?}", info.dtype))
+    match info.dtype {
+        safetensors::Dtype::F32 => Ok(WeightsFormat::F32),
+        safetensors::Dtype::F16 => Ok(WeightsFormat::F16),
+        safetensors::Dtype::BF16 => Ok(WeightsFormat::BF16),
+        other => anyhow::bail!(
+            "`{}`: embed.weight is {other:?}; evaluate reads F32, F16, BF16 and quantized models",
+            path.display()
+        ),
+    }
 }

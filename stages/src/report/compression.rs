@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::findings::{fmt_bytes, fmt_rate};
 use super::study::Study;
 use super::tables::cell;
-use crate::records::ModelEval;
+use crate::records::{ModelEval, WeightsFormat};
 
 /// How the recommendations are derived, as printed in the report.
 pub const RULE: &str = "a format qualifies when its validation loss is at most 1% above the F32 reference; among those, *smallest* is the one with the smallest weights file, *fastest* the one with the highest batch-1 generation speed, and *most accurate* the one with the lowest bits per byte (ties to the smaller file)";
@@ -23,8 +23,7 @@ pub const MAX_LOSS_INCREASE_PCT: f64 = 1.0;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompressionRow {
     pub model: String,
-    /// `F32`, `F16`, `BF16`, `int8`, `int4`, `mixed`, ...
-    pub format: String,
+    pub format: WeightsFormat,
     /// Reference file bytes / this file's bytes (2.0 = half the size).
     pub compression: f64,
     pub val_loss_change_pct: f64,
@@ -39,16 +38,16 @@ pub struct CompressionRow {
 
 /// The comparison rows, or nothing when the study has no F32 reference or no other format.
 pub fn rows(study: &Study) -> Vec<CompressionRow> {
-    let Some(reference) = study.models.iter().find(|m| m.dtype == "F32") else {
+    let Some(reference) = study.models.iter().find(|m| m.dtype == WeightsFormat::F32) else {
         return Vec::new();
     };
-    if !study.models.iter().any(|m| m.dtype != "F32") {
+    if !study.models.iter().any(|m| m.dtype != WeightsFormat::F32) {
         return Vec::new();
     }
     let mut rows: Vec<CompressionRow> = study
         .models
         .iter()
-        .filter(|m| m.dtype != "F32" || std::ptr::eq(*m, reference))
+        .filter(|m| m.dtype != WeightsFormat::F32 || std::ptr::eq(*m, reference))
         .map(|m| row(m, reference))
         .collect();
     let qualified: Vec<usize> = (0..rows.len())
@@ -81,7 +80,7 @@ fn row(m: &ModelEval, reference: &ModelEval) -> CompressionRow {
     let loss_pct = pct(m.val_loss, reference.val_loss);
     CompressionRow {
         model: m.name.clone(),
-        format: m.dtype.clone(),
+        format: m.dtype,
         compression: reference.file_bytes as f64 / m.file_bytes.max(1) as f64,
         val_loss_change_pct: loss_pct,
         perplexity_change_pct: pct(m.perplexity, reference.perplexity),

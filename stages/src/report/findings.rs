@@ -3,7 +3,7 @@
 
 use super::study::{Study, BEST_RULE};
 use crate::evaluate::repetition::LOOPING_THRESHOLD;
-use crate::records::{ModelEval, TrainLogLine, TrainSummary};
+use crate::records::{ModelEval, SpeedPrecision, TrainLogLine, TrainSummary};
 
 /// The generation speed the seed study reported (whole prefix re-run per token).
 pub const SEED_TOKENS_PER_S: f64 = 92.9;
@@ -51,7 +51,7 @@ pub fn findings(study: &Study) -> Vec<String> {
     if let Some(s) = reference
         .generation_speed
         .iter()
-        .find(|s| s.precision == "f32")
+        .find(|s| s.precision == SpeedPrecision::F32)
     {
         out.push(format!(
             "Batch-1 generation with the recurrent decoder (constant work per token) runs at {} tokens/s in f32 on {} thread{} (median of {} runs of {} tokens); the seed study reported {SEED_TOKENS_PER_S} tokens/s re-running the whole prefix for every token (on another machine, so compare with care).",
@@ -221,9 +221,9 @@ fn compression_finding(reference: &ModelEval, m: &ModelEval) -> String {
         m.bits_per_byte
     );
     let mut s = format!("{} (`{}`) {size} and {quality}", m.dtype, m.name);
-    let base = speed(reference, "f32");
-    let native = speed(m, "f16-native");
-    let upcast = speed(m, "f16-upcast");
+    let base = speed(reference, SpeedPrecision::F32);
+    let native = speed(m, SpeedPrecision::F16Native);
+    let upcast = speed(m, SpeedPrecision::F16Upcast);
     match (base, native) {
         (Some(b), Some(n)) if b > 0.0 && n > 0.0 => {
             let r = n / b;
@@ -288,7 +288,14 @@ fn agreement_finding(reference: &ModelEval, m: &ModelEval) -> String {
 }
 
 /// The median generation speed of `m` at `precision`, if measured.
-pub fn speed(m: &ModelEval, precision: &str) -> Option<f64> {
+/// The model's own generation speed: at f32 arithmetic, or for a quantized model with its
+/// stored integers.
+pub fn own_speed(m: &ModelEval) -> Option<f64> {
+    speed(m, SpeedPrecision::F32)
+        .or_else(|| m.dtype.quantized_precision().and_then(|p| speed(m, p)))
+}
+
+pub fn speed(m: &ModelEval, precision: SpeedPrecision) -> Option<f64> {
     m.generation_speed
         .iter()
         .find(|s| s.precision == precision)

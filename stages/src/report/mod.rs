@@ -19,7 +19,7 @@ use itera_engine::stage::{InputSlot, InputSlots, OutputDecl, StageContext, Stage
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::records::{self, EvalReport, TrainSummary};
+use crate::records::{self, EvalReport, TrainSummary, WeightsFormat};
 use findings::fmt_rate;
 use study::{Evaluation, Settings, Study, TrainRun};
 
@@ -89,7 +89,7 @@ pub struct ComparisonRow {
     pub name: String,
     /// The evaluate stage that measured it.
     pub evaluation: String,
-    pub dtype: String,
+    pub dtype: WeightsFormat,
     pub parameters: u64,
     pub file_bytes: u64,
     /// `file_bytes` over the study reference's (the first model).
@@ -373,7 +373,7 @@ fn comparison_rows(study: &Study) -> Vec<ComparisonRow> {
             ComparisonRow {
                 name: m.name.clone(),
                 evaluation: study.evaluations[e].stage.clone(),
-                dtype: m.dtype.clone(),
+                dtype: m.dtype,
                 parameters: m.parameters,
                 file_bytes: m.file_bytes,
                 size_ratio: m.delta.size_ratio,
@@ -382,7 +382,7 @@ fn comparison_rows(study: &Study) -> Vec<ComparisonRow> {
                 bits_per_token: m.bits_per_token,
                 bits_per_byte: m.bits_per_byte,
                 scoring_tokens_per_s: m.scoring_tokens_per_s,
-                generation_tokens_per_s: findings::speed(m, "f32"),
+                generation_tokens_per_s: findings::own_speed(m),
                 train_tokens_per_s: train.map(|t| t.summary.tokens_per_s),
                 train_seconds: train.map(|t| t.summary.train_seconds),
                 eval_seconds: m.seconds,

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::findings::{fmt_bytes, fmt_count, fmt_duration, fmt_rate, speed};
+use super::findings::{fmt_bytes, fmt_count, fmt_duration, fmt_rate, own_speed};
 use super::study::{Study, BEST_RULE};
 use super::Provenance;
 use crate::evaluate::repetition::LOOPING_THRESHOLD;
@@ -41,7 +41,7 @@ pub fn comparison(md: &mut String, study: &Study) {
             opt_rate(train.map(|t| t.summary.tokens_per_s)),
             train.map_or_else(|| "—".into(), |t| fmt_duration(t.summary.train_seconds)),
             fmt_rate(m.scoring_tokens_per_s),
-            opt_rate(speed(m, "f32")),
+            opt_rate(own_speed(m)),
             fmt_duration(m.seconds),
             m.degeneration.greedy.repeated_4gram_share * 100.0,
             m.degeneration.sampled.repeated_4gram_share * 100.0,

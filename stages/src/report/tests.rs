@@ -10,7 +10,7 @@ use itera_model::config::ModelConfig;
 
 fn speed(precision: &str, runs: &[f64]) -> SpeedRecord {
     SpeedRecord {
-        precision: precision.into(),
+        precision: serde_json::from_value(serde_json::json!(precision)).unwrap(),
         tokens_per_s: records::median(runs),
         runs: runs.to_vec(),
         threads: 1,
@@ -36,7 +36,7 @@ fn model(
         .collect();
     ModelEval {
         name: name.into(),
-        dtype: dtype.into(),
+        dtype: serde_json::from_value(serde_json::json!(dtype)).unwrap(),
         parameters: 1_234_567,
         file_bytes: bytes,
         val_loss: loss,
@@ -405,4 +405,72 @@ fn several_evaluations_and_training_runs_make_one_study() {
     .unwrap();
     let names: Vec<&str> = twice.models.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["e1/train", "e1/half", "e2/train", "e2/half"]);
+}
+
+#[test]
+fn the_compression_table_recommends_by_its_stated_rule() {
+    let mut e = sample_eval();
+    // int8: 0.05% worse, a quarter of the size, the fastest; int4: 2% worse (over the bar).
+    e.models.push(model(
+        "int8",
+        "int8",
+        1_000_000,
+        2.001,
+        vec![speed("int8", &[1900.0, 2000.0, 2100.0])],
+        &["there was a girl", "sat on the mat"],
+    ));
+    e.models.push(model(
+        "int4",
+        "int4",
+        700_000,
+        2.04,
+        vec![speed("int4", &[2500.0])],
+        &["there was a girl", "sat on the mat"],
+    ));
+    let study = Study::new(
+        vec![Evaluation {
+            stage: "evaluate".into(),
+            eval: e,
+        }],
+        vec![sample_run("train")],
+    )
+    .unwrap();
+    let rows = super::compression::rows(&study);
+    let names: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
+    assert_eq!(names, ["train", "half", "int8", "int4"]);
+    let by = |n: &str| rows.iter().find(|r| r.model == n).unwrap();
+    assert!((by("int8").compression - 4.0).abs() < 1e-9);
+    assert!((by("int8").val_loss_change_pct - 0.05).abs() < 1e-9);
+    assert!(!by("int4").within_quality_bar);
+    assert_eq!(by("int8").recommended_for, ["smallest", "fastest"]);
+    assert_eq!(by("train").recommended_for, ["most accurate"]);
+    assert!(by("int4").recommended_for.is_empty());
+    assert_eq!(by("int8").generation_tokens_per_s, 2000.0);
+
+    let mut md = String::new();
+    super::compression::section(&mut md, &study);
+    assert!(md.contains("## Compression"), "{md}");
+    assert!(md.contains("| int4 | int4 | 5.71× |"), "{md}");
+    assert!(md.contains("✗"), "{md}");
+    // Without other formats there is no table.
+    let mut md = String::new();
+    super::compression::section(&mut md, &one_study_of(&["F32"]));
+    assert!(md.is_empty());
+}
+
+fn one_study_of(formats: &[&str]) -> Study {
+    let mut e = sample_eval();
+    e.models = formats
+        .iter()
+        .enumerate()
+        .map(|(i, f)| model(&format!("m{i}"), f, 1000, 2.0, vec![], &["a", "b"]))
+        .collect();
+    Study::new(
+        vec![Evaluation {
+            stage: "evaluate".into(),
+            eval: e,
+        }],
+        vec![sample_run("train")],
+    )
+    .unwrap()
 }

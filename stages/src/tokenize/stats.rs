@@ -148,6 +148,14 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// Bytes per token.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::U16 => 2,
+            Self::U32 => 4,
+        }
+    }
+
     /// u16 when every id fits (vocabulary of at most 65,536), else u32.
     pub fn for_vocab(vocab_size: usize) -> Self {
         if vocab_size <= 1 << 16 {
