@@ -17,6 +17,8 @@ mod failures;
 mod maintenance;
 /// `rerun` and `rerun --verify`.
 mod rerun;
+/// The pipeline schema under a third-party validator.
+mod schema_files;
 /// `score`: a model's loss on text, against the evaluate stage.
 mod score;
 /// `--executor slurm` against a real SLURM.

@@ -14,30 +14,39 @@ pub struct ModelConfig {
     /// Tokens in the vocabulary (rows of the embedding). Set by the tokenizer when training
     /// from a pipeline.
     #[serde(default = "defaults::vocab_size")]
+    #[schemars(range(min = 2))]
     pub vocab_size: usize,
     /// Width of the residual stream (`d_model`).
     #[serde(default = "defaults::hidden_size")]
+    #[schemars(range(min = 1))]
     pub hidden_size: usize,
     /// Number of blocks; each is an SSM sub-block followed by a feed-forward sub-block.
     #[serde(default = "defaults::num_layers")]
+    #[schemars(range(min = 1))]
     pub num_layers: usize,
     /// State size `N` of each selective scan.
     #[serde(default = "defaults::ssm_state_size")]
+    #[schemars(range(min = 1))]
     pub ssm_state_size: usize,
     /// Width of the causal depthwise convolution.
     #[serde(default = "defaults::ssm_conv_kernel")]
+    #[schemars(range(min = 1))]
     pub ssm_conv_kernel: usize,
     /// Inner width of the SSM sub-block is `ssm_expand_factor * hidden_size`.
     #[serde(default = "defaults::ssm_expand_factor")]
+    #[schemars(range(min = 1))]
     pub ssm_expand_factor: usize,
     /// Experts in each mixture-of-experts layer.
     #[serde(default = "defaults::num_experts")]
+    #[schemars(range(min = 1))]
     pub num_experts: usize,
     /// Hidden width of each expert's feed-forward network.
     #[serde(default = "defaults::expert_size")]
+    #[schemars(range(min = 1))]
     pub expert_size: usize,
     /// Experts each token is routed to.
     #[serde(default = "defaults::top_k_experts")]
+    #[schemars(range(min = 1))]
     pub top_k_experts: usize,
     /// Layers (0-based) whose feed-forward is a mixture of experts; the others use a plain
     /// feed-forward network. Default: the odd layers.
@@ -46,18 +55,23 @@ pub struct ModelConfig {
     /// Hidden width of the plain feed-forward layers. Default: `expert_size * top_k_experts`
     /// (the same active compute per token as a MoE layer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub ffn_size: Option<usize>,
     /// Longest sequence (rows of the learned position embedding).
     #[serde(default = "defaults::max_seq_length")]
+    #[schemars(range(min = 1))]
     pub max_seq_length: usize,
     /// Dropout probability during training (0 disables it).
     #[serde(default)]
+    #[schemars(range(min = 0), extend("exclusiveMaximum" = 1))]
     pub dropout: f64,
     /// Epsilon of every LayerNorm.
     #[serde(default = "defaults::layer_norm_eps")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub layer_norm_eps: f64,
     /// Weight of the MoE load-balancing loss added to the language-model loss.
     #[serde(default = "defaults::load_balance_loss_weight")]
+    #[schemars(range(min = 0))]
     pub load_balance_loss_weight: f64,
     /// The LM head reuses the token embedding (transposed).
     #[serde(default = "defaults::tie_embeddings")]

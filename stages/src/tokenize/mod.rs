@@ -114,19 +114,23 @@ pub struct TokenizeParams {
     /// Default 8192; `bpe` needs at least 260 (the 256 bytes + specials); `byte` is always
     /// 260 and takes no value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 5))]
     pub vocab_size: Option<u32>,
     /// `word`: a word needs this many occurrences in the sample to enter the vocabulary;
     /// `bpe`: a pair needs this many to be merged. Not used by `byte`.
     #[serde(default = "default_min_frequency")]
+    #[schemars(range(min = 1))]
     pub min_frequency: u64,
     /// Lowercase text before splitting (`word` only: `bpe` and `byte` are lossless).
     #[serde(default)]
     pub lowercase: bool,
     /// Use only about this many bytes from the start of the train file (cut after a story).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_train_bytes: Option<u64>,
     /// Bytes from the start of the train file used to fit the vocabulary (cut after a story).
     #[serde(default = "default_train_sample_bytes")]
+    #[schemars(range(min = 1))]
     pub train_sample_bytes: u64,
     /// The train file inside the `corpus` artifact.
     #[serde(default = "default_train_file")]

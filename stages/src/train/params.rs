@@ -27,25 +27,32 @@ pub struct TrainParams {
     pub schedule: ScheduleParams,
     /// Optimizer steps. Give `steps` or `epochs`, not both; default 1000 steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub steps: Option<u64>,
     /// Passes over the training windows (`(train tokens - 1) / seq_len` windows each);
     /// converted to `ceil(epochs * windows / batch_size)` steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub epochs: Option<f64>,
     /// Sequences per batch.
     #[serde(default = "defaults::batch_size")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     /// Tokens per training sequence (at most `model.max_seq_length`).
     #[serde(default = "defaults::seq_len")]
+    #[schemars(range(min = 1))]
     pub seq_len: usize,
     /// Write a `train_log.jsonl` line every this many steps (and after the last).
     #[serde(default = "defaults::log_every")]
+    #[schemars(range(min = 1))]
     pub log_every: u64,
     /// Measure the validation loss every this many steps (and after the last).
     #[serde(default = "defaults::eval_every")]
+    #[schemars(range(min = 1))]
     pub eval_every: u64,
     /// Validation tokens per validation pass (the first ones of `valid.bin`).
     #[serde(default = "defaults::eval_tokens")]
+    #[schemars(range(min = 1))]
     pub eval_tokens: u64,
     /// Save a checkpoint in the stage's work folder every this many steps (a killed run
     /// resumes from the last one). 0 disables periodic checkpoints (an interrupted run
@@ -55,6 +62,7 @@ pub struct TrainParams {
     /// Training threads. Default: the stage's thread budget. Results are bit-identical for
     /// the same seed, data and thread count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub threads: Option<usize>,
     /// Seed of the initialisation, batch order and dropout. Default: the pipeline's seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,21 +75,27 @@ pub struct TrainParams {
 pub struct OptimizerParams {
     /// Peak learning rate.
     #[serde(default = "defaults::learning_rate")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub learning_rate: f64,
     /// First-moment decay.
     #[serde(default = "defaults::beta1")]
+    #[schemars(range(min = 0), extend("exclusiveMaximum" = 1))]
     pub beta1: f64,
     /// Second-moment decay.
     #[serde(default = "defaults::beta2")]
+    #[schemars(range(min = 0), extend("exclusiveMaximum" = 1))]
     pub beta2: f64,
     /// Added to the root of the second moment.
     #[serde(default = "defaults::eps")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub eps: f64,
     /// Decoupled weight decay of the weight matrices (not norms, biases, embeddings).
     #[serde(default = "defaults::weight_decay")]
+    #[schemars(range(min = 0), extend("exclusiveMaximum" = 1))]
     pub weight_decay: f64,
     /// Clip the gradient's global L2 norm to this (0 disables clipping).
     #[serde(default = "defaults::grad_clip")]
+    #[schemars(range(min = 0))]
     pub grad_clip: f64,
 }
 
@@ -94,6 +108,7 @@ pub struct ScheduleParams {
     pub warmup_steps: u64,
     /// Learning rate at the last step, as a fraction of the peak.
     #[serde(default = "defaults::min_lr_ratio")]
+    #[schemars(range(min = 0, max = 1))]
     pub min_lr_ratio: f64,
 }
 
