@@ -195,7 +195,12 @@ pub fn convert_model_dir(
     record.file_bytes_after = out_bytes.len() as u64;
     record.file_ratio = record.file_bytes_after as f64 / record.file_bytes_before as f64;
 
-    for name in [CONFIG_FILE, TOKENIZER_FILE] {
+    for name in [
+        CONFIG_FILE,
+        TOKENIZER_FILE,
+        crate::tokenize::hf::TOKENIZER_CONFIG_FILE,
+        crate::tokenize::hf::SPECIAL_TOKENS_MAP_FILE,
+    ] {
         let from = input.join(name);
         if from.is_file() {
             fs::copy(&from, out.join(name))

@@ -2,13 +2,16 @@
 //! of a TinyStories-format corpus and encodes its train and valid files into flat token
 //! files, streaming in bounded memory with the stage's threads.
 //!
-//! Artifact: `tokenizer.json` (Hugging Face `tokenizers` format, loadable from Python),
+//! Artifact: `tokenizer.json` (Hugging Face `tokenizers` format, loadable from Python) with
+//! `tokenizer_config.json` and `special_tokens_map.json` (so `transformers`'
+//! `AutoTokenizer.from_pretrained(folder)` works, special tokens included; see `hf`),
 //! `train.bin` / `valid.bin` (little-endian u16 ids, u32 above 65,536 tokens; layout in
 //! `meta.json`), `stats.json` (bytes, stories, tokens, bytes per token, unknown rate,
 //! vocabulary coverage, top tokens).
 
 mod corpus;
 mod encoder;
+pub mod hf;
 mod stats;
 mod vocab;
 
@@ -348,6 +351,7 @@ fn tokenize(
     tokenizer
         .save(out.join(TOKENIZER_FILE), true)
         .map_err(TokenizeError::tokenizer)?;
+    hf::write_files(out, None)?;
 
     let train_stats = encode_file(
         ctx,
@@ -387,6 +391,7 @@ fn tokenize(
         bos_id: 2,
         eos_id: EOS_ID,
         lowercase: p.lowercase,
+        text: Meta::text_rules(),
         train_tokens: train_stats.tokens,
         valid_tokens: valid_stats.tokens,
     };

@@ -1,5 +1,6 @@
 //! The `train` stage kind: trains an Itera-Lite model on a `tokenize` artifact and writes a
-//! self-contained model artifact (`model.safetensors`, `config.json`, `tokenizer.json`)
+//! self-contained model artifact (`model.safetensors`, `config.json`, `tokenizer.json`,
+//! `tokenizer_config.json`, `special_tokens_map.json`)
 //! with `train_log.jsonl` and `summary.json` ([`crate::records`]).
 //!
 //! Resumable: checkpoints (weights, AdamW moments, sampler position, and this stage's log
@@ -272,6 +273,8 @@ fn finish(
     normalize_weights(&out.join(WEIGHTS_FILE))?;
     fs::copy(data.tokenizer_path(), out.join(TOKENIZER_FILE))
         .context("cannot copy tokenizer.json into the model")?;
+    crate::tokenize::hf::write_files(out, Some(trainer.model_config().max_seq_length))
+        .context("cannot write tokenizer_config.json into the model")?;
     let mut log_text = String::new();
     for line in &st.log {
         log_text.push_str(&serde_json::to_string(&records::to_finite_json(line)?)?);
