@@ -13,6 +13,8 @@ mod commands;
 mod concurrency;
 /// Failing stages and invalid pipelines: exit codes, reports, nothing half-written.
 mod failures;
+/// `--log-format json`: every stderr line a JSON event.
+mod json_logs;
 /// `gc` and `verify`.
 mod maintenance;
 /// `rerun` and `rerun --verify`.
