@@ -11,6 +11,7 @@ mod interrupt;
 mod jsonlog;
 mod load;
 mod model_dir;
+mod path;
 mod progress;
 mod rerun;
 mod run;
@@ -105,6 +106,8 @@ enum Command {
     Runs(runs::RunsArgs),
     /// Show one recorded run.
     Show(show::ShowArgs),
+    /// Print the path of a recorded stage's result, or of one of its outputs.
+    Path(path::PathArgs),
     /// Cancel the pending and running SLURM jobs of a run.
     Cancel(slurm::CancelArgs),
     /// Re-execute a recorded run from its resolved pipeline.
@@ -167,6 +170,7 @@ pub fn main() -> ExitCode {
         Command::Schema(a) => schema::main(g, a),
         Command::Runs(a) => runs::main(g, a),
         Command::Show(a) => show::main(g, a),
+        Command::Path(a) => path::main(g, a),
         Command::Cancel(a) => slurm::cancel_main(g, a),
         Command::Rerun(a) => rerun::main(g, a),
         Command::Gc(a) => gc::main(g, a),
