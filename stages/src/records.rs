@@ -237,7 +237,8 @@ impl Deltas {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpeedRecord {
-    /// `f32`, `f16-upcast` (F16 weights widened to f32 at load) or `f16-native` (f16 arithmetic).
+    /// `f32` (a half model's weights widened to f32 at load), `f16-upcast` (f16 weights
+    /// widened inside each matrix-vector product) or `f16-native` (f16 arithmetic).
     pub precision: String,
     pub tokens_per_s: f64,
     /// Every repetition's tokens per second, in the order measured.
