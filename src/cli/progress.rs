@@ -41,8 +41,9 @@ enum Resolved {
 #[derive(Default)]
 struct State {
     bars: HashMap<String, ProgressBar>,
-    /// Line mode: last time a stage's position was printed, and its phase.
-    phases: HashMap<String, (String, Option<u64>, String, Instant)>,
+    /// Line mode: a stage's phase (name, total, unit, start) and when its position was
+    /// last printed.
+    phases: HashMap<String, (Phase, Instant)>,
     /// Line mode: last time a stage's status message was printed.
     messages: HashMap<String, Instant>,
 }
@@ -275,6 +276,26 @@ impl EventSink for Display {
     }
 }
 
+/// A running stage's current phase.
+struct Phase {
+    name: String,
+    total: Option<u64>,
+    unit: String,
+    started: Instant,
+}
+
+impl Phase {
+    /// Seconds left at position `p`, from the rate since the phase started.
+    fn eta_s(&self, p: u64) -> Option<f64> {
+        let total = self.total?;
+        if p == 0 || p > total {
+            return None;
+        }
+        let elapsed = self.started.elapsed().as_secs_f64();
+        Some(elapsed * (total - p) as f64 / p as f64)
+    }
+}
+
 impl Display {
     fn progress(&self, state: &mut State, stage: &str, event: ProgressEvent) {
         if let Some(bar) = state.bars.get(stage) {
@@ -307,18 +328,33 @@ impl Display {
                     "stage.progress",
                     json!({ "phase": phase, "position": 0, "total": total, "unit": unit }),
                 );
-                state
-                    .phases
-                    .insert(stage.to_owned(), (phase, total, unit, Instant::now()));
+                let now = Instant::now();
+                let phase = Phase {
+                    name: phase,
+                    total,
+                    unit,
+                    started: now,
+                };
+                state.phases.insert(stage.to_owned(), (phase, now));
             }
             ProgressEvent::Position(p) => {
-                if let Some((phase, total, unit, last)) = state.phases.get_mut(stage) {
-                    if last.elapsed() >= LINE_INTERVAL || Some(p) == *total {
+                if let Some((phase, last)) = state.phases.get_mut(stage) {
+                    if last.elapsed() >= LINE_INTERVAL || Some(p) == phase.total {
                         *last = Instant::now();
-                        let of = total.map(|t| format!("/{t}")).unwrap_or_default();
-                        let text = format!("{phase} {p}{of} {unit}");
-                        let fields =
-                            json!({ "phase": phase, "position": p, "total": total, "unit": unit });
+                        let of = phase.total.map(|t| format!("/{t}")).unwrap_or_default();
+                        let eta = phase.eta_s(p);
+                        let left = eta
+                            .filter(|_| Some(p) != phase.total)
+                            .map(|e| format!(" (ETA {})", seconds(Duration::from_secs_f64(e))))
+                            .unwrap_or_default();
+                        let text = format!("{} {p}{of} {}{left}", phase.name, phase.unit);
+                        let fields = json!({
+                            "phase": phase.name,
+                            "position": p,
+                            "total": phase.total,
+                            "unit": phase.unit,
+                            "eta_s": eta,
+                        });
                         self.stamped(stage, &text, "stage.progress", fields);
                     }
                 }

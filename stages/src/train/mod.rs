@@ -184,14 +184,15 @@ fn train(p: &TrainParams, ctx: &StageContext) -> anyhow::Result<()> {
             let eta = (steps - step) as f64 * st.train_seconds
                 / (step - st.resumed_from_step.unwrap_or(0)).max(1) as f64;
             let msg = format!(
-                "step {step}/{steps} loss {:.4}{} lr {:.2e} {} tok/s ETA {}",
+                "step {step}/{steps} loss {:.4}{} lr {:.2e} {} tok/s",
                 line.loss,
                 val_loss.map(|v| format!(" val {v:.4}")).unwrap_or_default(),
                 line.lr,
                 fmt_rate(line.tokens_per_s),
-                fmt_duration(eta)
             );
-            ctx.log.line(&msg);
+            ctx.log.line(format!("{msg} ETA {}", fmt_duration(eta)));
+            // No ETA in the status text: it would go stale between messages, next to the
+            // progress display's own live estimate.
             ctx.progress.message(msg);
             records::to_finite_json(&line)?;
             st.log.push(line);
