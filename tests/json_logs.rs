@@ -60,9 +60,24 @@ fn every_line_of_a_smoke_run_is_a_json_event() {
             .any(|e| e["stage"] == "train" && e["unit"] == "steps"),
         "{progress:?}"
     );
-    assert!(of(&all, "stage.message")
+    let train_messages: Vec<&str> = of(&all, "stage.message")
         .iter()
-        .any(|e| e["stage"] == "train" && e["text"].as_str().is_some_and(|t| t.contains("loss"))));
+        .filter(|e| e["stage"] == "train")
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    assert!(
+        train_messages.iter().any(|t| t.contains("loss")),
+        "{train_messages:?}"
+    );
+    // The ETA is the progress display's (live), not frozen into the status text.
+    assert!(
+        train_messages.iter().all(|t| !t.contains("ETA")),
+        "{train_messages:?}"
+    );
+    assert!(
+        progress.iter().all(|e| e.get("eta_s").is_some()),
+        "{progress:?}"
+    );
     let summary = of(&all, "run.finished");
     assert_eq!(summary.len(), 1);
     assert_eq!(summary[0]["status"], "succeeded");
