@@ -326,7 +326,7 @@ impl Display {
                     stage,
                     &format!("{phase}{size}"),
                     "stage.progress",
-                    json!({ "phase": phase, "position": 0, "total": total, "unit": unit }),
+                    json!({ "phase": phase, "position": 0, "total": total, "unit": unit, "eta_s": null }),
                 );
                 let now = Instant::now();
                 let phase = Phase {
