@@ -160,3 +160,40 @@ outputs = ["a.txt"]
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{show}");
 }
+
+/// `dag` lists a stage's inputs as written: a list keeps its order, with positions, so the
+/// reference model (`models[0]`) is visible.
+#[test]
+fn dag_keeps_the_order_of_an_input_list() {
+    let t = Test::with_pipeline(
+        r#"
+[pipeline]
+name = "order"
+
+[stages.zz]
+kind = "shell"
+command = "echo z > {out}/m"
+outputs = ["m"]
+
+[stages.aa]
+kind = "shell"
+command = "echo a > {out}/m"
+outputs = ["m"]
+
+[stages.compare]
+kind = "shell"
+inputs = { models = ["zz", "aa"] }
+command = "cat {inputs.models} > {out}/c"
+outputs = ["c"]
+"#,
+    );
+    let text = t.itera(&["dag", "pipeline.toml"], 0).stdout;
+    assert!(text.contains("<- zz [models[0]], aa [models[1]]"), "{text}");
+    let dot = t
+        .itera(&["dag", "pipeline.toml", "--format", "dot"], 0)
+        .stdout;
+    assert!(
+        dot.contains("\"zz\" -> \"compare\" [label=\"models[0]\"]"),
+        "{dot}"
+    );
+}
