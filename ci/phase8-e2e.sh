@@ -17,7 +17,7 @@ export HF_HUB_CACHE="$WORK/hf-cache" HF_HUB_OFFLINE=1 ITERA_RUNS_DIR="$WORK/runs
   --file "TinyStories-train.txt=$DATA/train-sample-00.txt" \
   --file "TinyStories-valid.txt=$DATA/valid-part-00.txt"
 
-SETS=(--set train.steps=12 --set train.eval_every=6 --set train.eval_tokens=4096
+SETS=(--set train.steps=12 --set train.schedule.warmup_steps=3 --set train.eval_every=6 --set train.eval_tokens=4096
       --set train.checkpoint_every=6 --set evaluate.eval_tokens=8192
       --set evaluate.speed_runs=3 --set evaluate.max_new_tokens=16)
 "$ITERA" --progress lines run pipelines/phase8.toml "${SETS[@]}"

@@ -107,6 +107,9 @@ fn train(p: &TrainParams, ctx: &StageContext) -> anyhow::Result<()> {
         "the validation split is empty: nothing to validate on"
     );
     let steps = p.total_steps(train_tokens.len());
+    if let Some(problem) = p.warmup_problem(steps) {
+        anyhow::bail!("schedule.warmup_steps: {problem} (epochs = {} of this data); lower schedule.warmup_steps or train for more epochs", p.epochs.unwrap_or_default());
+    }
     let train_config = p.train_config(steps);
     let threads = p.threads.unwrap_or(ctx.threads).max(1);
     let seed = p.seed.unwrap_or(ctx.seed);

@@ -259,6 +259,18 @@ impl TrainParams {
         }
     }
 
+    /// A warmup that does not end before the run does (the learning rate would never
+    /// reach its peak or never decay); `steps` is the run's length. For `epochs`, whose
+    /// steps depend on the data, the train stage checks this when it starts.
+    pub fn warmup_problem(&self, steps: u64) -> Option<String> {
+        let warmup = self.schedule.warmup_steps;
+        (steps > 0 && warmup >= steps).then(|| {
+            format!(
+                "a warmup of {warmup} steps does not end before the run's last step ({steps} steps): the learning rate would never decay"
+            )
+        })
+    }
+
     /// Steps of the run, given the number of training tokens.
     pub fn total_steps(&self, train_tokens: usize) -> u64 {
         match (self.steps, self.epochs) {
@@ -293,6 +305,12 @@ impl TrainParams {
                 other => other.to_owned(),
             };
             issues.push(ParamIssue::new(&path, i.message));
+        }
+        if let Some(problem) = self.warmup_problem(steps).filter(|_| self.epochs.is_none()) {
+            issues.push(
+                ParamIssue::new("schedule.warmup_steps", problem)
+                    .with_help("lower schedule.warmup_steps or train for more steps"),
+            );
         }
         if self.steps.is_some() && self.epochs.is_some() {
             issues.push(
@@ -364,6 +382,33 @@ mod tests {
         for want in ["model.top_k_experts", "seq_len", "epochs", "log_every"] {
             assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
         }
+    }
+
+    #[test]
+    fn a_warmup_as_long_as_the_run_is_reported() {
+        let issues = parse("steps = 50\n[schedule]\nwarmup_steps = 50")
+            .unwrap()
+            .issues();
+        let warmup: Vec<_> = issues
+            .iter()
+            .filter(|i| i.path == ["schedule", "warmup_steps"])
+            .collect();
+        assert_eq!(warmup.len(), 1, "{issues:?}");
+        assert!(
+            warmup[0].message.contains("50 steps"),
+            "{}",
+            warmup[0].message
+        );
+        // The default 100-step warmup is longer than a 40-step run.
+        assert!(!parse("steps = 40").unwrap().issues().is_empty());
+        assert!(parse("steps = 51\n[schedule]\nwarmup_steps = 50")
+            .unwrap()
+            .issues()
+            .is_empty());
+        // With epochs the steps depend on the data: checked when the stage starts.
+        let p = parse("epochs = 1.0\nbatch_size = 4\nseq_len = 10").unwrap();
+        assert!(p.issues().is_empty());
+        assert!(p.warmup_problem(p.total_steps(1001)).is_some());
     }
 
     #[test]
