@@ -78,6 +78,20 @@ fn every_line_of_a_smoke_run_is_a_json_event() {
         progress.iter().all(|e| e.get("eta_s").is_some()),
         "{progress:?}"
     );
+    // The vocabulary sample's size is what was read (the whole small train file), not
+    // the cap (`train_sample_bytes = 500_000`).
+    let train_bytes = progress
+        .iter()
+        .find(|e| e["phase"] == "tokenize train")
+        .map(|e| e["total"].clone())
+        .unwrap();
+    let sample = format!("read a {train_bytes}-byte sample");
+    assert!(
+        of(&all, "stage.message")
+            .iter()
+            .any(|e| e["text"].as_str().is_some_and(|t| t.starts_with(&sample))),
+        "{sample}"
+    );
     let summary = of(&all, "run.finished");
     assert_eq!(summary.len(), 1);
     assert_eq!(summary[0]["status"], "succeeded");

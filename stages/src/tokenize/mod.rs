@@ -316,12 +316,16 @@ fn tokenize(
     let sample: Vec<String> = if p.scheme == Scheme::Byte {
         Vec::new()
     } else {
+        let blocks: Vec<Block> =
+            BlockReader::open(train, Some(sample_limit))?.collect::<Result<_, _>>()?;
+        let read: u64 = blocks.iter().map(|b| b.file_bytes).sum();
         ctx.progress.message(format!(
-            "reading a {sample_limit}-byte sample to fit the vocabulary"
+            "read a {read}-byte sample of the train file (at most {sample_limit}) to fit the vocabulary"
         ));
-        BlockReader::open(train, Some(sample_limit))?
-            .map(|b| b.map(|b| b.text))
-            .collect::<Result<_, _>>()?
+        ctx.log.line(format!(
+            "vocabulary sample: the first {read} bytes of the train file (at most {sample_limit})"
+        ));
+        blocks.into_iter().map(|b| b.text).collect()
     };
     let sample_stories: Vec<&str> = sample.iter().flat_map(|b| stories(b)).collect();
     ctx.progress.message(format!(
