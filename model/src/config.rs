@@ -266,6 +266,33 @@ mod tests {
         assert!(!c.is_moe_layer(0) && c.is_moe_layer(1) && !c.is_moe_layer(2) && c.is_moe_layer(3));
     }
 
+    /// docs/MODEL.md states the MoE layer pattern, the plain feed-forward's width and
+    /// every size's default as the code has them.
+    #[test]
+    fn the_model_docs_state_the_defaults() {
+        let docs =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/MODEL.md"))
+                .unwrap();
+        let c = ModelConfig::default();
+        let moe: Vec<usize> = (0..c.num_layers).filter(|&l| c.is_moe_layer(l)).collect();
+        assert_eq!(moe, [1, 3]);
+        assert!(docs.contains("**Default: the odd layers**"), "MoE pattern");
+        assert!(docs.contains("plain (0, 2) and MoE (1, 3) layers"));
+        assert_eq!(c.ffn_size(), c.expert_size * c.top_k_experts);
+        assert!(docs.contains("`expert_size * top_k_experts`** (64 x 2 = 128"));
+        let docs = docs.split_whitespace().collect::<Vec<_>>().join(" ");
+        let json = serde_json::to_value(&c).unwrap();
+        for (name, value) in json.as_object().unwrap() {
+            if let Some(v) = value.as_u64() {
+                let stated = format!("`{name}` {v}");
+                assert!(
+                    docs.contains(&stated),
+                    "docs/MODEL.md does not state {stated}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn invalid_values_are_all_reported() {
         let c = ModelConfig {
