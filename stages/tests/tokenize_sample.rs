@@ -641,3 +641,36 @@ print(json.dumps({
     );
     assert_eq!(got["decoded"], READABLE);
 }
+
+/// docs/PHASE8.md documents the fetch and tokenize stages and every field of the
+/// tokenize artifact's `meta.json` and `stats.json` (the token files' format is not only
+/// inside an artifact).
+#[test]
+fn phase8_docs_describe_fetch_tokenize_and_the_token_files() {
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PHASE8.md")).unwrap();
+    for needle in [
+        "### `hf-fetch`",
+        "### `tokenize`",
+        "`train.bin` / `valid.bin` (`tokenize`)",
+        "`provenance.json` (`hf-fetch`)",
+        "utf-8-sig",
+    ] {
+        assert!(docs.contains(needle), "docs/PHASE8.md lacks {needle}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = shipped_word_tokenizer(tmp.path());
+    for file in ["meta.json", "stats.json"] {
+        let value: serde_json::Value = json(&out.join(file));
+        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        if let Some(split) = value.get("train").and_then(|t| t.as_object()) {
+            keys.extend(split.keys().cloned());
+        }
+        for key in keys {
+            assert!(
+                docs.contains(&format!("`{key}`")),
+                "docs/PHASE8.md does not describe `{key}` of {file}"
+            );
+        }
+    }
+}
