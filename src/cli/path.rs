@@ -22,9 +22,7 @@ pub struct PathArgs {
 
 /// The stage's result folder (`runs/store/<key>/out`), when it has a result.
 pub fn result_dir(store: &Store, rec: &StageRecord) -> Option<PathBuf> {
-    if rec.digest.is_none() {
-        return None;
-    }
+    rec.digest.as_ref()?;
     rec.key.as_ref().map(|k| store.entry_dir(k).join("out"))
 }
 
