@@ -113,11 +113,11 @@ impl fmt::Display for Diagnostic {
 }
 
 /// Longest snippet line shown, in characters; longer lines are cut around the marked part.
-const MAX_SNIPPET_CHARS: usize = 100;
+const MAX_SNIPPET_CHARS: usize = 160;
 /// Characters kept before the marked part when a line is cut.
-const CONTEXT_BEFORE: usize = 30;
+const CONTEXT_BEFORE: usize = 50;
 
-/// `text` cut to at most about [`MAX_SNIPPET_CHARS`] around the marked characters
+/// `text` cut to at most [`MAX_SNIPPET_CHARS`] around the marked characters
 /// `column..column + width` (`…` where something was cut), with the mark's new column
 /// and width. A 10,000-character line shows as one screen line.
 fn clip(text: &str, column: usize, width: usize) -> (String, usize, usize) {
@@ -291,7 +291,7 @@ mod tests {
             }),
         );
         let text = d.to_string();
-        assert!(text.lines().all(|l| l.chars().count() < 120), "{text}");
+        assert!(text.lines().all(|l| l.chars().count() < 180), "{text}");
         let lines: Vec<&str> = text.lines().collect();
         let shown = lines.iter().find(|l| l.contains("BAD")).unwrap();
         let caret = lines.iter().find(|l| l.contains('^')).unwrap();
