@@ -171,6 +171,7 @@ pub struct HfFetchParams {
     /// HTTP range requests, cut after the last complete story (`<|endoftext|>` line). The
     /// prefix is kept in the artifact only, never in the hub cache.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("additionalProperties" = { "type": "integer", "format": "uint64", "minimum": 1 }))]
     pub max_bytes: BTreeMap<String, u64>,
     /// Hub base URL. Default: the `HF_ENDPOINT` environment variable, else
     /// `https://huggingface.co`.
