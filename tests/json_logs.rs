@@ -60,13 +60,24 @@ fn every_line_of_a_smoke_run_is_a_json_event() {
             .any(|e| e["stage"] == "train" && e["unit"] == "steps"),
         "{progress:?}"
     );
-    let train_messages: Vec<&str> = of(&all, "stage.message")
-        .iter()
-        .filter(|e| e["stage"] == "train")
-        .filter_map(|e| e["text"].as_str())
-        .collect();
+    // Training metrics: every logged step (smoke: every 5 of 40), as numbers and text.
+    let metrics = of(&all, "stage.metrics");
+    assert_eq!(metrics.len(), 8, "{metrics:?}");
+    for (i, e) in metrics.iter().enumerate() {
+        assert_eq!(e["stage"], "train");
+        assert_eq!(e["metrics"]["step"], 5.0 * (i + 1) as f64);
+        assert_eq!(e["metrics"]["steps"], 40.0);
+        for name in ["loss", "lr", "tokens_per_s", "elapsed_s"] {
+            assert!(
+                e["metrics"][name].as_f64().is_some_and(f64::is_finite),
+                "{name}: {e}"
+            );
+        }
+    }
+    assert!(metrics.iter().any(|e| e["metrics"]["val_loss"].is_number()));
+    let train_messages: Vec<&str> = metrics.iter().filter_map(|e| e["text"].as_str()).collect();
     assert!(
-        train_messages.iter().any(|t| t.contains("loss")),
+        train_messages.iter().all(|t| t.contains("loss")),
         "{train_messages:?}"
     );
     // The ETA is the progress display's (live), not frozen into the status text.

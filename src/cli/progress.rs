@@ -313,6 +313,7 @@ impl Display {
                 }
                 ProgressEvent::Position(p) => bar.set_position(p),
                 ProgressEvent::Message(m) => bar.set_message(m),
+                ProgressEvent::Metrics { text, .. } => bar.set_message(text),
             }
             return;
         }
@@ -358,6 +359,23 @@ impl Display {
                         self.stamped(stage, &text, "stage.progress", fields);
                     }
                 }
+            }
+            // JSON: every metrics line (a stage sends them at its own pace, e.g. the train
+            // stage every `log_every` steps); lines: throttled like any status text.
+            ProgressEvent::Metrics { text, values }
+                if matches!(self.mode, Resolved::Json { .. }) =>
+            {
+                let metrics: serde_json::Map<String, Value> =
+                    values.into_iter().map(|(k, v)| (k, json!(v))).collect();
+                self.stamped(
+                    stage,
+                    &text,
+                    "stage.metrics",
+                    json!({ "text": text, "metrics": metrics }),
+                );
+            }
+            ProgressEvent::Metrics { text, .. } => {
+                self.progress(state, stage, ProgressEvent::Message(text))
             }
             ProgressEvent::Message(m) => {
                 let due = state

@@ -196,7 +196,18 @@ fn train(p: &TrainParams, ctx: &StageContext) -> anyhow::Result<()> {
             ctx.log.line(format!("{msg} ETA {}", fmt_duration(eta)));
             // No ETA in the status text: it would go stale between messages, next to the
             // progress display's own live estimate.
-            ctx.progress.message(msg);
+            let mut values = vec![
+                ("step", step as f64),
+                ("steps", steps as f64),
+                ("loss", line.loss),
+                ("lr", line.lr),
+                ("tokens_per_s", line.tokens_per_s),
+                ("elapsed_s", line.elapsed_s),
+            ];
+            if let Some(v) = val_loss {
+                values.push(("val_loss", v));
+            }
+            ctx.progress.metrics(msg, &values);
             records::to_finite_json(&line)?;
             st.log.push(line);
             interval_loss = 0.0;
