@@ -114,7 +114,8 @@ pub struct HalfConvert;
 impl StageKind for HalfConvert {
     type Params = HalfConvertParams;
     const KIND: &'static str = "half-convert";
-    const VERSION: u32 = 1;
+    /// 2: copies tokenizer_config.json and special_tokens_map.json.
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Converts a model's F32 weights to F16 or BF16 (round to nearest even), halving the weights file";
 

@@ -182,7 +182,8 @@ pub const META_FILE: &str = "meta.json";
 impl StageKind for Tokenize {
     type Params = TokenizeParams;
     const KIND: &'static str = "tokenize";
-    const VERSION: u32 = 1;
+    /// 2: tokenizer_config.json and special_tokens_map.json, the word decoder, meta.json `text`.
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Fit a word, byte-level BPE or byte tokenizer and encode a corpus's train and valid files to token ids";
 

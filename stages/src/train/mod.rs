@@ -34,7 +34,8 @@ pub struct Train;
 impl StageKind for Train {
     type Params = TrainParams;
     const KIND: &'static str = "train";
-    const VERSION: u32 = 1;
+    /// 2: tokenizer_config.json and special_tokens_map.json in the model folder.
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Trains an Itera-Lite SSM + MoE model (AdamW, warmup + cosine) on tokenized data; resumable";
 
