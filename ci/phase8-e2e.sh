@@ -17,14 +17,14 @@ export HF_HUB_CACHE="$WORK/hf-cache" HF_HUB_OFFLINE=1 ITERA_RUNS_DIR="$WORK/runs
   --file "TinyStories-train.txt=$DATA/train-sample-00.txt" \
   --file "TinyStories-valid.txt=$DATA/valid-part-00.txt"
 
-SETS=(--set train.steps=12 --set train.eval_every=6 --set train.eval_tokens=4096
+SETS=(--set train.steps=12 --set train.schedule.warmup_steps=3 --set train.eval_every=6 --set train.eval_tokens=4096
       --set train.checkpoint_every=6 --set evaluate.eval_tokens=8192
       --set evaluate.speed_runs=3 --set evaluate.max_new_tokens=16)
 "$ITERA" --progress lines run pipelines/phase8.toml "${SETS[@]}"
 
 RUN="$ITERA_RUNS_DIR/latest"
 python3 - "$RUN" <<'PY'
-import json, math, os, sys
+import json, math, os, sys, unicodedata
 run = sys.argv[1]
 rec = json.load(open(os.path.join(run, "run.json")))
 store = os.path.join(os.path.dirname(os.path.realpath(run)), "store")
@@ -60,13 +60,25 @@ ref, half = models[0], models[1]
 rel = abs(half["val_loss"] - ref["val_loss"]) / ref["val_loss"]
 assert rel < 0.01, f"FP16 validation loss differs by {rel:.4%} from FP32"
 vocab = set(json.load(open(os.path.join(out("tokenize"), "tokenizer.json")))["model"]["vocab"])
+def pieces(word):
+    run = ""
+    for ch in word:
+        if unicodedata.category(ch).startswith("P"):
+            if run: yield run
+            run = ""
+            yield ch
+        else:
+            run += ch
+    if run: yield run
 n = 0
 for m in models:
     for g in m["generations"]:
         for key in ("greedy", "sampled"):
             t = g[key]
             assert isinstance(t, str) and t.strip(), f"empty {key} generation for {g['prompt']!r}"
-            words = t.split()
+            # The word tokenizer's pieces: whitespace-separated, every punctuation mark
+            # apart (the decoder writes "Lily." and "Lily's").
+            words = [p for w in t.split() for p in pieces(w)]
             unknown = [w for w in words if w not in vocab]
             assert not unknown, f"{key} generation for {g['prompt']!r} has pieces outside the vocabulary: {unknown[:5]}"
             n += 1

@@ -100,3 +100,100 @@ fn every_shipped_pipeline_validates() {
         t.itera(&["validate", file.to_str().unwrap()], 0);
     }
 }
+
+/// `show` lists stages in DAG order (upstream first, not alphabetically) with each
+/// result folder, and names the report; `path` prints a result folder or one output.
+#[test]
+fn show_is_in_dag_order_with_result_folders_and_path_prints_results() {
+    let t = Test::with_pipeline(
+        r#"
+[pipeline]
+name = "order"
+
+[stages.zeta]
+kind = "shell"
+command = "echo z > {out}/z.txt"
+outputs = ["z.txt"]
+
+[stages.alpha]
+kind = "shell"
+inputs = { z = "zeta.z.txt" }
+command = "cat {inputs.z} > {out}/a.txt"
+outputs = ["a.txt"]
+"#,
+    );
+    t.run(&[]);
+    let show = t.itera(&["show"], 0).stdout;
+    let zeta = show.find("  zeta ").expect("zeta listed");
+    let alpha = show.find("  alpha ").expect("alpha listed");
+    assert!(zeta < alpha, "upstream first:\n{show}");
+    let file = t.itera(&["path", "latest", "alpha.a.txt"], 0).stdout;
+    let file = std::path::Path::new(file.trim());
+    assert_eq!(std::fs::read_to_string(file).unwrap(), "z\n");
+    let dir = t.itera(&["path", "latest", "alpha"], 0).stdout;
+    assert!(show.contains(&format!("result: {}", dir.trim())), "{show}");
+    let err = t.itera(&["path", "latest", "alpha.b.txt"], 2).stderr;
+    assert!(
+        err.contains("no output `b.txt`; its outputs: a.txt"),
+        "{err}"
+    );
+    let err = t.itera(&["path", "latest", "beta"], 2).stderr;
+    assert!(
+        err.contains("has no stage `beta`; its stages: alpha, zeta"),
+        "{err}"
+    );
+
+    // A report stage: `show` names its report.md, which `path` finds too.
+    let t = Test::new();
+    let smoke = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/smoke.toml");
+    t.itera(&["--progress", "quiet", "run", smoke], 0);
+    let show = t.itera(&["show", "latest"], 0).stdout;
+    let report = t.itera(&["path", "latest", "report.markdown"], 0).stdout;
+    assert!(report.trim().ends_with("/out/report.md"), "{report}");
+    assert!(
+        show.ends_with(&format!("report: {}\n", report.trim())),
+        "{show}"
+    );
+    let order: Vec<usize> = ["fetch", "tokenize", "train", "half", "evaluate", "report"]
+        .iter()
+        .map(|s| show.find(&format!("  {s} ")).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{show}");
+}
+
+/// `dag` lists a stage's inputs as written: a list keeps its order, with positions, so the
+/// reference model (`models[0]`) is visible.
+#[test]
+fn dag_keeps_the_order_of_an_input_list() {
+    let t = Test::with_pipeline(
+        r#"
+[pipeline]
+name = "order"
+
+[stages.zz]
+kind = "shell"
+command = "echo z > {out}/m"
+outputs = ["m"]
+
+[stages.aa]
+kind = "shell"
+command = "echo a > {out}/m"
+outputs = ["m"]
+
+[stages.compare]
+kind = "shell"
+inputs = { models = ["zz", "aa"] }
+command = "cat {inputs.models} > {out}/c"
+outputs = ["c"]
+"#,
+    );
+    let text = t.itera(&["dag", "pipeline.toml"], 0).stdout;
+    assert!(text.contains("<- zz [models[0]], aa [models[1]]"), "{text}");
+    let dot = t
+        .itera(&["dag", "pipeline.toml", "--format", "dot"], 0)
+        .stdout;
+    assert!(
+        dot.contains("\"zz\" -> \"compare\" [label=\"models[0]\"]"),
+        "{dot}"
+    );
+}

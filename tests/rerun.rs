@@ -83,6 +83,7 @@ valid_file = "valid-part-00.txt"
 kind = "train"
 inputs = { data = "tokenize" }
 steps = 3
+schedule = { warmup_steps = 1 }
 batch_size = 4
 seq_len = 32
 log_every = 1

@@ -401,3 +401,50 @@ group_size = 16
         assert!(out.stdout.starts_with("once upon a time"), "{}", out.stdout);
     }
 }
+
+/// `itera generate` streams exactly the text the evaluate stage decodes for the same
+/// greedy continuation (the word decoder's closing-up of punctuation and apostrophes
+/// included), and that text is readable: no space before `.` or `,`.
+#[test]
+fn generate_streams_the_text_the_evaluation_decodes() {
+    let t = Test::new();
+    let smoke = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/smoke.toml");
+    t.itera(&["--progress", "quiet", "run", smoke], 0);
+    let eval_dir = t.itera(&["path", "latest", "evaluate"], 0).stdout;
+    let eval: Value =
+        serde_json::from_slice(&std::fs::read(format!("{}/eval.json", eval_dir.trim())).unwrap())
+            .unwrap();
+    let prompt = "once upon a time";
+    let greedy = eval["models"][0]["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["prompt"] == prompt)
+        .unwrap()["greedy"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !greedy.contains(" .") && !greedy.contains(" ,"),
+        "{greedy:?}"
+    );
+    let out = t.itera(
+        &[
+            "generate",
+            "latest",
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+        ],
+        0,
+    );
+    let glue = if greedy.starts_with(char::is_alphanumeric) {
+        " "
+    } else {
+        ""
+    };
+    assert_eq!(out.stdout.trim_end(), format!("{prompt}{glue}{greedy}"));
+}

@@ -120,7 +120,7 @@ fn dag_shows_one_stage_per_variant_with_followers_and_the_gather() {
         .expect("report");
     assert!(
         report.ends_with(
-            "<- evaluate@LEN=64,LR=1e-3 [evals: eval.txt], evaluate@LEN=64,LR=2e-3 [evals: eval.txt]"
+            "<- evaluate@LEN=64,LR=1e-3 [evals[0]: eval.txt], evaluate@LEN=64,LR=2e-3 [evals[1]: eval.txt]"
         ),
         "{report}"
     );

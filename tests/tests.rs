@@ -13,10 +13,14 @@ mod commands;
 mod concurrency;
 /// Failing stages and invalid pipelines: exit codes, reports, nothing half-written.
 mod failures;
+/// `--log-format json`: every stderr line a JSON event.
+mod json_logs;
 /// `gc` and `verify`.
 mod maintenance;
 /// `rerun` and `rerun --verify`.
 mod rerun;
+/// The pipeline schema under a third-party validator.
+mod schema_files;
 /// `score`: a model's loss on text, against the evaluate stage.
 mod score;
 /// `--executor slurm` against a real SLURM.

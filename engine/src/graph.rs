@@ -35,6 +35,9 @@ pub struct Dag {
     graph: DiGraph<StageName, Vec<String>>,
     index: BTreeMap<StageName, NodeIndex>,
     kinds: BTreeMap<StageName, String>,
+    /// Each stage's inputs as written: (upstream, label), slots in name order, the stages
+    /// of a list slot in list order (the first model of `evaluate` is its reference).
+    inputs: BTreeMap<StageName, Vec<(StageName, String)>>,
 }
 
 impl Dag {
@@ -48,9 +51,11 @@ impl Dag {
             .map(|name| (name.clone(), graph.add_node(name.clone())))
             .collect();
         let names: Vec<&str> = index.keys().map(String::as_str).collect();
+        let mut inputs: BTreeMap<StageName, Vec<(StageName, String)>> = BTreeMap::new();
         for (name, spec) in &p.stages {
+            let written = inputs.entry(name.clone()).or_default();
             for (slot, refs) in &spec.inputs {
-                for r in refs {
+                for (i, r) in refs.iter().enumerate() {
                     let Some(&up) = index.get(&r.stage) else {
                         return Err(GraphError::UnknownStage {
                             name: r.stage.clone(),
@@ -58,10 +63,17 @@ impl Dag {
                         });
                     };
                     let down = index[name];
-                    let label = match &r.output {
-                        Some(o) => format!("{slot}: {o}"),
-                        None => slot.clone(),
+                    // A list slot's position is shown: `models[0]` is the reference.
+                    let at = if refs.len() > 1 {
+                        format!("{slot}[{i}]")
+                    } else {
+                        slot.clone()
                     };
+                    let label = match &r.output {
+                        Some(o) => format!("{at}: {o}"),
+                        None => at,
+                    };
+                    written.push((r.stage.clone(), label.clone()));
                     match graph.find_edge(up, down) {
                         Some(e) => graph[e].push(label),
                         None => {
@@ -79,6 +91,7 @@ impl Dag {
                 .iter()
                 .map(|(n, s)| (n.clone(), s.kind.clone()))
                 .collect(),
+            inputs,
         };
         dag.check_acyclic()?;
         Ok(dag)
@@ -210,7 +223,8 @@ impl Dag {
         Ok(variants)
     }
 
-    /// One line per stage in topological order: `name (kind) <- upstream, ...`.
+    /// One line per stage in topological order: `name (kind) <- upstream [input], ...`,
+    /// the inputs as written (a list's order kept: `models[0]` is the reference).
     pub fn render_text(&self) -> String {
         let order = self.topo_order();
         let width = order
@@ -221,18 +235,10 @@ impl Dag {
         let mut out = String::new();
         for name in &order {
             let head = format!("{name} ({})", self.kinds[name]);
-            let i = self.index[name];
-            let mut inputs: Vec<String> = self
-                .graph
-                .edges_directed(i, Direction::Incoming)
-                .flat_map(|e| {
-                    let up = &self.graph[e.source()];
-                    e.weight()
-                        .iter()
-                        .map(move |label| format!("{up} [{label}]"))
-                })
+            let inputs: Vec<String> = self.inputs[name]
+                .iter()
+                .map(|(up, label)| format!("{up} [{label}]"))
                 .collect();
-            inputs.sort();
             if inputs.is_empty() {
                 let _ = writeln!(out, "{head}");
             } else {

@@ -157,6 +157,12 @@ pub enum ProgressEvent {
     Position(u64),
     /// A short status line (e.g. "loss 2.31 lr 3e-4 12,400 tok/s").
     Message(String),
+    /// A status line with the measurements it shows, by name (e.g. `loss`, `lr`): shown
+    /// as `text`, recorded as numbers where a display keeps structure (JSON logs).
+    Metrics {
+        text: String,
+        values: Vec<(String, f64)>,
+    },
 }
 
 /// A sink that drops everything (tests, `exec-stage` without a terminal).
@@ -191,6 +197,17 @@ impl Progress {
     pub fn message(&self, msg: impl Into<String>) {
         self.sink
             .event(&self.stage, ProgressEvent::Message(msg.into()));
+    }
+    /// A status line and the numbers it shows (see [`ProgressEvent::Metrics`]).
+    pub fn metrics(&self, text: impl Into<String>, values: &[(&str, f64)]) {
+        let values = values.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        self.sink.event(
+            &self.stage,
+            ProgressEvent::Metrics {
+                text: text.into(),
+                values,
+            },
+        );
     }
 }
 

@@ -21,14 +21,19 @@ fn refs(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// The schema of a kind's stage entry.
+/// The schema of a kind's stage entry (the `then` of its `if kind = ...` branch).
 fn kind_entry<'a>(schema: &'a Value, kind: &str) -> &'a Value {
-    schema["properties"]["stages"]["additionalProperties"]["oneOf"]
+    let branch = schema["$defs"]["Stage"]["allOf"]
         .as_array()
-        .expect("oneOf")
+        .expect("one if/then per kind")
         .iter()
-        .find(|e| e["properties"]["kind"]["const"] == kind)
-        .unwrap_or_else(|| panic!("no entry for kind {kind}"))
+        .find(|b| b["if"]["properties"]["kind"]["const"] == kind)
+        .unwrap_or_else(|| panic!("no branch for kind {kind}"));
+    let name = branch["then"]["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+        .expect("a local ref");
+    &schema["$defs"][name]
 }
 
 #[test]
@@ -40,17 +45,27 @@ fn describes_every_kind_and_the_pipeline_table() {
         "https://json-schema.org/draft/2020-12/schema"
     );
     assert_eq!(schema["additionalProperties"], false);
-    let kinds: Vec<&str> = schema["properties"]["stages"]["additionalProperties"]["oneOf"]
+    // `kind` is a plain enum of the kinds (a wrong kind is "not one of [...]").
+    let kinds: Vec<&str> = schema["$defs"]["Stage"]["properties"]["kind"]["enum"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["properties"]["kind"]["const"].as_str().unwrap())
+        .map(|k| k.as_str().unwrap())
         .collect();
     assert_eq!(kinds, registry.kinds().collect::<Vec<_>>());
+    assert!(schema["$defs"]["Stage"].get("oneOf").is_none());
+    // Without `extends`, every stage table names its kind; with it, overrides may not.
+    assert_eq!(
+        schema["if"],
+        serde_json::json!({ "not": { "required": ["extends"] } })
+    );
+    assert_eq!(
+        schema["then"]["properties"]["stages"]["additionalProperties"]["required"],
+        serde_json::json!(["kind"])
+    );
 
     let train = kind_entry(&schema, "train");
     assert_eq!(train["additionalProperties"], false);
-    assert_eq!(train["required"], serde_json::json!(["kind"]));
     for key in [
         "steps",
         "lr",

@@ -21,6 +21,30 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 /// The tokenizer that produced the model's token ids (Hugging Face `tokenizers` JSON).
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// Hugging Face's tokenizer settings (special tokens, `model_max_length`).
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+/// Hugging Face's map of special tokens.
+pub const SPECIAL_TOKENS_MAP_FILE: &str = "special_tokens_map.json";
+/// The files a converted or quantized model carries over from its input unchanged.
+pub const COMPANION_FILES: [&str; 4] = [
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_CONFIG_FILE,
+    SPECIAL_TOKENS_MAP_FILE,
+];
+
+/// Copies the [`COMPANION_FILES`] that `input` has into `out`.
+pub fn copy_companions(input: &Path, out: &Path) -> Result<(), ArtifactError> {
+    for name in COMPANION_FILES {
+        let from = input.join(name);
+        if from.is_file() {
+            std::fs::copy(&from, out.join(name))
+                .map_err(|source| ArtifactError::Read { path: from, source })?;
+        }
+    }
+    Ok(())
+}
+
 /// `__metadata__["format"]` of every weights file Itera writes.
 pub const FORMAT_TAG: &str = "itera-lite";
 /// `__metadata__["version"]`.

@@ -14,30 +14,39 @@ pub struct ModelConfig {
     /// Tokens in the vocabulary (rows of the embedding). Set by the tokenizer when training
     /// from a pipeline.
     #[serde(default = "defaults::vocab_size")]
+    #[schemars(range(min = 2))]
     pub vocab_size: usize,
     /// Width of the residual stream (`d_model`).
     #[serde(default = "defaults::hidden_size")]
+    #[schemars(range(min = 1))]
     pub hidden_size: usize,
     /// Number of blocks; each is an SSM sub-block followed by a feed-forward sub-block.
     #[serde(default = "defaults::num_layers")]
+    #[schemars(range(min = 1))]
     pub num_layers: usize,
     /// State size `N` of each selective scan.
     #[serde(default = "defaults::ssm_state_size")]
+    #[schemars(range(min = 1))]
     pub ssm_state_size: usize,
     /// Width of the causal depthwise convolution.
     #[serde(default = "defaults::ssm_conv_kernel")]
+    #[schemars(range(min = 1))]
     pub ssm_conv_kernel: usize,
     /// Inner width of the SSM sub-block is `ssm_expand_factor * hidden_size`.
     #[serde(default = "defaults::ssm_expand_factor")]
+    #[schemars(range(min = 1))]
     pub ssm_expand_factor: usize,
     /// Experts in each mixture-of-experts layer.
     #[serde(default = "defaults::num_experts")]
+    #[schemars(range(min = 1))]
     pub num_experts: usize,
     /// Hidden width of each expert's feed-forward network.
     #[serde(default = "defaults::expert_size")]
+    #[schemars(range(min = 1))]
     pub expert_size: usize,
     /// Experts each token is routed to.
     #[serde(default = "defaults::top_k_experts")]
+    #[schemars(range(min = 1))]
     pub top_k_experts: usize,
     /// Layers (0-based) whose feed-forward is a mixture of experts; the others use a plain
     /// feed-forward network. Default: the odd layers.
@@ -46,18 +55,23 @@ pub struct ModelConfig {
     /// Hidden width of the plain feed-forward layers. Default: `expert_size * top_k_experts`
     /// (the same active compute per token as a MoE layer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub ffn_size: Option<usize>,
     /// Longest sequence (rows of the learned position embedding).
     #[serde(default = "defaults::max_seq_length")]
+    #[schemars(range(min = 1))]
     pub max_seq_length: usize,
     /// Dropout probability during training (0 disables it).
     #[serde(default)]
+    #[schemars(range(min = 0), extend("exclusiveMaximum" = 1))]
     pub dropout: f64,
     /// Epsilon of every LayerNorm.
     #[serde(default = "defaults::layer_norm_eps")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub layer_norm_eps: f64,
     /// Weight of the MoE load-balancing loss added to the language-model loss.
     #[serde(default = "defaults::load_balance_loss_weight")]
+    #[schemars(range(min = 0))]
     pub load_balance_loss_weight: f64,
     /// The LM head reuses the token embedding (transposed).
     #[serde(default = "defaults::tie_embeddings")]
@@ -250,6 +264,33 @@ mod tests {
         assert_eq!(c.d_inner(), 256);
         assert_eq!(c.ffn_size(), 128);
         assert!(!c.is_moe_layer(0) && c.is_moe_layer(1) && !c.is_moe_layer(2) && c.is_moe_layer(3));
+    }
+
+    /// docs/MODEL.md states the MoE layer pattern, the plain feed-forward's width and
+    /// every size's default as the code has them.
+    #[test]
+    fn the_model_docs_state_the_defaults() {
+        let docs =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/MODEL.md"))
+                .unwrap();
+        let c = ModelConfig::default();
+        let moe: Vec<usize> = (0..c.num_layers).filter(|&l| c.is_moe_layer(l)).collect();
+        assert_eq!(moe, [1, 3]);
+        assert!(docs.contains("**Default: the odd layers**"), "MoE pattern");
+        assert!(docs.contains("plain (0, 2) and MoE (1, 3) layers"));
+        assert_eq!(c.ffn_size(), c.expert_size * c.top_k_experts);
+        assert!(docs.contains("`expert_size * top_k_experts`** (64 x 2 = 128"));
+        let docs = docs.split_whitespace().collect::<Vec<_>>().join(" ");
+        let json = serde_json::to_value(&c).unwrap();
+        for (name, value) in json.as_object().unwrap() {
+            if let Some(v) = value.as_u64() {
+                let stated = format!("`{name}` {v}");
+                assert!(
+                    docs.contains(&stated),
+                    "docs/MODEL.md does not state {stated}"
+                );
+            }
+        }
     }
 
     #[test]

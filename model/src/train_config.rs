@@ -36,22 +36,28 @@ pub struct TrainConfig {
 pub struct OptimizerConfig {
     /// Peak learning rate, reached at the end of warmup.
     #[serde(default = "defaults::learning_rate")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub learning_rate: f64,
     /// First-moment decay (beta1).
     #[serde(default = "defaults::beta1")]
+    #[schemars(range(min = 0), extend("exclusiveMaximum" = 1))]
     pub beta1: f64,
     /// Second-moment decay (beta2).
     #[serde(default = "defaults::beta2")]
+    #[schemars(range(min = 0), extend("exclusiveMaximum" = 1))]
     pub beta2: f64,
     /// Added to the root of the second moment.
     #[serde(default = "defaults::eps")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub eps: f64,
     /// Decoupled weight decay (Loshchilov & Hutter 2019) of the weight matrices only:
     /// never of norms, biases, embeddings, `A_log` or `D`.
     #[serde(default = "defaults::weight_decay")]
+    #[schemars(range(min = 0), extend("exclusiveMaximum" = 1))]
     pub weight_decay: f64,
     /// Clip the gradient's global L2 norm to this (0 disables clipping).
     #[serde(default = "defaults::grad_clip")]
+    #[schemars(range(min = 0))]
     pub grad_clip: f64,
 }
 
@@ -64,6 +70,7 @@ pub struct ScheduleConfig {
     pub warmup_steps: u64,
     /// Learning rate at the last step, as a fraction of the peak.
     #[serde(default = "defaults::min_lr_ratio")]
+    #[schemars(range(min = 0, max = 1))]
     pub min_lr_ratio: f64,
 }
 

@@ -92,14 +92,24 @@ pub fn main(g: &Global, args: GenerateArgs) -> anyhow::Result<u8> {
         return Err(e.into());
     }
     writeln!(stdout)?;
-    eprintln!(
-        "{} tokens in {:.2} s ({:.1} tokens/s, stopped by {}; prompt {} tokens; model {})",
-        stats.new_tokens,
-        stats.seconds,
-        stats.new_tokens as f64 / stats.seconds.max(1e-9),
-        stats.stop,
-        stats.prompt_tokens,
-        dir.display()
+    super::jsonlog::note(
+        "generate.finished",
+        &format!(
+            "{} tokens in {:.2} s ({:.1} tokens/s, stopped by {}; prompt {} tokens; model {})",
+            stats.new_tokens,
+            stats.seconds,
+            stats.new_tokens as f64 / stats.seconds.max(1e-9),
+            stats.stop,
+            stats.prompt_tokens,
+            dir.display()
+        ),
+        serde_json::json!({
+            "tokens": stats.new_tokens,
+            "seconds": stats.seconds,
+            "stop": stats.stop,
+            "prompt_tokens": stats.prompt_tokens,
+            "model": dir,
+        }),
     );
     Ok(exit::OK)
 }

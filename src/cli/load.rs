@@ -41,12 +41,7 @@ pub struct Loaded {
 
 /// Loads and validates `args.file` with its overrides.
 pub fn load(args: &PipelineArgs, registry: &Registry) -> anyhow::Result<Loaded> {
-    let pipeline = spec::load(&args.file, &args.sets, registry).map_err(|d| {
-        anyhow::Error::new(Reported {
-            code: exit::INVALID,
-            text: d.to_string(),
-        })
-    })?;
+    let pipeline = spec::load(&args.file, &args.sets, registry).map_err(reported)?;
     graph(pipeline)
 }
 
@@ -57,13 +52,18 @@ pub fn load_resolved(
     base_dir: &Path,
     registry: &Registry,
 ) -> anyhow::Result<Loaded> {
-    let pipeline = spec::load_resolved(toml, source, base_dir, registry).map_err(|d| {
-        anyhow::Error::new(Reported {
-            code: exit::INVALID,
-            text: d.to_string(),
-        })
-    })?;
+    let pipeline = spec::load_resolved(toml, source, base_dir, registry).map_err(reported)?;
     graph(pipeline)
+}
+
+/// Invalid-input error showing the diagnostics; they stay attached (`downcast_ref`) for
+/// the JSON log's structured records.
+fn reported(d: spec::Diagnostics) -> anyhow::Error {
+    let text = d.to_string();
+    anyhow::Error::new(d).context(Reported {
+        code: exit::INVALID,
+        text,
+    })
 }
 
 fn graph(pipeline: Pipeline) -> anyhow::Result<Loaded> {

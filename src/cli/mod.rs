@@ -8,8 +8,10 @@ mod gc;
 mod generate;
 mod hub;
 mod interrupt;
+mod jsonlog;
 mod load;
 mod model_dir;
+mod path;
 mod progress;
 mod rerun;
 mod run;
@@ -58,7 +60,8 @@ pub struct Global {
     /// Folder holding the store and the run records.
     #[arg(long, global = true, env = "ITERA_RUNS_DIR", default_value = "runs")]
     pub runs_dir: PathBuf,
-    /// Format of diagnostic logs on stderr (`RUST_LOG` filters them).
+    /// Format of everything on stderr: `json` makes every line one JSON object (progress,
+    /// run header and summary, errors with their diagnostics, logs; see README.md).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// How to show progress: bars on a terminal, timestamped lines otherwise.
@@ -103,6 +106,8 @@ enum Command {
     Runs(runs::RunsArgs),
     /// Show one recorded run.
     Show(show::ShowArgs),
+    /// Print the path of a recorded stage's result, or of one of its outputs.
+    Path(path::PathArgs),
     /// Cancel the pending and running SLURM jobs of a run.
     Cancel(slurm::CancelArgs),
     /// Re-execute a recorded run from its resolved pipeline.
@@ -146,7 +151,14 @@ pub fn invalid(text: impl Into<String>) -> anyhow::Error {
 
 /// Parses the command line, runs the subcommand and returns its exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() && json_requested() => {
+            jsonlog::error(exit::INVALID, &e.render().to_string(), None);
+            return ExitCode::from(exit::INVALID);
+        }
+        Err(e) => e.exit(),
+    };
     init_logging(&cli.global);
     let g = &cli.global;
     let result = match cli.command {
@@ -158,6 +170,7 @@ pub fn main() -> ExitCode {
         Command::Schema(a) => schema::main(g, a),
         Command::Runs(a) => runs::main(g, a),
         Command::Show(a) => show::main(g, a),
+        Command::Path(a) => path::main(g, a),
         Command::Cancel(a) => slurm::cancel_main(g, a),
         Command::Rerun(a) => rerun::main(g, a),
         Command::Gc(a) => gc::main(g, a),
@@ -171,13 +184,21 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             if let Some(r) = err.downcast_ref::<Reported>() {
-                eprintln!("{}", r.text.trim_end());
+                if jsonlog::enabled() {
+                    jsonlog::error(r.code, &r.text, err.downcast_ref());
+                } else {
+                    eprintln!("{}", r.text.trim_end());
+                }
                 return ExitCode::from(r.code);
             }
             if is_broken_pipe(&err) {
                 return ExitCode::from(exit::OK);
             }
-            eprintln!("error: {err:#}");
+            if jsonlog::enabled() {
+                jsonlog::error(exit::INVALID, &format!("error: {err:#}"), None);
+            } else {
+                eprintln!("error: {err:#}");
+            }
             ExitCode::from(exit::INVALID)
         }
     }
@@ -199,13 +220,31 @@ fn init_logging(g: &Global) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match g.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    match g.log_format {
+        LogFormat::Text => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+        LogFormat::Json => {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            jsonlog::enable();
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(jsonlog::JsonLayer)
+                .try_init();
+        }
+    }
+}
+
+/// Whether the command line asks for JSON logs (for errors found while parsing it).
+fn json_requested() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .any(|w| w[0] == "--log-format" && w[1] == "json")
+        || args.iter().any(|a| a == "--log-format=json")
 }
 
 /// Writes to stdout; a closed pipe ends quietly.

@@ -1,6 +1,7 @@
 //! Showing a run's progress: indicatif bars (one per running stage, fed by the stages'
 //! progress reports) on a terminal, plain timestamped lines otherwise (batch logs, CI),
-//! or nothing but failures. Everything goes to stderr.
+//! or nothing but failures; with `--log-format json`, one JSON event per line instead
+//! (throttled like the lines; see `jsonlog`). Everything goes to stderr.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -9,9 +10,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use itera_engine::exec::{Event, EventSink};
+use itera_engine::record::RunDir;
 use itera_engine::stage::ProgressEvent;
+use serde_json::{json, Value};
 
-use super::ProgressMode;
+use super::{jsonlog, ProgressMode};
 
 /// How often a line-mode display repeats a stage's position or status message.
 const LINE_INTERVAL: Duration = Duration::from_secs(10);
@@ -20,19 +23,27 @@ const LINE_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Display {
     mode: Resolved,
     state: Mutex<State>,
+    /// The run, for the stages' keys in JSON events.
+    run: Option<RunDir>,
 }
 
 enum Resolved {
     Bars(MultiProgress),
     Lines,
     Quiet,
+    /// `--log-format json`: events as JSON lines (no bars, whatever `--progress` says,
+    /// except that `quiet` still hides progress).
+    Json {
+        quiet: bool,
+    },
 }
 
 #[derive(Default)]
 struct State {
     bars: HashMap<String, ProgressBar>,
-    /// Line mode: last time a stage's position was printed, and its phase.
-    phases: HashMap<String, (String, Option<u64>, String, Instant)>,
+    /// Line mode: a stage's phase (name, total, unit, start) and when its position was
+    /// last printed.
+    phases: HashMap<String, (Phase, Instant)>,
     /// Line mode: last time a stage's status message was printed.
     messages: HashMap<String, Instant>,
 }
@@ -40,6 +51,9 @@ struct State {
 impl Display {
     pub fn new(mode: ProgressMode) -> Self {
         let mode = match mode {
+            _ if jsonlog::enabled() => Resolved::Json {
+                quiet: mode == ProgressMode::Quiet,
+            },
             ProgressMode::Auto if std::io::stderr().is_terminal() => Resolved::Bars(bars()),
             ProgressMode::Auto | ProgressMode::Lines => Resolved::Lines,
             ProgressMode::Bars => Resolved::Bars(bars()),
@@ -48,12 +62,21 @@ impl Display {
         Self {
             mode,
             state: Mutex::new(State::default()),
+            run: None,
         }
     }
 
-    /// Prints a line above the bars (or plainly).
-    pub fn line(&self, text: &str) {
+    /// The run whose events these are (JSON events then carry the stages' keys).
+    pub fn for_run(mut self, run: &RunDir) -> Self {
+        self.run = Some(run.clone());
+        self
+    }
+
+    /// Prints a line above the bars (or plainly); in JSON, an `event` line at `level`
+    /// with `fields`.
+    pub fn say(&self, level: &str, event: &str, text: &str, fields: Value) {
         match &self.mode {
+            Resolved::Json { .. } => jsonlog::emit(level, event, text, fields),
             Resolved::Bars(m) => {
                 let _ = m.println(text);
             }
@@ -63,15 +86,34 @@ impl Display {
         }
     }
 
-    fn stamped(&self, stage: &str, text: &str) {
+    /// A stage's line: `[HH:MM:SS] stage: text`, or a JSON `event` with `stage` and `fields`.
+    fn stamped(&self, stage: &str, text: &str, event: &str, fields: Value) {
+        if let Resolved::Json { .. } = self.mode {
+            let mut fields = fields;
+            if let Value::Object(map) = &mut fields {
+                map.insert("stage".into(), json!(stage));
+            }
+            let level = match event {
+                "stage.failed" => "error",
+                _ => "info",
+            };
+            jsonlog::emit(level, event, &format!("{stage}: {text}"), fields);
+            return;
+        }
         let now = itera_engine::host::timestamp(SystemTime::now());
         // `2026-11-26T13:45:01.123Z` -> `13:45:01`
         let clock = now.get(11..19).unwrap_or(&now);
-        self.line(&format!("[{clock}] {stage}: {text}"));
+        self.say("info", event, &format!("[{clock}] {stage}: {text}"), fields);
     }
 
     fn quiet(&self) -> bool {
-        matches!(self.mode, Resolved::Quiet)
+        matches!(self.mode, Resolved::Quiet | Resolved::Json { quiet: true })
+    }
+
+    /// The stage's cache key, from its status file (written before it starts).
+    fn key_of(&self, stage: &str) -> Option<String> {
+        let rec = self.run.as_ref()?.read_stage(stage).ok()??;
+        rec.key.map(|k| k.to_string())
     }
 }
 
@@ -101,9 +143,14 @@ impl EventSink for Display {
     fn event(&self, event: Event) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match event {
-            Event::Cached { stage, .. } => {
+            Event::Cached { stage, key } => {
                 if !self.quiet() {
-                    self.stamped(&stage, "cached");
+                    self.stamped(
+                        &stage,
+                        "cached",
+                        "stage.cached",
+                        json!({ "status": "cached", "key": key }),
+                    );
                 }
             }
             Event::Started {
@@ -120,7 +167,13 @@ impl EventSink for Display {
                 }
                 if !self.quiet() {
                     let t = if threads == 1 { "thread" } else { "threads" };
-                    self.stamped(&stage, &format!("running ({reason}; {threads} {t})"));
+                    let key = self.key_of(&stage);
+                    self.stamped(
+                        &stage,
+                        &format!("running ({reason}; {threads} {t})"),
+                        "stage.started",
+                        json!({ "status": "running", "key": key, "reason": reason, "threads": threads }),
+                    );
                 }
             }
             Event::Waiting { stage, holder } => {
@@ -128,7 +181,12 @@ impl EventSink for Display {
                     let who = holder
                         .map(|h| h.to_string())
                         .unwrap_or_else(|| "another process".to_owned());
-                    self.stamped(&stage, &format!("waiting for {who} to finish this result"));
+                    self.stamped(
+                        &stage,
+                        &format!("waiting for {who} to finish this result"),
+                        "stage.waiting",
+                        json!({ "holder": who }),
+                    );
                 }
             }
             Event::Progress { stage, event } => self.progress(&mut state, &stage, event),
@@ -148,7 +206,18 @@ impl EventSink for Display {
                         Some(false) => ", DIFFERS from the recorded digest",
                         None => "",
                     };
-                    self.stamped(&stage, &format!("done in {}{check}", seconds(elapsed)));
+                    let key = self.key_of(&stage);
+                    self.stamped(
+                        &stage,
+                        &format!("done in {}{check}", seconds(elapsed)),
+                        "stage.finished",
+                        json!({
+                            "status": "ran",
+                            "key": key,
+                            "duration_s": elapsed.as_secs_f64(),
+                            "verified": verified,
+                        }),
+                    );
                 }
             }
             Event::Failed {
@@ -160,6 +229,17 @@ impl EventSink for Display {
                 if let Some(bar) = state.bars.remove(&stage) {
                     bar.finish_and_clear();
                 }
+                let fields = json!({
+                    "status": "failed",
+                    "key": self.key_of(&stage),
+                    "error": error,
+                    "log": log,
+                    "log_tail": log_tail,
+                });
+                if let Resolved::Json { .. } = self.mode {
+                    self.stamped(&stage, &format!("FAILED: {error}"), "stage.failed", fields);
+                    return;
+                }
                 let mut text = format!("FAILED: {error}");
                 if let Some(log) = log {
                     text.push_str(&format!("\n    log: {log}"));
@@ -170,19 +250,49 @@ impl EventSink for Display {
                 for l in &log_tail {
                     text.push_str(&format!("\n    | {l}"));
                 }
-                self.stamped(&stage, &text);
+                self.stamped(&stage, &text, "stage.failed", fields);
             }
             Event::Skipped { stage, reason } => {
                 if !self.quiet() {
-                    self.stamped(&stage, &format!("skipped ({reason})"));
+                    self.stamped(
+                        &stage,
+                        &format!("skipped ({reason})"),
+                        "stage.skipped",
+                        json!({ "status": "skipped", "reason": reason }),
+                    );
                 }
             }
             Event::Submitted { stage, job_id } => {
                 if !self.quiet() {
-                    self.stamped(&stage, &format!("submitted as job {job_id}"));
+                    self.stamped(
+                        &stage,
+                        &format!("submitted as job {job_id}"),
+                        "stage.submitted",
+                        json!({ "job_id": job_id }),
+                    );
                 }
             }
         }
+    }
+}
+
+/// A running stage's current phase.
+struct Phase {
+    name: String,
+    total: Option<u64>,
+    unit: String,
+    started: Instant,
+}
+
+impl Phase {
+    /// Seconds left at position `p`, from the rate since the phase started.
+    fn eta_s(&self, p: u64) -> Option<f64> {
+        let total = self.total?;
+        if p == 0 || p > total {
+            return None;
+        }
+        let elapsed = self.started.elapsed().as_secs_f64();
+        Some(elapsed * (total - p) as f64 / p as f64)
     }
 }
 
@@ -203,6 +313,7 @@ impl Display {
                 }
                 ProgressEvent::Position(p) => bar.set_position(p),
                 ProgressEvent::Message(m) => bar.set_message(m),
+                ProgressEvent::Metrics { text, .. } => bar.set_message(text),
             }
             return;
         }
@@ -212,20 +323,59 @@ impl Display {
         match event {
             ProgressEvent::Start { phase, total, unit } => {
                 let size = total.map(|t| format!(" ({t} {unit})")).unwrap_or_default();
-                self.stamped(stage, &format!("{phase}{size}"));
-                state
-                    .phases
-                    .insert(stage.to_owned(), (phase, total, unit, Instant::now()));
+                self.stamped(
+                    stage,
+                    &format!("{phase}{size}"),
+                    "stage.progress",
+                    json!({ "phase": phase, "position": 0, "total": total, "unit": unit, "eta_s": null }),
+                );
+                let now = Instant::now();
+                let phase = Phase {
+                    name: phase,
+                    total,
+                    unit,
+                    started: now,
+                };
+                state.phases.insert(stage.to_owned(), (phase, now));
             }
             ProgressEvent::Position(p) => {
-                if let Some((phase, total, unit, last)) = state.phases.get_mut(stage) {
-                    if last.elapsed() >= LINE_INTERVAL || Some(p) == *total {
+                if let Some((phase, last)) = state.phases.get_mut(stage) {
+                    if last.elapsed() >= LINE_INTERVAL || Some(p) == phase.total {
                         *last = Instant::now();
-                        let of = total.map(|t| format!("/{t}")).unwrap_or_default();
-                        let text = format!("{phase} {p}{of} {unit}");
-                        self.stamped(stage, &text);
+                        let of = phase.total.map(|t| format!("/{t}")).unwrap_or_default();
+                        let eta = phase.eta_s(p);
+                        let left = eta
+                            .filter(|_| Some(p) != phase.total)
+                            .map(|e| format!(" (ETA {})", seconds(Duration::from_secs_f64(e))))
+                            .unwrap_or_default();
+                        let text = format!("{} {p}{of} {}{left}", phase.name, phase.unit);
+                        let fields = json!({
+                            "phase": phase.name,
+                            "position": p,
+                            "total": phase.total,
+                            "unit": phase.unit,
+                            "eta_s": eta,
+                        });
+                        self.stamped(stage, &text, "stage.progress", fields);
                     }
                 }
+            }
+            // JSON: every metrics line (a stage sends them at its own pace, e.g. the train
+            // stage every `log_every` steps); lines: throttled like any status text.
+            ProgressEvent::Metrics { text, values }
+                if matches!(self.mode, Resolved::Json { .. }) =>
+            {
+                let metrics: serde_json::Map<String, Value> =
+                    values.into_iter().map(|(k, v)| (k, json!(v))).collect();
+                self.stamped(
+                    stage,
+                    &text,
+                    "stage.metrics",
+                    json!({ "text": text, "metrics": metrics }),
+                );
+            }
+            ProgressEvent::Metrics { text, .. } => {
+                self.progress(state, stage, ProgressEvent::Message(text))
             }
             ProgressEvent::Message(m) => {
                 let due = state
@@ -234,7 +384,7 @@ impl Display {
                     .is_none_or(|last| last.elapsed() >= LINE_INTERVAL);
                 if due {
                     state.messages.insert(stage.to_owned(), Instant::now());
-                    self.stamped(stage, &m);
+                    self.stamped(stage, &m, "stage.message", json!({ "text": m }));
                 }
             }
         }

@@ -18,6 +18,7 @@ use itera_engine::store::Store;
 use super::load::{load, Loaded, PipelineArgs, SelectArgs};
 use super::progress::Display;
 use super::{exit, Global};
+use serde_json::json;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -143,15 +144,29 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
     run.write_record(&record)?;
     run.mark_latest(&g.runs_dir)?;
 
-    let display = Arc::new(Display::new(g.progress));
-    display.line(&format!(
-        "run {} of `{}`: {} stage(s), {} executor, {} job(s) on {cores} cores",
-        run.id(),
-        pipeline.name,
-        needed.len(),
-        executor.name(),
-        plan.exec.jobs
-    ));
+    let display = Arc::new(Display::new(g.progress).for_run(&run));
+    display.say(
+        "info",
+        "run.started",
+        &format!(
+            "run {} of `{}`: {} stage(s), {} executor, {} job(s) on {cores} cores",
+            run.id(),
+            pipeline.name,
+            needed.len(),
+            executor.name(),
+            plan.exec.jobs
+        ),
+        json!({
+            "run": run.id().as_str(),
+            "pipeline": pipeline.name,
+            "file": pipeline.source,
+            "stages": needed.len(),
+            "executor": executor.name(),
+            "jobs": plan.exec.jobs,
+            "cores": cores,
+            "run_dir": run.path(),
+        }),
+    );
     let clock = Instant::now();
     let job = RunJob {
         pipeline: Arc::new(pipeline),
@@ -197,16 +212,43 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
     run.write_record(&record)?;
 
     let count = |s: StageStatus| outcome.with_status(s).len();
-    display.line(&format!(
-        "run {} {}: {} ran, {} cached, {} failed, {} skipped in {:.1}s",
-        run.id(),
-        record.status,
-        count(StageStatus::Ran),
-        count(StageStatus::Cached),
-        count(StageStatus::Failed),
-        count(StageStatus::Skipped),
-        clock.elapsed().as_secs_f64()
-    ));
+    let stages: serde_json::Map<String, serde_json::Value> = record
+        .stages
+        .iter()
+        .map(|(name, r)| {
+            let value = json!({
+                "status": r.status.to_string(),
+                "key": r.key.as_ref().map(|k| k.to_string()),
+                "digest": r.digest.as_ref().map(|d| d.as_str().to_owned()),
+                "duration_s": r.duration_ms.map(|ms| ms as f64 / 1000.0),
+            });
+            (name.clone(), value)
+        })
+        .collect();
+    display.say(
+        if outcome.succeeded() { "info" } else { "error" },
+        "run.finished",
+        &format!(
+            "run {} {}: {} ran, {} cached, {} failed, {} skipped in {:.1}s",
+            run.id(),
+            record.status,
+            count(StageStatus::Ran),
+            count(StageStatus::Cached),
+            count(StageStatus::Failed),
+            count(StageStatus::Skipped),
+            clock.elapsed().as_secs_f64()
+        ),
+        json!({
+            "run": run.id().as_str(),
+            "status": record.status.to_string(),
+            "ran": count(StageStatus::Ran),
+            "cached": count(StageStatus::Cached),
+            "failed": count(StageStatus::Failed),
+            "skipped": count(StageStatus::Skipped),
+            "duration_s": clock.elapsed().as_secs_f64(),
+            "stages": stages,
+        }),
+    );
     report_failures(&display, &outcome.stages, &run);
     if record.status == RunStatus::Submitted {
         super::slurm::print_submitted(&run)?;
@@ -230,7 +272,12 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
                 }
             }
         }
-        display.line(&text);
+        display.say(
+            "error",
+            "run.not_reproducible",
+            &text,
+            json!({ "stages": mismatches }),
+        );
     }
     Ok(if outcome.interrupted {
         exit::INTERRUPTED
@@ -249,10 +296,13 @@ fn report_failures(display: &Display, stages: &BTreeMap<StageName, StageRecord>,
                 .as_ref()
                 .map(|l| format!(" (log: {})", run.path().join(l).display()))
                 .unwrap_or_default();
-            display.line(&format!(
-                "error: stage `{name}` failed: {}{log}",
-                rec.error.as_deref().unwrap_or("unknown error")
-            ));
+            let error = rec.error.as_deref().unwrap_or("unknown error");
+            display.say(
+                "error",
+                "stage.error",
+                &format!("error: stage `{name}` failed: {error}{log}"),
+                json!({ "stage": name, "error": error, "log": rec.log.as_ref().map(|l| run.path().join(l)) }),
+            );
         }
     }
 }

@@ -35,11 +35,13 @@ pub fn main(_: &Global, args: SchemaArgs) -> anyhow::Result<u8> {
             out(&format!("ok: {} is up to date\n", args.output.display()))?;
             return Ok(exit::OK);
         }
-        eprintln!(
-            "error: {} is out of date with the stage kinds of this build; run `itera schema` and commit the result",
-            args.output.display()
-        );
-        return Ok(exit::FAILED);
+        return Err(anyhow::Error::new(super::Reported {
+            code: exit::FAILED,
+            text: format!(
+                "error: {} is out of date with the stage kinds of this build; run `itera schema` and commit the result",
+                args.output.display()
+            ),
+        }));
     }
     if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)

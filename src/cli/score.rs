@@ -125,14 +125,23 @@ pub fn main(g: &Global, args: ScoreArgs) -> anyhow::Result<u8> {
         out(&(serde_json::to_string_pretty(&result)? + "\n"))?;
     } else {
         out(&table(&result))?;
-        eprintln!(
-            "scored {} tokens in {:.2} s ({:.0} tokens/s, {} threads, {} scorer, windows of {})",
-            result.total.predicted,
-            result.seconds,
-            result.tokens_per_s,
-            result.threads,
-            result.scorer,
-            result.seq_len
+        super::jsonlog::note(
+            "score.finished",
+            &format!(
+                "scored {} tokens in {:.2} s ({:.0} tokens/s, {} threads, {} scorer, windows of {})",
+                result.total.predicted,
+                result.seconds,
+                result.tokens_per_s,
+                result.threads,
+                result.scorer,
+                result.seq_len
+            ),
+            serde_json::json!({
+                "tokens": result.total.predicted,
+                "seconds": result.seconds,
+                "tokens_per_s": result.tokens_per_s,
+                "threads": result.threads,
+            }),
         );
     }
     Ok(exit::OK)

@@ -1,8 +1,11 @@
-//! `itera show RUN`: one run's record: pipeline, command, machine, and every stage's
-//! status, digest, duration and log.
+//! `itera show RUN`: one run's record: pipeline, command, machine, and every stage in
+//! DAG order with its status, digest, duration, result folder and log; the report file
+//! of the last `report` stage is named at the end.
 
 use clap::Args;
+use itera_engine::graph::Dag;
 use itera_engine::record::{find_run, RunDir};
+use itera_engine::store::Store;
 
 use super::{exit, invalid, out, Global};
 
@@ -23,11 +26,11 @@ pub fn main(g: &Global, args: ShowArgs) -> anyhow::Result<u8> {
         out(&format!("{}\n", serde_json::to_string_pretty(&record)?))?;
         return Ok(exit::OK);
     }
-    print_run(&run)
+    print_run(&run, &Store::new(&std::path::absolute(&g.runs_dir)?))
 }
 
 /// Prints a run's record (merged with its stage files).
-pub fn print_run(run: &RunDir) -> anyhow::Result<u8> {
+pub fn print_run(run: &RunDir, store: &Store) -> anyhow::Result<u8> {
     let r = run.load()?;
     let mut text = format!(
         "run {}: {}\n  pipeline: {} ({})\n  started:  {}{}\n  command:  {}\n  host:     {} ({} cores), {} executor, {} job(s)\n",
@@ -57,7 +60,22 @@ pub fn print_run(run: &RunDir) -> anyhow::Result<u8> {
     }
     text.push_str("stages:\n");
     let width = r.stages.keys().map(String::len).max().unwrap_or(0);
-    for (name, s) in &r.stages {
+    // DAG order (upstream first), as the run executed them; names for stages the graph
+    // does not know (cannot happen with a record this build wrote) come last.
+    let mut order: Vec<String> = Dag::new(&r.pipeline)
+        .map(|d| d.topo_order())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| r.stages.contains_key(n))
+        .collect();
+    for name in r.stages.keys() {
+        if !order.contains(name) {
+            order.push(name.clone());
+        }
+    }
+    let mut report = None;
+    for name in &order {
+        let s = &r.stages[name];
         let digest = s
             .digest
             .as_ref()
@@ -83,6 +101,14 @@ pub fn print_run(run: &RunDir) -> anyhow::Result<u8> {
         } else if let Some(reason) = &s.reason {
             text.push_str(&format!("  {reason}"));
         }
+        if let Some(dir) = super::path::result_dir(store, s) {
+            let gone = if dir.exists() { "" } else { " (removed)" };
+            text.push_str(&format!(
+                "\n  {:width$}  result: {}{gone}",
+                "",
+                dir.display()
+            ));
+        }
         if let Some(log) = &s.log {
             text.push_str(&format!(
                 "\n  {:width$}  log: {}",
@@ -91,6 +117,12 @@ pub fn print_run(run: &RunDir) -> anyhow::Result<u8> {
             ));
         }
         text.push('\n');
+        if let Some(file) = super::path::report_file(store, &r, name) {
+            report = Some(file);
+        }
+    }
+    if let Some(file) = report {
+        text.push_str(&format!("report: {}\n", file.display()));
     }
     out(&text)?;
     Ok(exit::OK)

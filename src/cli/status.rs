@@ -29,7 +29,8 @@ pub fn main(g: &Global, args: StatusArgs) -> anyhow::Result<u8> {
             if itera_engine::exec::slurm::jobs::JobsFile::path(run.path()).exists() {
                 return super::slurm::status_main(g, &query);
             }
-            return super::show::print_run(&run);
+            let store = itera_engine::store::Store::new(&std::path::absolute(&g.runs_dir)?);
+            return super::show::print_run(&run, &store);
         }
     }
     let registry = itera_stages::registry();
@@ -46,7 +47,7 @@ pub fn print_preview(
     selected: &BTreeSet<StageName>,
     force: &Force,
 ) -> anyhow::Result<u8> {
-    let store = Store::new(&g.runs_dir);
+    let store = Store::new(&std::path::absolute(&g.runs_dir)?);
     let previews = preview(&loaded.pipeline, registry, &store, selected, force);
     let width = previews.iter().map(|p| p.stage.len()).max().unwrap_or(0);
     let mut text = String::new();

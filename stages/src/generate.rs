@@ -93,16 +93,13 @@ impl Session {
                 match self.tokenizer.decode(&out, true) {
                     // Text ending in a partial UTF-8 sequence (byte-level tokens) waits for more.
                     Ok(text) if !text.ends_with('\u{FFFD}') => {
-                        if text.len() > shown && text.is_char_boundary(shown) {
-                            let piece = &text[shown..];
-                            // Word-level tokenizers join words with spaces: keep them apart.
-                            if shown > 0 && !piece.starts_with(' ') && !text[..shown].ends_with(' ')
-                            {
-                                on_text(" ");
-                            }
-                            on_text(piece);
+                        // The word decoder closes up " ' " once the next word is there
+                        // ("Lily ' s" -> "Lily's"): a trailing apostrophe waits for it.
+                        let stable = text.len() - if text.ends_with(" '") { 2 } else { 0 };
+                        if stable > shown && text.is_char_boundary(shown) {
+                            on_text(&text[shown..stable]);
+                            shown = stable;
                         }
-                        shown = text.len();
                         true
                     }
                     Ok(_) => true,
@@ -115,6 +112,12 @@ impl Session {
         )?;
         if let Some(e) = decode_error {
             anyhow::bail!("cannot decode the generated tokens: {e}");
+        }
+        // Whatever was held back (a trailing apostrophe) is final now.
+        if let Ok(text) = self.tokenizer.decode(&out, true) {
+            if text.len() > shown && text.is_char_boundary(shown) {
+                on_text(&text[shown..]);
+            }
         }
         let stop = if new.len() == max_new_tokens {
             "max-tokens"

@@ -112,7 +112,8 @@ pub struct HalfConvert;
 impl StageKind for HalfConvert {
     type Params = HalfConvertParams;
     const KIND: &'static str = "half-convert";
-    const VERSION: u32 = 1;
+    /// 2: copies tokenizer_config.json and special_tokens_map.json.
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Converts a model's F32 weights to F16 or BF16 (round to nearest even), halving the weights file";
 
@@ -170,13 +171,7 @@ pub fn convert_model_dir(
     record.file_bytes_after = out_bytes.len() as u64;
     record.file_ratio = record.file_bytes_after as f64 / record.file_bytes_before as f64;
 
-    for name in [CONFIG_FILE, TOKENIZER_FILE] {
-        let from = input.join(name);
-        if from.is_file() {
-            fs::copy(&from, out.join(name))
-                .with_context(|| format!("cannot copy `{}`", from.display()))?;
-        }
-    }
+    artifact::copy_companions(input, out)?;
     let json = serde_json::to_string_pretty(&record)?;
     fs::write(out.join(CONVERSION_FILE), json + "\n").context("cannot write conversion.json")?;
     Ok(record)

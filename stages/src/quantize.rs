@@ -1,7 +1,7 @@
 //! The `quantize` stage kind: turns a model artifact (F32 or F16 weights) into one whose
 //! matrices are int8 or int4 (weight-only, symmetric; `itera_model::quant` has the format,
 //! `itera_model::quantize` the schemes and the rule for which tensors are quantized).
-//! `config.json` and `tokenizer.json` are copied; `quantization.json` records every
+//! `config.json` and the tokenizer files are copied; `quantization.json` records every
 //! tensor's format, bytes and rounding error, and the file sizes before and after. The
 //! decoder, `evaluate`, `itera score` and `itera generate` read the result as it is.
 
@@ -160,13 +160,7 @@ pub fn quantize_dir(
     let out_weights = out.join(WEIGHTS_FILE);
     fs::write(&out_weights, &file.bytes)
         .with_context(|| format!("cannot write `{}`", out_weights.display()))?;
-    for name in [CONFIG_FILE, TOKENIZER_FILE] {
-        let from = input.join(name);
-        if from.is_file() {
-            fs::copy(&from, out.join(name))
-                .with_context(|| format!("cannot copy `{}`", from.display()))?;
-        }
-    }
+    artifact::copy_companions(input, out)?;
     let before = fs::metadata(&weights_path)?.len();
     let after = file.bytes.len() as u64;
     let mut by_format: BTreeMap<String, u64> = BTreeMap::new();

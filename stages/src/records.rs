@@ -164,7 +164,7 @@ impl std::fmt::Display for WeightsFormat {
 /// How the decoder computed a measured generation speed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SpeedPrecision {
-    /// f32 weights and arithmetic.
+    /// f32 arithmetic (a half model's weights widened to f32 at load).
     #[serde(rename = "f32")]
     F32,
     /// f16 weights widened to f32 inside each matrix-vector product.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use itera_engine::stage::{FingerprintContext, Stage};
+use itera_engine::stage::{FingerprintContext, Stage, StageLog};
 use itera_stages::fetch::{import_into_cache, Provenance, RepoKind};
 use sha2::{Digest, Sha256};
 use support::hub_server::{DropMode, HubServer};
@@ -48,10 +48,16 @@ fn online(endpoint: &str, cache: &Path, extra: &str) -> serde_json::Value {
 }
 
 fn run(params: &serde_json::Value, root: &Path) -> anyhow::Result<Provenance> {
-    let ctx = context(root, BTreeMap::new(), 2);
+    let mut ctx = context(root, BTreeMap::new(), 2);
+    ctx.log = StageLog::open(&root.join("fetch.log"))?;
     stage().run(params, &ctx)?;
     let text = std::fs::read(ctx.out_dir.join("provenance.json"))?;
     Ok(serde_json::from_slice(&text)?)
+}
+
+/// The stage log of the runs in `root` (how each fetch went).
+fn log(root: &Path) -> String {
+    std::fs::read_to_string(root.join("fetch.log")).unwrap_or_default()
 }
 
 fn fingerprint(params: &serde_json::Value, root: &Path) -> anyhow::Result<Option<String>> {
@@ -100,7 +106,14 @@ fn full_fetch_gives_the_source_bytes_through_the_hub_cache() {
     );
     assert_eq!(train.etag, train.sha256, "LFS etag is the content sha256");
     assert!(!train.prefix);
-    assert_eq!(train.source, "network");
+    let log = log(&tmp.path().join("a"));
+    assert!(
+        log.contains(&format!(
+            "{TRAIN} <- {TRAIN}: 2097152 bytes, sha256 {}, from network, at ",
+            train.sha256
+        )),
+        "{log}"
+    );
 
     // Standard layout, shared with Python: refs/main, snapshots/<sha>/<file> -> blobs/<etag>.
     let repo_dir = cache.join("datasets--roneneldan--TinyStories");
@@ -152,7 +165,11 @@ fn max_bytes_fetches_a_prefix_cut_after_the_last_story() {
     assert!(record.prefix);
     assert_eq!(record.size, got.len() as u64);
     assert_eq!(record.sha256, sha256(&got));
-    assert_eq!(record.remote_size, Some(source.len() as u64));
+    let log = log(tmp.path());
+    assert!(
+        log.contains(&format!(" (prefix) of {}, ", source.len())),
+        "{log}"
+    );
     assert_eq!(
         record.etag,
         sha256(&source),
@@ -197,7 +214,8 @@ fn a_prefix_of_a_cached_file_needs_no_request() {
         .map(|r| r.path.clone())
         .collect();
     assert!(after.iter().all(|p| p.starts_with("/api/")), "{after:?}");
-    assert_eq!(prov.files[VALID].source, "hub-cache");
+    assert!(prov.files[VALID].prefix);
+    assert!(log(&tmp.path().join("b")).contains("from hub-cache"));
     let got = std::fs::read(tmp.path().join("b/out").join(VALID)).unwrap();
     assert!(got.ends_with(b"<|endoftext|>\n") && got.len() <= 100_000);
 }
@@ -230,7 +248,8 @@ fn a_pinned_commit_is_not_fetched_again() {
         "second run made requests: {:?}",
         &server.requests()[seen..]
     );
-    assert_eq!(prov.files[VALID].source, "hub-cache");
+    assert!(!prov.files[VALID].prefix);
+    assert!(log(&tmp.path().join("b")).contains("from hub-cache"));
     assert_eq!(
         std::fs::read(tmp.path().join("b/out").join(VALID)).unwrap(),
         *valid_sample()
@@ -394,7 +413,8 @@ fn an_interrupted_prefix_resumes_from_the_work_folder() {
         .filter_map(|r| r.range)
         .collect();
     assert_eq!(ranges, vec!["bytes=400000-999999"]);
-    assert_eq!(prov.files[TRAIN].source, "work-dir");
+    assert!(prov.files[TRAIN].prefix);
+    assert!(log(tmp.path()).contains("from work-dir"));
     let got = std::fs::read(tmp.path().join("out").join(TRAIN)).unwrap();
     assert_eq!(&train_sample()[..got.len()], &got[..]);
 }
@@ -420,7 +440,7 @@ fn offline_uses_a_populated_cache_without_any_server() {
     ));
     assert_eq!(fingerprint(&p, tmp.path()).unwrap(), Some(sha.clone()));
     let prov = run(&p, tmp.path()).unwrap();
-    assert!(prov.offline);
+    assert!(log(tmp.path()).contains(", offline)"));
     assert_eq!(prov.resolved_revision, sha);
     assert_eq!(
         std::fs::read(tmp.path().join("out").join(VALID)).unwrap(),
@@ -538,4 +558,56 @@ fn params_are_checked_before_anything_runs() {
     let table: toml::Table = toml::from_str("repo = \"a/b\"\nfiles = {}\nrevison = \"x\"").unwrap();
     let issues = stage().check_params(&table).unwrap_err();
     assert!(issues[0].message.contains("revison"), "{issues:?}");
+}
+
+/// The same key fetched from the network, again into a fresh cache, and offline from the
+/// cache gives byte-identical artifacts (same digest), with every file readable by the
+/// group and others under umask 022 (a store shared on a cluster).
+#[test]
+fn the_same_key_gives_the_same_digest_online_again_and_from_the_cache() {
+    use itera_engine::store::digest::digest_tree;
+    use std::os::unix::fs::PermissionsExt;
+    // The usual umask, whatever the test runner's is; harmless to the other tests.
+    unsafe { libc::umask(0o022) };
+    let (server, sha) = server();
+    let tmp = tempfile::tempdir().unwrap();
+    let files = format!("revision = \"{sha}\"\nfiles = {{ \"{TRAIN}\" = \"{TRAIN}\", \"{VALID}\" = \"{VALID}\" }}\nmax_bytes = {{ \"{TRAIN}\" = 300000 }}");
+    let first = online(&server.endpoint(), &tmp.path().join("hub1"), &files);
+    run(&first, &tmp.path().join("a")).unwrap();
+    let second = online(&server.endpoint(), &tmp.path().join("hub2"), &files);
+    run(&second, &tmp.path().join("b")).unwrap();
+    // The whole train file into hub1 (prefixes never enter the cache), then no server.
+    let whole = online(
+        &server.endpoint(),
+        &tmp.path().join("hub1"),
+        &format!("revision = \"{sha}\"\nfiles = {{ \"{TRAIN}\" = \"{TRAIN}\" }}"),
+    );
+    run(&whole, &tmp.path().join("w")).unwrap();
+    drop(server);
+    let cached = params(&format!(
+        "repo = \"{REPO}\"\nendpoint = \"http://127.0.0.1:9\"\ncache_dir = \"{}\"\noffline = true\n{files}",
+        tmp.path().join("hub1").display()
+    ));
+    run(&cached, &tmp.path().join("c")).unwrap();
+    assert!(log(&tmp.path().join("a")).contains("from network"));
+    assert!(log(&tmp.path().join("c")).contains("from hub-cache"));
+    let digests: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|d| {
+            digest_tree(&tmp.path().join(d).join("out"))
+                .unwrap()
+                .0
+                .as_str()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(digests[0], digests[1], "fetched twice");
+    assert_eq!(digests[0], digests[2], "fetched from the cache, offline");
+    for dir in ["a", "c"] {
+        for name in [TRAIN, VALID, "provenance.json"] {
+            let path = tmp.path().join(dir).join("out").join(name);
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "{} is {mode:o}", path.display());
+        }
+    }
 }

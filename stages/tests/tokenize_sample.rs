@@ -487,3 +487,190 @@ fn byte_level_pieces_match_the_tokenizers_pre_tokenizer() {
         );
     }
 }
+
+/// The word tokenizer of the sample shipped in the repository (`data/tinystories`).
+fn shipped_word_tokenizer(root: &Path) -> PathBuf {
+    let p = params(
+        "scheme = \"word\"\nvocab_size = 2000\ntrain_file = \"train-sample.txt\"\nvalid_file = \"valid-sample.txt\"\n",
+    );
+    let data = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/tinystories"));
+    run(&p, &data, root).unwrap()
+}
+
+const READABLE: &str =
+    "Once upon a time, there was a little girl named Lily. Lily's mom was happy!";
+
+/// The word scheme decodes to readable text (no "time , there"), the transformers files
+/// name the special tokens, and meta.json states how the byte-order mark is handled.
+#[test]
+fn word_tokenizer_decodes_readably_and_names_its_special_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = shipped_word_tokenizer(tmp.path());
+    let tok = Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+    let ids = tok.encode(READABLE, false).unwrap().get_ids().to_vec();
+    assert!(
+        !ids.contains(&0),
+        "every word is in the vocabulary: {ids:?}"
+    );
+    assert_eq!(tok.decode(&ids, true).unwrap(), READABLE);
+    let config: serde_json::Value = json(&out.join("tokenizer_config.json"));
+    assert_eq!(config["tokenizer_class"], "PreTrainedTokenizerFast");
+    for (role, token) in [
+        ("unk_token", "<unk>"),
+        ("pad_token", "<pad>"),
+        ("bos_token", "<bos>"),
+        ("eos_token", "<eos>"),
+    ] {
+        assert_eq!(config[role], token);
+        assert_eq!(tok.token_to_id(token), Some(SPECIAL_IDS[role]));
+    }
+    let map: serde_json::Value = json(&out.join("special_tokens_map.json"));
+    assert_eq!(map["eos_token"], "<eos>");
+    let meta: Meta = json(&out.join("meta.json"));
+    assert!(
+        meta.text.contains("byte-order mark") && meta.text.contains("utf-8-sig"),
+        "{}",
+        meta.text
+    );
+    // The shipped valid file starts with a BOM, and story 0's ids are those of its text without it.
+    let valid = std::fs::read(PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/tinystories/valid-sample.txt"
+    )))
+    .unwrap();
+    assert!(valid.starts_with("\u{feff}".as_bytes()));
+}
+
+static SPECIAL_IDS: std::sync::LazyLock<BTreeMap<&str, u32>> = std::sync::LazyLock::new(|| {
+    BTreeMap::from([
+        ("unk_token", 0),
+        ("pad_token", 1),
+        ("bos_token", 2),
+        ("eos_token", 3),
+    ])
+});
+
+/// `AutoTokenizer.from_pretrained(folder)` (Python `transformers`; with only `tokenizers`
+/// installed, `Tokenizer.from_file` and the config's special tokens) gives itera's ids for
+/// story 0 of the valid file read as `utf-8-sig`, knows `<eos>`/`<pad>`, pads a batch and
+/// decodes readably. Skips with the reason when neither package is installed.
+#[test]
+fn python_loads_the_tokenizer_folder_with_its_special_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = shipped_word_tokenizer(tmp.path());
+    let meta: Meta = json(&out.join("meta.json"));
+    let valid_ids = read_ids(&out.join("valid.bin"), meta.dtype);
+    let story0 = split_at_eos(&valid_ids)[0].to_vec();
+    let script = r#"
+import json, sys
+folder, valid, text = sys.argv[1], sys.argv[2], sys.argv[3]
+story0 = open(valid, encoding="utf-8-sig").read().split("<|endoftext|>")[0].strip()
+try:
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(folder)
+    batch = tok(["the cat", "the"], padding=True)
+    print(json.dumps({
+        "with": "transformers",
+        "specials": [tok.unk_token, tok.pad_token, tok.bos_token, tok.eos_token],
+        "special_ids": [tok.unk_token_id, tok.pad_token_id, tok.bos_token_id, tok.eos_token_id],
+        "padded": batch["input_ids"], "mask": batch["attention_mask"],
+        "story0": tok.encode(story0, add_special_tokens=False),
+        "decoded": tok.decode(tok.encode(text, add_special_tokens=False), skip_special_tokens=True),
+    }))
+    sys.exit(0)
+except ImportError:
+    pass
+try:
+    from tokenizers import Tokenizer
+except ImportError as e:
+    print("SKIP: neither transformers nor tokenizers: " + str(e)); sys.exit(0)
+tok = Tokenizer.from_file(folder + "/tokenizer.json")
+config = json.load(open(folder + "/tokenizer_config.json"))
+specials = [config[k] for k in ["unk_token", "pad_token", "bos_token", "eos_token"]]
+tok.enable_padding(pad_id=tok.token_to_id(config["pad_token"]), pad_token=config["pad_token"])
+batch = tok.encode_batch(["the cat", "the"], add_special_tokens=False)
+print(json.dumps({
+    "with": "tokenizers",
+    "specials": specials,
+    "special_ids": [tok.token_to_id(s) for s in specials],
+    "padded": [e.ids for e in batch], "mask": [e.attention_mask for e in batch],
+    "story0": tok.encode(story0, add_special_tokens=False).ids,
+    "decoded": tok.decode(tok.encode(text, add_special_tokens=False).ids),
+}))
+"#;
+    let valid = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/tinystories/valid-sample.txt"
+    ));
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&out)
+        .arg(&valid)
+        .arg(READABLE)
+        .output();
+    let Ok(output) = output else {
+        println!("skipping the Python check: python3 is not installed");
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if let Some(reason) = stdout.strip_prefix("SKIP: ") {
+        println!("skipping the Python check: {}", reason.trim());
+        return;
+    }
+    let got: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    println!("checked with Python {}", got["with"]);
+    assert_eq!(
+        got["specials"],
+        serde_json::json!(["<unk>", "<pad>", "<bos>", "<eos>"])
+    );
+    assert_eq!(got["special_ids"], serde_json::json!([0, 1, 2, 3]));
+    let padded = &got["padded"];
+    assert_eq!(padded[1][1], 1, "padded with <pad>: {padded}");
+    assert_eq!(got["mask"], serde_json::json!([[1, 1], [1, 0]]));
+    assert_eq!(
+        got["story0"],
+        serde_json::json!(story0),
+        "story 0 read as utf-8-sig"
+    );
+    assert_eq!(got["decoded"], READABLE);
+}
+
+/// docs/PHASE8.md documents the fetch and tokenize stages and every field of the
+/// tokenize artifact's `meta.json` and `stats.json` (the token files' format is not only
+/// inside an artifact).
+#[test]
+fn phase8_docs_describe_fetch_tokenize_and_the_token_files() {
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PHASE8.md")).unwrap();
+    for needle in [
+        "### `hf-fetch`",
+        "### `tokenize`",
+        "`train.bin` / `valid.bin` (`tokenize`)",
+        "`provenance.json` (`hf-fetch`)",
+        "utf-8-sig",
+    ] {
+        assert!(docs.contains(needle), "docs/PHASE8.md lacks {needle}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = shipped_word_tokenizer(tmp.path());
+    for file in ["meta.json", "stats.json"] {
+        let value: serde_json::Value = json(&out.join(file));
+        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        if let Some(split) = value.get("train").and_then(|t| t.as_object()) {
+            keys.extend(split.keys().cloned());
+        }
+        for key in keys {
+            assert!(
+                docs.contains(&format!("`{key}`")),
+                "docs/PHASE8.md does not describe `{key}` of {file}"
+            );
+        }
+    }
+}

@@ -92,8 +92,9 @@ impl fmt::Display for Diagnostic {
             let number = s.line.map(|n| n.to_string()).unwrap_or_default();
             // A tab is shown as one space so the caret (counted in characters) lines up.
             let text = s.text.trim_end().replace('\t', " ");
+            let (text, column, marked) = clip(&text, s.column, s.width.max(1));
             writeln!(f, "{number:>width$} | {text}")?;
-            let marks = format!("{}{}", " ".repeat(s.column), "^".repeat(s.width.max(1)));
+            let marks = format!("{}{}", " ".repeat(column), "^".repeat(marked));
             match &self.label {
                 Some(label) => writeln!(f, "{pad} | {marks} {label}")?,
                 None => writeln!(f, "{pad} | {marks}")?,
@@ -109,6 +110,36 @@ impl fmt::Display for Diagnostic {
         }
         Ok(())
     }
+}
+
+/// Longest snippet line shown, in characters; longer lines are cut around the marked part.
+const MAX_SNIPPET_CHARS: usize = 160;
+/// Characters kept before the marked part when a line is cut.
+const CONTEXT_BEFORE: usize = 50;
+
+/// `text` cut to at most [`MAX_SNIPPET_CHARS`] around the marked characters
+/// `column..column + width` (`…` where something was cut), with the mark's new column
+/// and width. A 10,000-character line shows as one screen line.
+fn clip(text: &str, column: usize, width: usize) -> (String, usize, usize) {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= MAX_SNIPPET_CHARS {
+        return (text.to_owned(), column, width);
+    }
+    let start = column.saturating_sub(CONTEXT_BEFORE).min(chars.len());
+    let end = (start + MAX_SNIPPET_CHARS).min(chars.len());
+    let mut out = String::new();
+    let mut shift = 0;
+    if start > 0 {
+        out.push('…');
+        shift = 1;
+    }
+    out.extend(&chars[start..end]);
+    if end < chars.len() {
+        out.push('…');
+    }
+    let new_column = column.saturating_sub(start) + shift;
+    let marked = width.min(end.saturating_sub(column.max(start)).max(1));
+    (out, new_column, marked)
 }
 
 /// Every problem found while loading one pipeline. Displays as all of them, separated by
@@ -240,6 +271,34 @@ mod tests {
                 width,
             }),
         })
+    }
+
+    #[test]
+    fn a_long_line_is_cut_around_the_marked_part() {
+        let line = format!("command = \"{}BAD{}\"", "x".repeat(5000), "y".repeat(5000));
+        let column = line.find("BAD").unwrap();
+        let d = Diagnostic::new(
+            "bad",
+            Some(Location {
+                place: "p.toml:3:1".into(),
+                snippet: Some(Snippet {
+                    line: Some(3),
+                    text: line.clone(),
+                    column,
+                    width: 3,
+                }),
+                order: (0, 0, 0),
+            }),
+        );
+        let text = d.to_string();
+        assert!(text.lines().all(|l| l.chars().count() < 180), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        let shown = lines.iter().find(|l| l.contains("BAD")).unwrap();
+        let caret = lines.iter().find(|l| l.contains('^')).unwrap();
+        // The caret stands under the marked text, counted in characters.
+        let col = |l: &str, pat: &str| l[..l.find(pat).unwrap()].chars().count();
+        assert_eq!(col(shown, "BAD"), col(caret, "^^^"), "{text}");
+        assert!(shown.contains('…'));
     }
 
     #[test]

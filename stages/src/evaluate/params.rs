@@ -23,32 +23,40 @@ pub struct EvaluateParams {
     /// Validation tokens scored for every model: the first ones of `valid.bin` (fewer if
     /// the split is shorter), the same tokens for every model.
     #[serde(default = "defaults::eval_tokens")]
+    #[schemars(range(min = 1))]
     pub eval_tokens: u64,
     /// Scoring window: each token is predicted from at most this many previous tokens.
     /// Default: the smallest `max_seq_length` of the models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub seq_len: Option<usize>,
     /// Prompts to generate from. Default: the seed study's five.
     #[serde(default = "defaults::prompts")]
+    #[schemars(length(min = 1))]
     pub prompts: Vec<String>,
     /// Tokens generated per prompt (fewer if `<eos>` comes first or the context fills up).
     #[serde(default = "defaults::max_new_tokens")]
+    #[schemars(range(min = 1))]
     pub max_new_tokens: usize,
     /// Settings of the sampled generations (the greedy ones need none).
     #[serde(default)]
     pub sampling: SamplingParams,
     /// Timed repetitions behind every speed (the median is reported, every run recorded).
     #[serde(default = "defaults::speed_runs")]
+    #[schemars(range(min = 1))]
     pub speed_runs: usize,
     /// Tokens generated per timed generation run (capped by the context length).
     #[serde(default = "defaults::speed_tokens")]
+    #[schemars(range(min = 1))]
     pub speed_tokens: usize,
     /// Validation tokens scored per timed scoring run (capped by `eval_tokens`).
     #[serde(default = "defaults::speed_score_tokens")]
+    #[schemars(range(min = 1))]
     pub speed_score_tokens: u64,
     /// Threads for scoring. Default: the stage's thread budget. Generation is batch-1 and
     /// single-threaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub threads: Option<usize>,
     /// How losses are computed: `batched` (the parallel forward pass, fast) or `recurrent`
     /// (the decoder, token by token); they agree to rounding.
@@ -62,12 +70,15 @@ pub struct EvaluateParams {
 pub struct SamplingParams {
     /// Softmax temperature (> 0).
     #[serde(default = "defaults::temperature")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub temperature: f64,
     /// Sample among the k most likely tokens only.
     #[serde(default = "defaults::top_k", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub top_k: Option<usize>,
     /// Nucleus sampling: the most likely tokens whose probabilities reach `top_p`, in (0, 1].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
     pub top_p: Option<f64>,
     /// Random seed. Default: the pipeline's seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

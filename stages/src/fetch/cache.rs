@@ -161,10 +161,27 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FetchErr
         path: path.to_owned(),
         source,
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let mut tmp = shareable_temp_file(dir).map_err(io)?;
     tmp.write_all(bytes).map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
+}
+
+/// A temporary file in `dir` (renamed into place later) created with mode 0666 less the
+/// process umask, like any other file: `tempfile`'s default 0600 would keep the other
+/// users of a shared store or hub cache from reading it.
+pub(crate) fn shareable_temp_file(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+}
+
+/// Copies `src`'s bytes into `dest` (unlike `std::fs::copy`, which would also copy the
+/// source's permissions).
+pub(crate) fn copy_into(src: &Path, dest: &mut std::fs::File) -> std::io::Result<()> {
+    std::io::copy(&mut std::fs::File::open(src)?, dest)?;
+    dest.flush()
 }
 
 /// Streams a file through sha256; returns (hex digest, size).
@@ -234,8 +251,8 @@ pub fn import_into_cache(
                 path: blob.clone(),
                 source,
             };
-            let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-            std::fs::copy(local, tmp.path()).map_err(|source| FetchError::Io {
+            let mut tmp = shareable_temp_file(dir).map_err(io)?;
+            copy_into(local, tmp.as_file_mut()).map_err(|source| FetchError::Io {
                 path: local.clone(),
                 source,
             })?;

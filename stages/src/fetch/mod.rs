@@ -8,7 +8,13 @@
 //!   (or copied) into the artifact. Prefixes (`max_bytes`) are fetched with range requests
 //!   into the stage's work folder, never into the hub cache, and cut after the last complete
 //!   story (`<|endoftext|>` line).
-//! - The artifact holds one file per `files` key plus `provenance.json`.
+//! - The artifact holds one file per `files` key plus `provenance.json`, which records only
+//!   what the key determines (repository, revision and commit, each file's path, size,
+//!   sha256, etag): fetching the same key again gives the same digest. How a fetch went
+//!   (endpoint, online or offline, from the network, the hub cache or a resumed part, the
+//!   time) goes to the stage log.
+//! - Files are created readable per the umask (not `tempfile`'s 0600), so a store or hub
+//!   cache can be shared between the users of a cluster.
 
 mod cache;
 mod hub;
@@ -25,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cache::{default_cache_dir, import_into_cache, is_commit_sha, ResolvedCommit};
 pub use hub::{RepoKind, DEFAULT_ENDPOINT};
-pub use transfer::{story_cut, FileProvenance, STORY_SEPARATOR};
+pub use transfer::{story_cut, Fetched, FileProvenance, STORY_SEPARATOR};
 
 use hub::HubSettings;
 
@@ -165,6 +171,7 @@ pub struct HfFetchParams {
     /// HTTP range requests, cut after the last complete story (`<|endoftext|>` line). The
     /// prefix is kept in the artifact only, never in the hub cache.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("additionalProperties" = { "type": "integer", "format": "uint64", "minimum": 1 }))]
     pub max_bytes: BTreeMap<String, u64>,
     /// Hub base URL. Default: the `HF_ENDPOINT` environment variable, else
     /// `https://huggingface.co`.
@@ -227,7 +234,8 @@ pub struct HfFetch;
 impl StageKind for HfFetch {
     type Params = HfFetchParams;
     const KIND: &'static str = "hf-fetch";
-    const VERSION: u32 = 1;
+    /// 2: `provenance.json` holds only key-dependent data (no time, source, endpoint).
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Fetch files (or story-boundary prefixes) from a Hugging Face hub repository through the shared hub cache";
 
@@ -310,11 +318,6 @@ impl StageKind for HfFetch {
         Ok(Some(resolved.sha))
     }
 
-    /// The provenance records when the files were fetched; the files themselves are exact.
-    fn measurements(_p: &HfFetchParams) -> Vec<String> {
-        vec![PROVENANCE_FILE.into()]
-    }
-
     fn run(p: &HfFetchParams, ctx: &StageContext) -> anyhow::Result<()> {
         let hub = p.settings(&ctx.base_dir);
         let resolved = hub.resolve(&p.revision)?;
@@ -339,7 +342,7 @@ impl StageKind for HfFetch {
                 anyhow::bail!("cancelled");
             }
             let dest = ctx.out_dir.join(name);
-            let record = match p.max_bytes.get(name) {
+            let fetched = match p.max_bytes.get(name) {
                 Some(&max) => transfer::fetch_prefix(
                     &hub,
                     client.as_ref(),
@@ -359,12 +362,18 @@ impl StageKind for HfFetch {
                     &ctx.progress,
                 )?,
             };
+            let record = fetched.record;
             ctx.log.line(format!(
-                "{name} <- {path_in_repo}: {} bytes{}, sha256 {}, from {}",
+                "{name} <- {path_in_repo}: {} bytes{}{}, sha256 {}, from {}, at {}",
                 record.size,
                 if record.prefix { " (prefix)" } else { "" },
+                match fetched.remote_size {
+                    Some(n) if record.prefix => format!(" of {n}"),
+                    _ => String::new(),
+                },
                 record.sha256,
-                record.source
+                fetched.source,
+                transfer::now()
             ));
             files.insert(name.clone(), record);
         }
@@ -376,10 +385,8 @@ impl StageKind for HfFetch {
         let provenance = Provenance {
             repo: hub.repo.clone(),
             repo_type: hub.kind,
-            endpoint: hub.endpoint.clone(),
             requested_revision: resolved.requested,
             resolved_revision: resolved.sha,
-            offline: hub.offline,
             files,
         };
         let json = serde_json::to_vec_pretty(&provenance)?;
@@ -388,17 +395,17 @@ impl StageKind for HfFetch {
     }
 }
 
-/// `provenance.json`: where the artifact's files came from.
+/// `provenance.json`: where the artifact's files came from; only key-dependent data (the
+/// endpoint, online/offline, the source and time of each file are in the stage log).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Provenance {
     pub repo: String,
     pub repo_type: RepoKind,
-    pub endpoint: String,
     /// The `revision` param as written (branch, tag or sha).
     pub requested_revision: String,
     /// The commit sha it resolved to.
     pub resolved_revision: String,
-    pub offline: bool,
     /// By artifact file name.
     pub files: BTreeMap<String, FileProvenance>,
 }

@@ -12,7 +12,7 @@ use hf_hub::HFError;
 use itera_engine::stage::Progress;
 use serde::{Deserialize, Serialize};
 
-use super::cache::{sha256_file, RepoCache};
+use super::cache::{copy_into, sha256_file, shareable_temp_file, RepoCache};
 use super::hub::{HubRepo, HubSettings};
 use super::FetchError;
 
@@ -23,8 +23,11 @@ const RANGE_CHUNK: u64 = 8 << 20;
 /// The story separator line of TinyStories-format text.
 pub const STORY_SEPARATOR: &[u8] = b"<|endoftext|>";
 
-/// What `provenance.json` says about one file.
+/// What `provenance.json` says about one file: only what the stage's key determines (the
+/// commit and the params), so fetching the same key again, online, offline or from the
+/// cache, gives the same bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FileProvenance {
     /// Path inside the repository.
     pub path_in_repo: String,
@@ -34,15 +37,20 @@ pub struct FileProvenance {
     pub sha256: String,
     /// The hub's etag of the whole file (for LFS files, the sha256 of the whole file).
     pub etag: String,
-    /// Size of the whole file on the hub, when known.
-    pub remote_size: Option<u64>,
     /// True when the artifact holds only a prefix of the file (`max_bytes`).
     pub prefix: bool,
+}
+
+/// One fetched file: its provenance, and how this particular fetch went (for the stage
+/// log, never the artifact).
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub record: FileProvenance,
     /// Where the bytes came from: `network`, `hub-cache` (no request needed) or `work-dir`
     /// (a prefix resumed from an interrupted run).
-    pub source: String,
-    /// RFC 3339 time the file was placed in the artifact.
-    pub fetched_at: String,
+    pub source: &'static str,
+    /// Size of the whole file, when known.
+    pub remote_size: Option<u64>,
 }
 
 /// Bridges `hf-hub` download events to the stage's byte progress.
@@ -95,7 +103,7 @@ pub fn fetch_whole(
     sha: &str,
     dest: &Path,
     progress: &Progress,
-) -> Result<FileProvenance, FetchError> {
+) -> Result<Fetched, FetchError> {
     let cache = hub.repo_cache();
     let (blob, etag, source) = match cache.cached_file(sha, path_in_repo) {
         Some((blob, etag)) => (blob, etag, "hub-cache"),
@@ -135,15 +143,16 @@ pub fn fetch_whole(
             actual: sha256,
         });
     }
-    Ok(FileProvenance {
-        path_in_repo: path_in_repo.into(),
-        size,
-        sha256,
-        etag,
+    Ok(Fetched {
+        record: FileProvenance {
+            path_in_repo: path_in_repo.into(),
+            size,
+            sha256,
+            etag,
+            prefix: false,
+        },
+        source,
         remote_size: Some(size),
-        prefix: false,
-        source: source.into(),
-        fetched_at: now(),
     })
 }
 
@@ -162,7 +171,7 @@ pub fn fetch_prefix(
     dest: &Path,
     work_dir: &Path,
     progress: &Progress,
-) -> Result<FileProvenance, FetchError> {
+) -> Result<Fetched, FetchError> {
     let cache = hub.repo_cache();
     if let Some((blob, etag)) = cache.cached_file(sha, path_in_repo) {
         let remote_size = file_len(&blob)?;
@@ -256,18 +265,19 @@ fn prefix_provenance(
     dest: &Path,
     etag: String,
     remote_size: Option<u64>,
-    source: &str,
-) -> Result<FileProvenance, FetchError> {
+    source: &'static str,
+) -> Result<Fetched, FetchError> {
     let (sha256, size) = sha256_file(dest)?;
-    Ok(FileProvenance {
-        path_in_repo: path_in_repo.into(),
-        size,
-        sha256,
-        etag,
+    Ok(Fetched {
+        record: FileProvenance {
+            path_in_repo: path_in_repo.into(),
+            size,
+            sha256,
+            etag,
+            prefix: true,
+        },
+        source,
         remote_size,
-        prefix: true,
-        source: source.into(),
-        fetched_at: now(),
     })
 }
 
@@ -293,7 +303,7 @@ pub fn cut_prefix(
         max_bytes,
     })?;
     let dir = dest.parent().expect("artifact paths have a parent");
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
+    let mut tmp = shareable_temp_file(dir).map_err(io(dir))?;
     tmp.write_all(&head[..cut]).map_err(io(dest))?;
     tmp.persist(dest).map_err(|e| FetchError::Io {
         path: dest.to_owned(),
@@ -325,8 +335,8 @@ fn place(blob: &Path, dest: &Path) -> Result<(), FetchError> {
     }
     let dir = dest.parent().expect("artifact paths have a parent");
     let io = |path: PathBuf| move |source| FetchError::Io { path, source };
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir.to_owned()))?;
-    std::fs::copy(blob, tmp.path()).map_err(io(blob.to_owned()))?;
+    let mut tmp = shareable_temp_file(dir).map_err(io(dir.to_owned()))?;
+    copy_into(blob, tmp.as_file_mut()).map_err(io(blob.to_owned()))?;
     tmp.persist(dest).map_err(|e| FetchError::Io {
         path: dest.to_owned(),
         source: e.error,

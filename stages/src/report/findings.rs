@@ -250,7 +250,7 @@ fn compression_finding(reference: &ModelEval, m: &ModelEval) -> String {
     if let (Some(b), Some(u)) = (base, upcast) {
         if b > 0.0 {
             s.push_str(&format!(
-                "; widened to f32 at load it generates at {} tokens/s ({:.2}× f32)",
+                "; with its f16 weights widened to f32 inside each matrix-vector product (`f16-upcast`: f32 arithmetic, half the weight traffic) it generates at {} tokens/s ({:.2}× f32)",
                 fmt_rate(u),
                 u / b
             ));

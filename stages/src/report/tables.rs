@@ -135,6 +135,9 @@ pub fn quality(md: &mut String, study: &Study) {
     }
 }
 
+/// What each generation precision measures (the Speed section's legend).
+pub const PRECISIONS: &str = "Precisions: `f32` is f32 weights and arithmetic (a half model's weights widened to f32 once, at load); `f16-upcast` keeps the weights in f16 and widens them to f32 inside each matrix-vector product (f32 arithmetic, half the weight memory traffic); `f16-native` also does the matrix-vector products in f16 arithmetic (f16 inputs and accumulators; emulated with F16C rounding on CPUs without AVX512-FP16), the rest of the step in f32.\n\n";
+
 pub fn speeds(md: &mut String, study: &Study) {
     let first = &study.evaluations[0].eval;
     let _ = writeln!(
@@ -142,6 +145,7 @@ pub fn speeds(md: &mut String, study: &Study) {
         "## Speed\n\n![generation speed](speed.svg)\n\nBatch-1 generation of {} tokens after the first prompt with the recurrent decoder, and scoring of validation windows on {} threads ({} scorer); each speed is the median of {} runs.\n",
         first.speed_tokens, first.threads, first.scorer, first.speed_runs
     );
+    md.push_str(PRECISIONS);
     md.push_str("| model | precision | generation tokens/s | threads | every run | scoring tokens/s |\n|---|---|---:|---:|---|---:|\n");
     for m in &study.models {
         for s in &m.generation_speed {

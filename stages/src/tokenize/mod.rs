@@ -2,13 +2,16 @@
 //! of a TinyStories-format corpus and encodes its train and valid files into flat token
 //! files, streaming in bounded memory with the stage's threads.
 //!
-//! Artifact: `tokenizer.json` (Hugging Face `tokenizers` format, loadable from Python),
+//! Artifact: `tokenizer.json` (Hugging Face `tokenizers` format, loadable from Python) with
+//! `tokenizer_config.json` and `special_tokens_map.json` (so `transformers`'
+//! `AutoTokenizer.from_pretrained(folder)` works, special tokens included; see `hf`),
 //! `train.bin` / `valid.bin` (little-endian u16 ids, u32 above 65,536 tokens; layout in
 //! `meta.json`), `stats.json` (bytes, stories, tokens, bytes per token, unknown rate,
 //! vocabulary coverage, top tokens).
 
 mod corpus;
 mod encoder;
+pub mod hf;
 mod stats;
 mod vocab;
 
@@ -114,19 +117,23 @@ pub struct TokenizeParams {
     /// Default 8192; `bpe` needs at least 260 (the 256 bytes + specials); `byte` is always
     /// 260 and takes no value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 5))]
     pub vocab_size: Option<u32>,
     /// `word`: a word needs this many occurrences in the sample to enter the vocabulary;
     /// `bpe`: a pair needs this many to be merged. Not used by `byte`.
     #[serde(default = "default_min_frequency")]
+    #[schemars(range(min = 1))]
     pub min_frequency: u64,
     /// Lowercase text before splitting (`word` only: `bpe` and `byte` are lossless).
     #[serde(default)]
     pub lowercase: bool,
     /// Use only about this many bytes from the start of the train file (cut after a story).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_train_bytes: Option<u64>,
     /// Bytes from the start of the train file used to fit the vocabulary (cut after a story).
     #[serde(default = "default_train_sample_bytes")]
+    #[schemars(range(min = 1))]
     pub train_sample_bytes: u64,
     /// The train file inside the `corpus` artifact.
     #[serde(default = "default_train_file")]
@@ -175,7 +182,8 @@ pub const META_FILE: &str = "meta.json";
 impl StageKind for Tokenize {
     type Params = TokenizeParams;
     const KIND: &'static str = "tokenize";
-    const VERSION: u32 = 1;
+    /// 2: tokenizer_config.json and special_tokens_map.json, the word decoder, meta.json `text`.
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Fit a word, byte-level BPE or byte tokenizer and encode a corpus's train and valid files to token ids";
 
@@ -309,12 +317,16 @@ fn tokenize(
     let sample: Vec<String> = if p.scheme == Scheme::Byte {
         Vec::new()
     } else {
+        let blocks: Vec<Block> =
+            BlockReader::open(train, Some(sample_limit))?.collect::<Result<_, _>>()?;
+        let read: u64 = blocks.iter().map(|b| b.file_bytes).sum();
         ctx.progress.message(format!(
-            "reading a {sample_limit}-byte sample to fit the vocabulary"
+            "read a {read}-byte sample of the train file (at most {sample_limit}) to fit the vocabulary"
         ));
-        BlockReader::open(train, Some(sample_limit))?
-            .map(|b| b.map(|b| b.text))
-            .collect::<Result<_, _>>()?
+        ctx.log.line(format!(
+            "vocabulary sample: the first {read} bytes of the train file (at most {sample_limit})"
+        ));
+        blocks.into_iter().map(|b| b.text).collect()
     };
     let sample_stories: Vec<&str> = sample.iter().flat_map(|b| stories(b)).collect();
     ctx.progress.message(format!(
@@ -344,6 +356,7 @@ fn tokenize(
     tokenizer
         .save(out.join(TOKENIZER_FILE), true)
         .map_err(TokenizeError::tokenizer)?;
+    hf::write_files(out, None)?;
 
     let train_stats = encode_file(
         ctx,
@@ -383,6 +396,7 @@ fn tokenize(
         bos_id: 2,
         eos_id: EOS_ID,
         lowercase: p.lowercase,
+        text: Meta::text_rules(),
         train_tokens: train_stats.tokens,
         valid_tokens: valid_stats.tokens,
     };

@@ -200,6 +200,10 @@ pub struct Meta {
     pub bos_id: u32,
     pub eos_id: u32,
     pub lowercase: bool,
+    /// How a story's text is taken from the corpus file (separators, whitespace, the
+    /// byte-order mark), so other tools can encode the same text.
+    #[serde(default)]
+    pub text: String,
     /// Tokens in each file.
     pub train_tokens: u64,
     pub valid_tokens: u64,
@@ -212,5 +216,13 @@ impl Meta {
              <eos> (id {EOS_ID}); no <bos>, no padding; story text is trimmed of surrounding \
              whitespace"
         )
+    }
+
+    pub fn text_rules() -> String {
+        "a story is the text between `<|endoftext|>` separators (or the file's start or end), \
+         trimmed of surrounding whitespace; a UTF-8 byte-order mark (U+FEFF) at its start is \
+         removed (TinyStories' valid file begins with one: read it with Python's \
+         encoding=\"utf-8-sig\" to get the same ids); empty stories are skipped"
+            .into()
     }
 }

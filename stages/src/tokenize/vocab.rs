@@ -8,8 +8,13 @@ use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::wordpiece::WordPiece;
+use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::wordlevel::WordLevel;
+use tokenizers::normalizers::replace::Replace as ReplaceDecoder;
 use tokenizers::normalizers::{Lowercase, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::punctuation::Punctuation;
@@ -205,10 +210,34 @@ pub fn word_tokenizer(
         PreTokenizerWrapper::WhitespaceSplit(WhitespaceSplit),
         PreTokenizerWrapper::Punctuation(Punctuation::new(SplitDelimiterBehavior::Isolated)),
     ])));
+    tokenizer.with_decoder(Some(word_decoder()));
     tokenizer
         .add_special_tokens(special_tokens())
         .map_err(TokenizeError::tokenizer)?;
     Ok(tokenizer)
+}
+
+/// Readable text from word tokens: words joined with spaces, then the space before
+/// `. , ! ? ; :` removed and an apostrophe between two words closed up ("Lily ' s" ->
+/// "Lily's"). Built from standard decoders (WordPiece joining, Fuse, Replace), so Python's
+/// `tokenizers` and `transformers` decode the same way. The pre-tokenizer splits every
+/// punctuation mark off, so no word starts with WordPiece's `##` prefix.
+fn word_decoder() -> DecoderWrapper {
+    let mut steps: Vec<DecoderWrapper> = vec![
+        WordPiece::new("##".into(), false).into(),
+        Fuse::new().into(),
+        ReplaceDecoder::new(" ' ", "'")
+            .expect("a literal pattern always compiles")
+            .into(),
+    ];
+    for mark in [".", ",", "!", "?", ";", ":"] {
+        steps.push(
+            ReplaceDecoder::new(format!(" {mark}"), mark)
+                .expect("a literal pattern always compiles")
+                .into(),
+        );
+    }
+    DecoderSequence::new(steps).into()
 }
 
 /// Builds the tokenizer of `scheme` (training on `stories` where the scheme needs it).

@@ -1,5 +1,6 @@
 //! The `train` stage kind: trains an Itera-Lite model on a `tokenize` artifact and writes a
-//! self-contained model artifact (`model.safetensors`, `config.json`, `tokenizer.json`)
+//! self-contained model artifact (`model.safetensors`, `config.json`, `tokenizer.json`,
+//! `tokenizer_config.json`, `special_tokens_map.json`)
 //! with `train_log.jsonl` and `summary.json` ([`crate::records`]).
 //!
 //! Resumable: checkpoints (weights, AdamW moments, sampler position, and this stage's log
@@ -33,7 +34,8 @@ pub struct Train;
 impl StageKind for Train {
     type Params = TrainParams;
     const KIND: &'static str = "train";
-    const VERSION: u32 = 1;
+    /// 2: tokenizer_config.json and special_tokens_map.json in the model folder.
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Trains an Itera-Lite SSM + MoE model (AdamW, warmup + cosine) on tokenized data; resumable";
 
@@ -106,6 +108,9 @@ fn train(p: &TrainParams, ctx: &StageContext) -> anyhow::Result<()> {
         "the validation split is empty: nothing to validate on"
     );
     let steps = p.total_steps(train_tokens.len());
+    if let Some(problem) = p.warmup_problem(steps) {
+        anyhow::bail!("schedule.warmup_steps: {problem} (epochs = {} of this data); lower schedule.warmup_steps or train for more epochs", p.epochs.unwrap_or_default());
+    }
     let train_config = p.train_config(steps);
     let threads = p.threads.unwrap_or(ctx.threads).max(1);
     let seed = p.seed.unwrap_or(ctx.seed);
@@ -183,15 +188,27 @@ fn train(p: &TrainParams, ctx: &StageContext) -> anyhow::Result<()> {
             let eta = (steps - step) as f64 * st.train_seconds
                 / (step - st.resumed_from_step.unwrap_or(0)).max(1) as f64;
             let msg = format!(
-                "step {step}/{steps} loss {:.4}{} lr {:.2e} {} tok/s ETA {}",
+                "step {step}/{steps} loss {:.4}{} lr {:.2e} {} tok/s",
                 line.loss,
                 val_loss.map(|v| format!(" val {v:.4}")).unwrap_or_default(),
                 line.lr,
                 fmt_rate(line.tokens_per_s),
-                fmt_duration(eta)
             );
-            ctx.log.line(&msg);
-            ctx.progress.message(msg);
+            ctx.log.line(format!("{msg} ETA {}", fmt_duration(eta)));
+            // No ETA in the status text: it would go stale between messages, next to the
+            // progress display's own live estimate.
+            let mut values = vec![
+                ("step", step as f64),
+                ("steps", steps as f64),
+                ("loss", line.loss),
+                ("lr", line.lr),
+                ("tokens_per_s", line.tokens_per_s),
+                ("elapsed_s", line.elapsed_s),
+            ];
+            if let Some(v) = val_loss {
+                values.push(("val_loss", v));
+            }
+            ctx.progress.metrics(msg, &values);
             records::to_finite_json(&line)?;
             st.log.push(line);
             interval_loss = 0.0;
@@ -277,6 +294,8 @@ fn finish(
     trainer.export(out)?;
     fs::copy(data.tokenizer_path(), out.join(TOKENIZER_FILE))
         .context("cannot copy tokenizer.json into the model")?;
+    crate::tokenize::hf::write_files(out, Some(trainer.model_config().max_seq_length))
+        .context("cannot write tokenizer_config.json into the model")?;
     let mut log_text = String::new();
     for line in &st.log {
         log_text.push_str(&serde_json::to_string(&records::to_finite_json(line)?)?);

@@ -27,25 +27,32 @@ pub struct TrainParams {
     pub schedule: ScheduleConfig,
     /// Optimizer steps. Give `steps` or `epochs`, not both; default 1000 steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub steps: Option<u64>,
     /// Passes over the training windows (`(train tokens - 1) / seq_len` windows each);
     /// converted to `ceil(epochs * windows / batch_size)` steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub epochs: Option<f64>,
     /// Sequences per batch.
     #[serde(default = "defaults::batch_size")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     /// Tokens per training sequence (at most `model.max_seq_length`).
     #[serde(default = "defaults::seq_len")]
+    #[schemars(range(min = 1))]
     pub seq_len: usize,
     /// Write a `train_log.jsonl` line every this many steps (and after the last).
     #[serde(default = "defaults::log_every")]
+    #[schemars(range(min = 1))]
     pub log_every: u64,
     /// Measure the validation loss every this many steps (and after the last).
     #[serde(default = "defaults::eval_every")]
+    #[schemars(range(min = 1))]
     pub eval_every: u64,
     /// Validation tokens per validation pass (the first ones of `valid.bin`).
     #[serde(default = "defaults::eval_tokens")]
+    #[schemars(range(min = 1))]
     pub eval_tokens: u64,
     /// Save a checkpoint in the stage's work folder every this many steps (a killed run
     /// resumes from the last one). 0 disables periodic checkpoints (an interrupted run
@@ -55,6 +62,7 @@ pub struct TrainParams {
     /// Training threads. Default: the stage's thread budget. Results are bit-identical for
     /// the same seed, data and thread count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub threads: Option<usize>,
     /// Seed of the initialisation, batch order and dropout. Default: the pipeline's seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +159,18 @@ impl TrainParams {
         }
     }
 
+    /// A warmup that does not end before the run does (the learning rate would never
+    /// reach its peak or never decay); `steps` is the run's length. For `epochs`, whose
+    /// steps depend on the data, the train stage checks this when it starts.
+    pub fn warmup_problem(&self, steps: u64) -> Option<String> {
+        let warmup = self.schedule.warmup_steps;
+        (steps > 0 && warmup >= steps).then(|| {
+            format!(
+                "a warmup of {warmup} steps does not end before the run's last step ({steps} steps): the learning rate would never decay"
+            )
+        })
+    }
+
     /// Steps of the run, given the number of training tokens.
     pub fn total_steps(&self, train_tokens: usize) -> u64 {
         match (self.steps, self.epochs) {
@@ -178,6 +198,12 @@ impl TrainParams {
             .issues(config.max_seq_length)
         {
             issues.push(ParamIssue::new(i.field, i.message));
+        }
+        if let Some(problem) = self.warmup_problem(steps).filter(|_| self.epochs.is_none()) {
+            issues.push(
+                ParamIssue::new("schedule.warmup_steps", problem)
+                    .with_help("lower schedule.warmup_steps or train for more steps"),
+            );
         }
         if self.steps.is_some() && self.epochs.is_some() {
             issues.push(
@@ -249,6 +275,33 @@ mod tests {
         for want in ["model.top_k_experts", "seq_len", "epochs", "log_every"] {
             assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
         }
+    }
+
+    #[test]
+    fn a_warmup_as_long_as_the_run_is_reported() {
+        let issues = parse("steps = 50\n[schedule]\nwarmup_steps = 50")
+            .unwrap()
+            .issues();
+        let warmup: Vec<_> = issues
+            .iter()
+            .filter(|i| i.path == ["schedule", "warmup_steps"])
+            .collect();
+        assert_eq!(warmup.len(), 1, "{issues:?}");
+        assert!(
+            warmup[0].message.contains("50 steps"),
+            "{}",
+            warmup[0].message
+        );
+        // The default 100-step warmup is longer than a 40-step run.
+        assert!(!parse("steps = 40").unwrap().issues().is_empty());
+        assert!(parse("steps = 51\n[schedule]\nwarmup_steps = 50")
+            .unwrap()
+            .issues()
+            .is_empty());
+        // With epochs the steps depend on the data: checked when the stage starts.
+        let p = parse("epochs = 1.0\nbatch_size = 4\nseq_len = 10").unwrap();
+        assert!(p.issues().is_empty());
+        assert!(p.warmup_problem(p.total_steps(1001)).is_some());
     }
 
     #[test]
