@@ -168,10 +168,17 @@ pub fn read_exitcode(path: &Path) -> Result<Option<i32>, String> {
 pub fn poll(jobs: &[Tracked<'_>]) -> BTreeMap<JobId, JobStatus> {
     let mut result = BTreeMap::new();
     let mut ask: Vec<&Tracked<'_>> = Vec::new();
+    // Exit codes of 128 + a signal: a job `scancel`led (SIGTERM) or killed at its time
+    // limit may write one before the scheduler's state says why; the scheduler decides.
+    let mut signalled: BTreeMap<&str, i32> = BTreeMap::new();
     for t in jobs {
         match read_exitcode(t.exitcode_file) {
             Ok(Some(0)) => {
                 result.insert(t.job.clone(), JobStatus::Completed);
+            }
+            Ok(Some(code)) if code > 128 => {
+                signalled.insert(t.job.id.as_str(), code);
+                ask.push(t);
             }
             Ok(Some(code)) => {
                 result.insert(t.job.clone(), JobStatus::Ended(Failure::ExitCode(code)));
@@ -203,6 +210,9 @@ pub fn poll(jobs: &[Tracked<'_>]) -> BTreeMap<JobId, JobStatus> {
                 .unwrap_or_else(|| fallback(&t.job.id, cluster));
             let status = match report {
                 Ok(r) => from_report(&r, t.exitcode_file),
+                Err(_) if signalled.contains_key(t.job.id.as_str()) => {
+                    JobStatus::Ended(Failure::ExitCode(signalled[t.job.id.as_str()]))
+                }
                 Err(detail) => JobStatus::Unknown {
                     detail: match &squeue_problem {
                         Some(p) => format!("{p}; {detail}"),
