@@ -381,6 +381,9 @@ pub trait Stage: Send + Sync {
     /// Parses the stage's params table (no `kind`/`inputs`/`resources`), fills defaults and
     /// validates; returns the canonical JSON form or every issue found.
     fn check_params(&self, table: &toml::Table) -> Result<serde_json::Value, Vec<ParamIssue>>;
+    /// Checks params read back from a record (`exec-stage`) as `check_params` checked
+    /// them when the run was created: they deserialize and pass the kind's validation.
+    fn recheck_params(&self, params: &serde_json::Value) -> anyhow::Result<()>;
     fn inputs(&self, params: &serde_json::Value) -> InputSlots;
     fn outputs(&self, params: &serde_json::Value) -> Vec<OutputDecl>;
     /// See [`StageKind::measurements`].
@@ -397,10 +400,37 @@ pub trait Stage: Send + Sync {
 struct Erased<K>(std::marker::PhantomData<K>);
 
 impl<K: StageKind> Erased<K> {
-    fn typed(params: &serde_json::Value) -> K::Params {
-        // Params reaching here came out of `check_params`, so they deserialize.
-        serde_json::from_value(params.clone())
-            .expect("canonical params were produced by check_params")
+    /// The typed params. Params normally come out of `check_params`, but a recorded run
+    /// (`run.json`, read back by `exec-stage`) may have been edited by hand or written by
+    /// another build, so a mismatch is an error, never a panic.
+    fn typed(params: &serde_json::Value) -> anyhow::Result<K::Params> {
+        serde_path_to_error::deserialize(params.clone()).map_err(|e| {
+            let issue = issue_from_path_error(e);
+            anyhow::anyhow!(
+                "the params of this `{}` stage do not fit kind `{}` v{}{}: {}; re-run the \
+                 pipeline file with this itera (`itera run FILE`) so they are validated again",
+                K::KIND,
+                K::KIND,
+                K::VERSION,
+                if issue.path.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (at `{}`)", issue.path.join("."))
+                },
+                issue.message
+            )
+        })
+    }
+    /// Typed params for a query that cannot fail: malformed params answer with the
+    /// default (the stage itself then fails with the error from [`Self::typed`]).
+    fn typed_or<T>(params: &serde_json::Value, default: T, f: impl FnOnce(&K::Params) -> T) -> T {
+        match Self::typed(params) {
+            Ok(p) => f(&p),
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed stage params");
+                default
+            }
+        }
     }
 }
 
@@ -452,27 +482,47 @@ impl<K: StageKind> Stage for Erased<K> {
         })?;
         Ok(canonical_json(json))
     }
+    fn recheck_params(&self, params: &serde_json::Value) -> anyhow::Result<()> {
+        let typed = Self::typed(params)?;
+        let issues = K::validate(&typed);
+        if let Some(first) = issues.first() {
+            anyhow::bail!(
+                "the recorded params of this `{}` stage are invalid for kind `{}` v{}: {}{}; \
+                 fix the pipeline file and run it again",
+                K::KIND,
+                K::KIND,
+                K::VERSION,
+                if first.path.is_empty() {
+                    String::new()
+                } else {
+                    format!("`{}`: ", first.path.join("."))
+                },
+                first.message
+            );
+        }
+        Ok(())
+    }
     fn inputs(&self, params: &serde_json::Value) -> InputSlots {
-        K::inputs(&Self::typed(params))
+        Self::typed_or(params, InputSlots::Any, |p| K::inputs(p))
     }
     fn outputs(&self, params: &serde_json::Value) -> Vec<OutputDecl> {
-        K::outputs(&Self::typed(params))
+        Self::typed_or(params, Vec::new(), |p| K::outputs(p))
     }
     fn measurements(&self, params: &serde_json::Value) -> Vec<String> {
-        K::measurements(&Self::typed(params))
+        Self::typed_or(params, Vec::new(), |p| K::measurements(p))
     }
     fn environment(&self, params: &serde_json::Value) -> BTreeMap<String, String> {
-        K::environment(&Self::typed(params))
+        Self::typed_or(params, BTreeMap::new(), |p| K::environment(p))
     }
     fn fingerprint(
         &self,
         params: &serde_json::Value,
         ctx: &FingerprintContext,
     ) -> anyhow::Result<Option<String>> {
-        K::fingerprint(&Self::typed(params), ctx)
+        K::fingerprint(&Self::typed(params)?, ctx)
     }
     fn run(&self, params: &serde_json::Value, ctx: &StageContext) -> anyhow::Result<()> {
-        K::run(&Self::typed(params), ctx)
+        K::run(&Self::typed(params)?, ctx)
     }
 }
 

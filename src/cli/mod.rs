@@ -32,8 +32,9 @@ pub mod exit {
     /// Everything succeeded.
     pub const OK: u8 = 0;
     /// A stage failed (or was skipped because one failed), a `rerun --verify` found a
-    /// stage that did not reproduce, `verify` found a damaged entry, or `schema --check`
-    /// found drift.
+    /// stage that did not reproduce, `verify` found a damaged entry, `schema --check`
+    /// found drift, or any operational error (a full disk, an unwritable file): every
+    /// error that is not invalid input.
     pub const FAILED: u8 = 1;
     /// Invalid input: a bad pipeline file, flag or run id. Nothing was executed and
     /// nothing was written under the runs folder.
@@ -144,6 +145,32 @@ pub fn invalid(text: impl Into<String>) -> anyhow::Error {
     })
 }
 
+/// An operational error (exit code 1) with a message.
+pub fn failed(text: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Reported {
+        code: exit::FAILED,
+        text: format!("error: {}", text.into()),
+    })
+}
+
+/// An error and its causes on one line, each cause once: errors that already quote their
+/// source (`cannot write `x`: No space left on device (os error 28)`) are not followed by
+/// it again.
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// Parses the command line, runs the subcommand and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -177,8 +204,8 @@ pub fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::from(exit::OK);
             }
-            eprintln!("error: {err:#}");
-            ExitCode::from(exit::INVALID)
+            eprintln!("error: {}", error_text(&err));
+            ExitCode::from(exit::FAILED)
         }
     }
 }

@@ -1,7 +1,8 @@
 //! `itera runs`: lists recorded runs, oldest first, with their status and stage counts.
+//! A record that says `running` while no process holds the run's lock shows `abandoned`.
 
 use clap::Args;
-use itera_engine::record::{list_runs, StageStatus};
+use itera_engine::record::{list_runs, RunStatus, StageStatus};
 
 use super::{exit, out, Global};
 
@@ -18,7 +19,10 @@ pub fn main(g: &Global, args: RunsArgs) -> anyhow::Result<u8> {
     let mut text = String::new();
     for run in runs.into_iter().skip(skip) {
         match run.load() {
-            Ok(r) => {
+            Ok(mut r) => {
+                if itera_engine::live::is_abandoned(run.path(), &r) {
+                    r.status = RunStatus::Abandoned;
+                }
                 let count = |s: StageStatus| r.stages.values().filter(|x| x.status == s).count();
                 text.push_str(&format!(
                     "{}  {:<11}  {} ran, {} cached, {} failed, {} skipped{}\n",

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use itera_engine::stage::{OutputDecl, ParamIssue, StageContext, StageKind};
+use itera_engine::supervise;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -159,10 +160,10 @@ impl StageKind for Shell {
             .clone()
             .unwrap_or_else(|| p.argv.clone().unwrap_or_default().join(" "));
         ctx.log.line(format!("$ {shown}"));
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start `{shown}`"))?;
-        let status = wait(&mut child, ctx)?;
+        let mut running =
+            supervise::spawn(&mut cmd).with_context(|| format!("cannot start `{shown}`"))?;
+        let status = wait(&mut running.child, ctx)?;
+        running.finish();
         check_status(status)
     }
 }
@@ -206,12 +207,12 @@ fn terminate(child: &mut std::process::Child) {
     let _ = child.kill();
 }
 
-/// The command leads its own process group, so cancelling reaches everything it started;
-/// on Linux it is also killed if the itera thread that started it dies (e.g. the run is
-/// `kill -9`ed), so no stray command keeps writing.
+/// The command leads its own session and process group ([`supervise::spawn`]), so
+/// cancelling reaches everything it started, and its supervisor kills the group if itera
+/// dies (`kill -9`, a second Ctrl-C), so no stray command keeps writing. On Linux the
+/// command itself also dies with the itera thread that started it.
 fn contain(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
-    cmd.process_group(0);
     #[cfg(target_os = "linux")]
     {
         // SAFETY: prctl is async-signal-safe and touches only the child's own state.
