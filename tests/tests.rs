@@ -11,6 +11,9 @@ mod caching;
 mod commands;
 /// Two runs at once; a run killed with SIGKILL mid-stage.
 mod concurrency;
+/// Fault trials: gc against live runs, corruption, kill -9, double Ctrl-C, full disk,
+/// `--force` under readers, broken records, links leaving an artifact.
+mod faults;
 /// Failing stages and invalid pipelines: exit codes, reports, nothing half-written.
 mod failures;
 /// `gc` and `verify`.
