@@ -518,3 +518,29 @@ fn exec_stage_reports_bad_recorded_params_and_another_build_without_panicking() 
     let out = t.itera(&["exec-stage", "--run", &run_arg, "--stage", "a"], 1);
     assert!(out.stderr.contains("recorded by itera 0.0.1-other"), "{}", out.stderr);
 }
+
+#[test]
+fn a_failing_stage_with_a_huge_log_prints_a_short_tail_and_keeps_a_bounded_log() {
+    let t = Test::with_pipeline(
+        r#"
+[pipeline]
+name = "noisy"
+
+[stages.noisy]
+kind = "shell"
+command = "echo first; head -c 20000000 /dev/zero | tr '\\0' y; exit 1"
+outputs = ["never"]
+"#,
+    );
+    let out = t.itera(&["run", "pipeline.toml"], 1);
+    assert!(out.stderr.len() < 16_000, "{} bytes on stderr", out.stderr.len());
+    assert!(out.stderr.contains("line cut"), "{}", out.stderr);
+    let log = t.path("runs/latest/logs/noisy.log");
+    let len = std::fs::metadata(&log).unwrap().len();
+    assert!(len < 10 << 20, "the log holds {len} bytes");
+    let text = std::fs::read(&log).unwrap();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.starts_with("# itera: stage `noisy`"), "the head is kept");
+    assert!(text.contains("[log cut: "), "the cut is marked");
+    assert!(text.contains("exited with status 1"), "the end is kept");
+}

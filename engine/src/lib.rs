@@ -6,6 +6,7 @@ pub mod fs;
 pub mod graph;
 pub mod host;
 pub mod live;
+pub mod logcap;
 pub mod record;
 pub mod schema;
 pub mod spec;

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -203,11 +202,17 @@ impl fmt::Debug for Progress {
 }
 
 /// The stage's log file (`runs/<run>/logs/<stage>.log`). Cheap to clone; writes are
-/// line-buffered by the caller and appended with a timestamp-free verbatim copy.
+/// line-buffered by the caller and appended verbatim, within the caps of
+/// [`crate::logcap`] (head and tail kept, the middle of a huge log left out).
 #[derive(Clone)]
 pub struct StageLog {
-    file: Arc<Mutex<Option<std::fs::File>>>,
+    inner: Arc<Mutex<LogInner>>,
     path: PathBuf,
+}
+
+struct LogInner {
+    file: Option<std::fs::File>,
+    cap: crate::logcap::Capped,
 }
 
 impl StageLog {
@@ -220,17 +225,20 @@ impl StageLog {
             .create(true)
             .append(true)
             .open(path)?;
-        Ok(Self {
-            file: Arc::new(Mutex::new(Some(file))),
-            path: path.to_owned(),
-        })
+        Ok(Self::with(Some(file), path.to_owned()))
+    }
+    fn with(file: Option<std::fs::File>, path: PathBuf) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(LogInner {
+                file,
+                cap: Default::default(),
+            })),
+            path,
+        }
     }
     /// A log that discards everything.
     pub fn sink() -> Self {
-        Self {
-            file: Arc::new(Mutex::new(None)),
-            path: PathBuf::new(),
-        }
+        Self::with(None, PathBuf::new())
     }
     /// Where the log is written.
     pub fn path(&self) -> &Path {
@@ -242,19 +250,58 @@ impl StageLog {
     }
     /// Appends raw bytes (e.g. a child's stdout).
     pub fn write_bytes(&self, bytes: &[u8]) {
-        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = guard.as_mut() {
-            // A full disk must not kill the stage through its log; the stage's own writes will fail loudly.
-            let _ = f.write_all(bytes);
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let LogInner { file, cap } = &mut *guard;
+        if let Some(f) = file.as_mut() {
+            // A full disk must not kill the stage through its log; the stage's own writes
+            // will fail loudly.
+            cap.write(f, bytes);
         }
     }
-    /// A file handle to the same log for a child process's stdout/stderr.
-    pub fn child_handle(&self) -> std::io::Result<std::fs::File> {
-        let guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        match guard.as_ref() {
-            Some(f) => f.try_clone(),
-            None => std::fs::OpenOptions::new().write(true).open("/dev/null"),
+    /// Writes the kept tail of a log that outgrew its head (call when the stage ends).
+    pub fn finish(&self) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let LogInner { file, cap } = &mut *guard;
+        if let Some(f) = file.as_mut() {
+            cap.flush(f);
         }
+    }
+    /// A pipe for a child process's stdout and stderr: what the child writes is copied
+    /// into this log (within its caps) by a thread, which ends when every copy of the
+    /// returned write end is closed. Join it after the child is gone.
+    pub fn child_pipe(
+        &self,
+    ) -> std::io::Result<(std::os::fd::OwnedFd, std::thread::JoinHandle<()>)> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 fills two descriptors we then own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just created and are owned here alone.
+        let (read, write) = unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        };
+        let log = self.clone();
+        let pump = std::thread::Builder::new()
+            .name("stage-log".into())
+            .spawn(move || {
+                use std::io::Read;
+                let mut read = read;
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    match read.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => log.write_bytes(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => return,
+                    }
+                }
+            })?;
+        Ok((write, pump))
     }
 }
 

@@ -142,10 +142,11 @@ impl StageKind for Shell {
             (None, None) => bail!("a shell stage needs `command` or `argv`"),
         };
         let threads = ctx.threads.to_string();
+        let (log_pipe, pump) = ctx.log.child_pipe()?;
         cmd.current_dir(&ctx.base_dir)
             .stdin(Stdio::null())
-            .stdout(ctx.log.child_handle()?)
-            .stderr(ctx.log.child_handle()?)
+            .stdout(Stdio::from(log_pipe.try_clone()?))
+            .stderr(Stdio::from(log_pipe))
             .env("ITERA_STAGE", &ctx.stage)
             .env("ITERA_OUT", &ctx.out_dir)
             .env("ITERA_WORK", &ctx.work_dir)
@@ -160,11 +161,14 @@ impl StageKind for Shell {
             .clone()
             .unwrap_or_else(|| p.argv.clone().unwrap_or_default().join(" "));
         ctx.log.line(format!("$ {shown}"));
-        let mut running =
-            supervise::spawn(&mut cmd).with_context(|| format!("cannot start `{shown}`"))?;
-        let status = wait(&mut running.child, ctx)?;
+        let spawned = supervise::spawn(&mut cmd);
+        // Our copies of the log pipe's write end: the pump ends once the command's close.
+        drop(cmd);
+        let mut running = spawned.with_context(|| format!("cannot start `{shown}`"))?;
+        let status = wait(&mut running.child, ctx);
         running.finish();
-        check_status(status)
+        let _ = pump.join();
+        check_status(status?)
     }
 }
 

@@ -208,6 +208,7 @@ fn run_claimed(
                 .unwrap_or_else(|| "unknown panic".to_owned());
             Err(anyhow::anyhow!("the stage panicked: {msg}"))
         });
+    log.finish();
     let finished = SystemTime::now();
     rec.finished = Some(host::timestamp(finished));
     rec.duration_ms = Some(clock.elapsed().as_millis() as u64);
