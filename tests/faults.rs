@@ -544,3 +544,35 @@ outputs = ["never"]
     assert!(text.contains("[log cut: "), "the cut is marked");
     assert!(text.contains("exited with status 1"), "the end is kept");
 }
+
+#[test]
+fn a_files_stage_follows_a_named_link_but_refuses_links_leaving_a_folder() {
+    let t = Test::with_pipeline(
+        r#"
+[pipeline]
+name = "snap"
+
+[stages.named]
+kind = "files"
+paths = ["alias.txt"]
+
+[stages.folder]
+kind = "files"
+paths = ["data"]
+"#,
+    );
+    t.write("real.txt", "real\n");
+    std::os::unix::fs::symlink("real.txt", t.path("alias.txt")).unwrap();
+    t.write("data/in.txt", "in\n");
+    std::os::unix::fs::symlink("in.txt", t.path("data/ok")).unwrap();
+    t.itera(&["run", "pipeline.toml"], 0);
+    let copied = t
+        .store_entries()
+        .into_iter()
+        .find_map(|e| std::fs::read_to_string(e.join("out/alias.txt")).ok());
+    assert_eq!(copied.as_deref(), Some("real\n"), "the named link was followed");
+
+    std::os::unix::fs::symlink("/etc/passwd", t.path("data/x")).unwrap();
+    let out = t.itera(&["run", "pipeline.toml"], 1);
+    assert!(out.stderr.contains("`data/x` -> `/etc/passwd`"), "{}", out.stderr);
+}

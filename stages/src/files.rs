@@ -29,8 +29,12 @@ fn name_of(path: &str) -> Option<&str> {
     Path::new(path).file_name().and_then(|n| n.to_str())
 }
 
+/// The path to snapshot. A named path that is itself a symbolic link is followed (its
+/// target's content is what the user means, and what the key must follow); links *inside*
+/// a folder are kept as links and must stay inside it (`store::links`).
 fn resolve(base: &Path, path: &str) -> PathBuf {
-    base.join(path)
+    let full = base.join(path);
+    std::fs::canonicalize(&full).unwrap_or(full)
 }
 
 impl StageKind for Files {
