@@ -576,3 +576,42 @@ paths = ["data"]
     let out = t.itera(&["run", "pipeline.toml"], 1);
     assert!(out.stderr.contains("`data/x` -> `/etc/passwd`"), "{}", out.stderr);
 }
+
+#[test]
+fn a_files_path_that_does_not_exist_is_invalid_input_found_by_validate() {
+    let t = Test::with_pipeline(
+        r#"
+[pipeline]
+name = "missing"
+
+[stages.corpus]
+kind = "files"
+paths = ["nowhere.txt"]
+"#,
+    );
+    let out = t.itera(&["validate", "pipeline.toml"], 2);
+    assert!(out.stderr.contains("`nowhere.txt` does not exist"), "{}", out.stderr);
+    assert!(out.stderr.contains("`paths.0`"), "{}", out.stderr);
+    t.itera(&["run", "pipeline.toml"], 2);
+    assert!(!t.path("runs").exists(), "nothing written under runs/");
+}
+
+#[test]
+fn a_failed_stage_leaves_no_empty_work_folder() {
+    let t = Test::with_pipeline(
+        r#"
+[pipeline]
+name = "nowork"
+
+[stages.bad]
+kind = "shell"
+command = "exit 3"
+outputs = ["x"]
+"#,
+    );
+    t.itera(&["run", "pipeline.toml"], 1);
+    let left: Vec<_> = std::fs::read_dir(t.path("runs/work"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}

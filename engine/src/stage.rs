@@ -383,6 +383,12 @@ pub trait StageKind: Send + Sync + 'static {
     fn validate(_params: &Self::Params) -> Vec<ParamIssue> {
         Vec::new()
     }
+    /// Checks of params against the machine, made when a pipeline is loaded (before
+    /// anything runs): e.g. that a `files` path exists under `base_dir`, the pipeline
+    /// file's folder. Empty for most kinds.
+    fn check_local(_params: &Self::Params, _base_dir: &Path) -> Vec<ParamIssue> {
+        Vec::new()
+    }
     /// The inputs the kind accepts.
     fn inputs(_params: &Self::Params) -> InputSlots {
         InputSlots::Any
@@ -431,6 +437,8 @@ pub trait Stage: Send + Sync {
     /// Checks params read back from a record (`exec-stage`) as `check_params` checked
     /// them when the run was created: they deserialize and pass the kind's validation.
     fn recheck_params(&self, params: &serde_json::Value) -> anyhow::Result<()>;
+    /// See [`StageKind::check_local`].
+    fn check_local(&self, params: &serde_json::Value, base_dir: &Path) -> Vec<ParamIssue>;
     fn inputs(&self, params: &serde_json::Value) -> InputSlots;
     fn outputs(&self, params: &serde_json::Value) -> Vec<OutputDecl>;
     /// See [`StageKind::measurements`].
@@ -548,6 +556,9 @@ impl<K: StageKind> Stage for Erased<K> {
             );
         }
         Ok(())
+    }
+    fn check_local(&self, params: &serde_json::Value, base_dir: &Path) -> Vec<ParamIssue> {
+        Self::typed_or(params, Vec::new(), |p| K::check_local(p, base_dir))
     }
     fn inputs(&self, params: &serde_json::Value) -> InputSlots {
         Self::typed_or(params, InputSlots::Any, |p| K::inputs(p))

@@ -47,7 +47,42 @@ pub fn load(args: &PipelineArgs, registry: &Registry) -> anyhow::Result<Loaded> 
             text: d.to_string(),
         })
     })?;
+    check_local(&pipeline, registry)?;
     graph(pipeline)
+}
+
+/// What only the machine can tell about a valid file (`StageKind::check_local`, e.g. a
+/// `files` path that does not exist): invalid input, reported before anything runs.
+fn check_local(pipeline: &itera_engine::spec::Pipeline, registry: &Registry) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for (name, stage) in &pipeline.stages {
+        let Some(kind) = registry.get(&stage.kind) else {
+            continue;
+        };
+        for issue in kind.check_local(&stage.params, &pipeline.base_dir) {
+            let at = if issue.path.is_empty() {
+                String::new()
+            } else {
+                format!(" `{}`", issue.path.join("."))
+            };
+            text.push_str(&format!(
+                "error: {}: stage `{name}` (kind `{}`){at}: {}\n",
+                pipeline.source.display(),
+                stage.kind,
+                issue.message
+            ));
+            if let Some(help) = &issue.help {
+                text.push_str(&format!("  help: {help}\n"));
+            }
+        }
+    }
+    if text.is_empty() {
+        return Ok(());
+    }
+    Err(anyhow::Error::new(Reported {
+        code: exit::INVALID,
+        text,
+    }))
 }
 
 /// Loads a recorded resolved pipeline again.
@@ -63,6 +98,7 @@ pub fn load_resolved(
             text: d.to_string(),
         })
     })?;
+    check_local(&pipeline, registry)?;
     graph(pipeline)
 }
 

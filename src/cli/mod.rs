@@ -153,23 +153,7 @@ pub fn failed(text: impl Into<String>) -> anyhow::Error {
     })
 }
 
-/// An error and its causes on one line, each cause once: errors that already quote their
-/// source (`cannot write `x`: No space left on device (os error 28)`) are not followed by
-/// it again.
-pub fn error_text(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
-}
+pub use itera_engine::fs::error_text;
 
 /// Parses the command line, runs the subcommand and returns its exit code.
 pub fn main() -> ExitCode {

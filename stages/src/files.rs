@@ -78,6 +78,24 @@ impl StageKind for Files {
         issues
     }
 
+    fn check_local(p: &FilesParams, base_dir: &Path) -> Vec<ParamIssue> {
+        p.paths
+            .iter()
+            .enumerate()
+            .filter(|(_, path)| !base_dir.join(path).exists())
+            .map(|(i, path)| {
+                ParamIssue::new(
+                    &format!("paths.{i}"),
+                    format!(
+                        "`{path}` does not exist (looked for `{}`)",
+                        base_dir.join(path).display()
+                    ),
+                )
+                .with_help("paths are relative to the pipeline file's folder; fix the path or create the file")
+            })
+            .collect()
+    }
+
     fn outputs(p: &FilesParams) -> Vec<OutputDecl> {
         p.paths
             .iter()

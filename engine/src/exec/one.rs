@@ -214,9 +214,9 @@ fn run_claimed(
     rec.duration_ms = Some(clock.elapsed().as_millis() as u64);
     if let Err(e) = result {
         let msg = if job.cancel.is_cancelled() {
-            format!("interrupted: {e:#}")
+            format!("interrupted: {}", crate::fs::error_text(&e))
         } else {
-            format!("{e:#}")
+            crate::fs::error_text(&e)
         };
         log.line(format!("# itera: stage failed: {msg}"));
         return Err(msg);

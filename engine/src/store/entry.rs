@@ -333,6 +333,9 @@ impl Drop for Claimed {
         // Published: the staging folder was renamed away and this is a no-op. Otherwise it
         // holds a partial or discarded result, which must not linger.
         let _ = fs::remove_dir_all_if_exists(&self.staging);
+        // A work dir the stage never used is no resumable state: `remove_dir` only
+        // removes it when empty.
+        let _ = std::fs::remove_dir(&self.work_dir);
         let _ = &self.lock;
     }
 }
