@@ -50,10 +50,7 @@ fn tagged(tag: &str) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| {
-                    env.split(|b| *b == 0)
-                        .any(|kv| kv == needle.as_bytes())
-                })
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
                 .unwrap_or(false)
         })
         .collect()
@@ -79,11 +76,7 @@ fn assert_no_orphans(tag: &str) {
 }
 
 fn tag_of(t: &Test) -> String {
-    t.root()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
+    t.root().file_name().unwrap().to_string_lossy().into_owned()
 }
 
 /// A pipeline whose `use` stage reads `fetch` and `tok` only after `go` exists.
@@ -192,7 +185,8 @@ fn a_corrupted_entry_found_by_verify_is_never_reused() {
     std::fs::write(b.join("out/b.txt"), "alpha\nBETA\n").unwrap();
     let bad = t.itera(&["verify"], 1);
     assert!(
-        bad.stdout.contains("1 changed entry is quarantined: no run reuses them"),
+        bad.stdout
+            .contains("1 changed entry is quarantined: no run reuses them"),
         "{}",
         bad.stdout
     );
@@ -246,12 +240,15 @@ outputs = ["r"]
     let killed = t.itera(&["show", "latest", "--json"], 0).stdout;
 
     std::fs::remove_file(t.path("started")).unwrap();
-    t.write(
-        "pipeline.toml",
-        &text.replace("sleep 3001 | cat", "true"),
-    );
+    t.write("pipeline.toml", &text.replace("sleep 3001 | cat", "true"));
     t.run(&[]);
-    let id = killed.split("\"id\": \"").nth(1).unwrap().split('"').next().unwrap();
+    let id = killed
+        .split("\"id\": \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
     let record = std::fs::read_to_string(t.path(&format!("runs/{id}/run.json"))).unwrap();
     assert!(record.contains("\"status\": \"abandoned\""), "{record}");
     assert!(record.contains("\"status\": \"interrupted\""), "{record}");
@@ -316,7 +313,12 @@ command = "sleep 0.05; wc -c < {inputs.b} > {out}/c"
 outputs = ["c"]
 "#,
     );
-    for (i, ms) in [5u64, 40, 80, 120, 160, 220].iter().cycle().take(trials()).enumerate() {
+    for (i, ms) in [5u64, 40, 80, 120, 160, 220]
+        .iter()
+        .cycle()
+        .take(trials())
+        .enumerate()
+    {
         let mut child = spawn(&t, &["run", "pipeline.toml", "--force-all"]);
         std::thread::sleep(Duration::from_millis(*ms));
         child.kill().unwrap();
@@ -424,7 +426,11 @@ outputs = ["big"]
         "{}",
         out.stderr
     );
-    assert!(!out.stderr.contains("(os error 28): "), "printed twice: {}", out.stderr);
+    assert!(
+        !out.stderr.contains("(os error 28): "),
+        "printed twice: {}",
+        out.stderr
+    );
     let show = t.itera(&["show", "latest"], 0).stdout;
     assert!(show.contains(": failed"), "{show}");
     t.itera(&["verify"], 0);
@@ -468,7 +474,11 @@ outputs = ["v"]
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (reads, failures) = reader.join().unwrap();
     assert!(reads > 0);
-    assert!(failures.is_empty(), "{} of {reads} reads failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {reads} reads failed: {failures:?}",
+        failures.len()
+    );
     let gc = t.itera(&["gc", "--keep", "1"], 0);
     assert!(gc.stdout.contains("retired entry"), "{}", gc.stdout);
 }
@@ -492,7 +502,11 @@ outputs = ["alias"]
 "#,
     );
     let out = t.itera(&["run", "pipeline.toml"], 1);
-    assert!(out.stderr.contains("`x` -> `/etc/passwd`"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`x` -> `/etc/passwd`"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("`up` -> `..`"), "{}", out.stderr);
     assert!(out.stderr.contains("cp -L"), "{}", out.stderr);
     t.itera(&["run", "pipeline.toml", "--only", "inside"], 0);
@@ -516,7 +530,11 @@ fn exec_stage_reports_bad_recorded_params_and_another_build_without_panicking() 
     v["tool_version"] = serde_json::json!("0.0.1-other");
     std::fs::write(run.join("run.json"), v.to_string()).unwrap();
     let out = t.itera(&["exec-stage", "--run", &run_arg, "--stage", "a"], 1);
-    assert!(out.stderr.contains("recorded by itera 0.0.1-other"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("recorded by itera 0.0.1-other"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -533,14 +551,21 @@ outputs = ["never"]
 "#,
     );
     let out = t.itera(&["run", "pipeline.toml"], 1);
-    assert!(out.stderr.len() < 16_000, "{} bytes on stderr", out.stderr.len());
+    assert!(
+        out.stderr.len() < 16_000,
+        "{} bytes on stderr",
+        out.stderr.len()
+    );
     assert!(out.stderr.contains("line cut"), "{}", out.stderr);
     let log = t.path("runs/latest/logs/noisy.log");
     let len = std::fs::metadata(&log).unwrap().len();
     assert!(len < 10 << 20, "the log holds {len} bytes");
     let text = std::fs::read(&log).unwrap();
     let text = String::from_utf8_lossy(&text);
-    assert!(text.starts_with("# itera: stage `noisy`"), "the head is kept");
+    assert!(
+        text.starts_with("# itera: stage `noisy`"),
+        "the head is kept"
+    );
     assert!(text.contains("[log cut: "), "the cut is marked");
     assert!(text.contains("exited with status 1"), "the end is kept");
 }
@@ -570,11 +595,19 @@ paths = ["data"]
         .store_entries()
         .into_iter()
         .find_map(|e| std::fs::read_to_string(e.join("out/alias.txt")).ok());
-    assert_eq!(copied.as_deref(), Some("real\n"), "the named link was followed");
+    assert_eq!(
+        copied.as_deref(),
+        Some("real\n"),
+        "the named link was followed"
+    );
 
     std::os::unix::fs::symlink("/etc/passwd", t.path("data/x")).unwrap();
     let out = t.itera(&["run", "pipeline.toml"], 1);
-    assert!(out.stderr.contains("`data/x` -> `/etc/passwd`"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`data/x` -> `/etc/passwd`"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -590,7 +623,11 @@ paths = ["nowhere.txt"]
 "#,
     );
     let out = t.itera(&["validate", "pipeline.toml"], 2);
-    assert!(out.stderr.contains("`nowhere.txt` does not exist"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`nowhere.txt` does not exist"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("`paths.0`"), "{}", out.stderr);
     t.itera(&["run", "pipeline.toml"], 2);
     assert!(!t.path("runs").exists(), "nothing written under runs/");

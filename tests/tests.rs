@@ -11,11 +11,11 @@ mod caching;
 mod commands;
 /// Two runs at once; a run killed with SIGKILL mid-stage.
 mod concurrency;
+/// Failing stages and invalid pipelines: exit codes, reports, nothing half-written.
+mod failures;
 /// Fault trials: gc against live runs, corruption, kill -9, double Ctrl-C, full disk,
 /// `--force` under readers, broken records, links leaving an artifact.
 mod faults;
-/// Failing stages and invalid pipelines: exit codes, reports, nothing half-written.
-mod failures;
 /// `gc` and `verify`.
 mod maintenance;
 /// `rerun` and `rerun --verify`.

@@ -176,7 +176,10 @@ mod tests {
         let err = anyhow::Error::new(FsError::new("write", "/x/y", io)).context("train failed");
         let text = error_text(&err);
         assert_eq!(text.matches("os error 28").count(), 1, "{text}");
-        assert!(text.starts_with("train failed: cannot write `/x/y`"), "{text}");
+        assert!(
+            text.starts_with("train failed: cannot write `/x/y`"),
+            "{text}"
+        );
     }
 
     #[test]

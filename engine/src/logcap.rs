@@ -82,7 +82,11 @@ pub fn cut_line(line: &str) -> String {
     while !line.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{} [... line cut: {} more bytes]", &line[..end], line.len() - end)
+    format!(
+        "{} [... line cut: {} more bytes]",
+        &line[..end],
+        line.len() - end
+    )
 }
 
 /// The last `lines` lines of the log at `path`, reading at most [`TAIL_READ_BYTES`]

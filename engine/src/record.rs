@@ -431,7 +431,9 @@ pub fn looks_like_run_id(name: &str) -> bool {
         && b[15] == b'-'
         && name.len() >= 4
         && name[name.len() - 5..].starts_with('-')
-        && name[name.len() - 4..].bytes().all(|c| c.is_ascii_hexdigit())
+        && name[name.len() - 4..]
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit())
 }
 
 /// The `status` of a run folder's `run.json`, without the rest (None if unreadable).

@@ -97,8 +97,19 @@ unsafe fn supervise(read: libc::c_int, pgid: libc::pid_t) -> ! {
 unsafe fn close_all_but(keep: libc::c_int) {
     let max = libc::c_uint::MAX;
     let ok = |rc: libc::c_long| rc == 0;
-    let low = keep > 0 && ok(libc::syscall(libc::SYS_close_range, 0u32, (keep - 1) as u32, 0u32));
-    let high = ok(libc::syscall(libc::SYS_close_range, (keep + 1) as u32, max, 0u32));
+    let low = keep > 0
+        && ok(libc::syscall(
+            libc::SYS_close_range,
+            0u32,
+            (keep - 1) as u32,
+            0u32,
+        ));
+    let high = ok(libc::syscall(
+        libc::SYS_close_range,
+        (keep + 1) as u32,
+        max,
+        0u32,
+    ));
     if (keep == 0 || low) && high {
         return;
     }

@@ -105,10 +105,7 @@ pub fn main(g: &Global, args: GcArgs) -> anyhow::Result<u8> {
         ));
     }
     for path in &report.busy {
-        text.push_str(&format!(
-            "kept {} (in use by a live run)\n",
-            path.display()
-        ));
+        text.push_str(&format!("kept {} (in use by a live run)\n", path.display()));
     }
     let bytes: u64 = report.removed.iter().map(|i| i.bytes).sum();
     text.push_str(&format!(

@@ -50,7 +50,8 @@ pub fn cancel_on_signal() -> CancelToken {
                 }
                 if n > 1 {
                     eprintln!("interrupted again: stopping now");
-                    if let Some(hook) = HARD_STOP.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    if let Some(hook) = HARD_STOP.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+                    {
                         hook();
                     }
                     // SAFETY: _exit ends the process without running destructors; the

@@ -145,8 +145,16 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
     let display = Arc::new(Display::new(g.progress));
     let clock = Instant::now();
     // From here on the run exists: every way out finalises its record.
-    let result = started(g, &run, &mut record, executor.as_ref(), plan, &display, clock);
-    result.or_else(|e| {
+    let result = started(
+        g,
+        &run,
+        &mut record,
+        executor.as_ref(),
+        plan,
+        &display,
+        clock,
+    );
+    result.map_err(|e| {
         let text = super::error_text(&e);
         let closed = run
             .load()
@@ -154,21 +162,29 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
             .map_err(anyhow::Error::from)
             .and_then(|()| {
                 let why = format!("the run stopped: {text}");
-                Ok(live::close_unfinished(&run, &mut record, RunStatus::Failed, &why)?)
+                Ok(live::close_unfinished(
+                    &run,
+                    &mut record,
+                    RunStatus::Failed,
+                    &why,
+                )?)
             });
         display.line(&format!(
-            "run {} failed after {:.1}s: {text}{}",
+            "run {} failed after {:.1}s: {}",
             run.id(),
             clock.elapsed().as_secs_f64(),
             match closed {
-                Ok(()) => String::new(),
-                Err(e) => format!(" (and its record could not be finalised: {})", super::error_text(&e)),
+                Ok(()) => "its record is finalised".to_owned(),
+                Err(e) => format!(
+                    "its record could not be finalised: {}",
+                    super::error_text(&e)
+                ),
             }
         ));
-        Err(anyhow::Error::new(super::Reported {
+        anyhow::Error::new(super::Reported {
             code: exit::FAILED,
             text: format!("error: run {} failed: {text}", run.id()),
-        }))
+        })
     })
 }
 

@@ -142,7 +142,11 @@ pub fn quarantined(dir: &Path) -> Option<String> {
 
 /// Marks the entry at `dir` as changed on disk: lookups refuse it from now on.
 pub fn quarantine(dir: &Path, why: &str) -> Result<(), FsError> {
-    fs::write_atomic(&dir.join(QUARANTINE_MARK), why.as_bytes(), Durability::Fsync)
+    fs::write_atomic(
+        &dir.join(QUARANTINE_MARK),
+        why.as_bytes(),
+        Durability::Fsync,
+    )
 }
 
 /// Re-hashes every file of the entry at `dir` and compares with its manifest.

@@ -90,7 +90,11 @@ mod tests {
         bad.sort();
         assert_eq!(
             bad,
-            ["`abs` -> `/etc/passwd`", "`sub/up2` -> `../../x`", "`up` -> `..`"]
+            [
+                "`abs` -> `/etc/passwd`",
+                "`sub/up2` -> `../../x`",
+                "`up` -> `..`"
+            ]
         );
     }
 }

@@ -200,10 +200,7 @@ pub fn verify(store: &Store) -> Result<Vec<VerifyResult>, StoreError> {
             if !r.quarantined {
                 if let Some(_guard) = lock::try_acquire(&store.lock_path(&key), &me)? {
                     let why = match &r.outcome {
-                        Ok(changes) => changes
-                            .iter()
-                            .map(|c| format!("{c}\n"))
-                            .collect::<String>(),
+                        Ok(changes) => changes.iter().map(|c| format!("{c}\n")).collect::<String>(),
                         Err(problem) => format!("{problem}\n"),
                     };
                     entry::quarantine(&r.dir, &why)?;
@@ -322,7 +319,12 @@ mod tests {
             store.lookup(&a),
             crate::store::Lookup::Damaged(EntryProblem::Quarantined(_))
         ));
-        let report = gc(&store, &BTreeSet::from([a.clone(), b.clone()]), GcMode::Delete).unwrap();
+        let report = gc(
+            &store,
+            &BTreeSet::from([a.clone(), b.clone()]),
+            GcMode::Delete,
+        )
+        .unwrap();
         assert_eq!((report.removed.len(), report.quarantined), (1, 1));
         assert!(!store.entry_dir(&a).exists());
         assert!(store.entry_dir(&b).exists());
