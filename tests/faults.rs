@@ -120,6 +120,7 @@ fn gc_never_removes_what_a_live_run_reads() {
     t.run(&[]);
     // A new version of `train`, so the long run below recomputes it.
     std::fs::remove_file(t.path("go")).unwrap();
+    std::fs::remove_file(t.path("train-started")).unwrap();
     let long = spawn(&t, &["run", "pipeline.toml", "--set", "train.env.V=\"2\""]);
     wait_for(&t.path("train-started"), "the long stage starting");
     t.itera(&["run", "other.toml"], 0);
