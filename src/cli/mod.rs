@@ -159,6 +159,7 @@ pub use itera_engine::fs::error_text;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.global);
+    raise_open_file_limit();
     let g = &cli.global;
     let result = match cli.command {
         Command::Run(a) => run::main(g, a),
@@ -190,6 +191,23 @@ pub fn main() -> ExitCode {
             }
             eprintln!("error: {}", error_text(&err));
             ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+/// A run holds one open lease file per key it reads (`store::lease`), so a pipeline of
+/// thousands of stages needs more than the usual soft limit of 1,024 descriptors: raise
+/// the soft limit to the hard one (allowed without privileges).
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid struct for this process.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }

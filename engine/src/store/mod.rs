@@ -315,6 +315,34 @@ mod tests {
     }
 
     #[test]
+    fn forced_recompute_never_deletes_the_version_a_reader_has_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let p = parts(5);
+        let key = p.key();
+        let publish = |content: &str| {
+            let Claim::Miss(c) = claim(&store, &key, Reuse::Recompute) else {
+                panic!()
+            };
+            std::fs::write(c.out_dir().join("f"), content).unwrap();
+            c.publish(info(&p), PublishMode::Publish).unwrap();
+        };
+        publish("one");
+        // A reader holding the folder (as a shell stage does with its `cd`) reads files
+        // from it later.
+        let held = std::fs::File::open(store.entry_dir(&key).join("out")).unwrap();
+        use std::os::fd::AsRawFd;
+        let via_reader = format!("/proc/self/fd/{}/f", held.as_raw_fd());
+        publish("two");
+        assert_eq!(std::fs::read_to_string(&via_reader).unwrap(), "one");
+        let Lookup::Hit(e) = store.lookup(&key) else {
+            panic!()
+        };
+        assert_eq!(std::fs::read_to_string(e.out_dir().join("f")).unwrap(), "two");
+        assert_eq!(std::fs::read_dir(store.retired_dir()).unwrap().count(), 1);
+    }
+
+    #[test]
     fn forced_recompute_replaces_the_entry_and_discard_leaves_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
