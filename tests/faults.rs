@@ -204,7 +204,18 @@ fn a_corrupted_entry_found_by_verify_is_never_reused() {
         "alpha\nbeta\n"
     );
     t.itera(&["verify"], 0);
-    // The damaged version was set aside (a reader may have had it open); gc removes it.
+    // `verify --repair` moves a quarantined entry out at once.
+    std::fs::write(entry.join("out/b.txt"), "alpha\nBETA\n").unwrap();
+    let repaired = t.itera(&["verify", "--repair"], 1);
+    assert!(
+        repaired.stdout.contains("repaired: moved"),
+        "{}",
+        repaired.stdout
+    );
+    t.itera(&["verify"], 0);
+    t.run(&[]);
+    assert_eq!(t.executions(), ["b"]);
+    // The damaged versions were set aside (a reader may have had it open); gc removes it.
     let gc = t.itera(&["gc", "--keep", "1"], 0);
     assert!(gc.stdout.contains("retired entry"), "{}", gc.stdout);
 }

@@ -2,16 +2,22 @@
 //! since they were published, and quarantines them so no run reuses them (exit 1 if any).
 
 use clap::Args;
-use itera_engine::store::maintain::verify;
+use itera_engine::store::maintain::{retire_quarantined, verify};
 use itera_engine::store::Store;
 
 use super::{exit, out, Global};
 
 #[derive(Debug, Args)]
-pub struct VerifyArgs {}
+pub struct VerifyArgs {
+    /// Also move quarantined entries out of the store now (into `runs/retired/`, which
+    /// `itera gc` empties), instead of leaving them for the next run or gc.
+    #[arg(long)]
+    pub repair: bool,
+}
 
-pub fn main(g: &Global, _: VerifyArgs) -> anyhow::Result<u8> {
-    let results = verify(&Store::new(&g.runs_dir))?;
+pub fn main(g: &Global, args: VerifyArgs) -> anyhow::Result<u8> {
+    let store = Store::new(&g.runs_dir);
+    let results = verify(&store)?;
     let mut text = String::new();
     let mut bad = 0;
     let mut busy = 0;
@@ -51,6 +57,21 @@ pub fn main(g: &Global, _: VerifyArgs) -> anyhow::Result<u8> {
             bad - busy,
             if bad - busy == 1 { "y is" } else { "ies are" }
         ));
+    }
+    if args.repair && bad > 0 {
+        let (moved, busy) = retire_quarantined(&store)?;
+        for dir in &moved {
+            text.push_str(&format!(
+                "repaired: moved {} out of the store\n",
+                dir.display()
+            ));
+        }
+        for dir in &busy {
+            text.push_str(&format!(
+                "not moved: {} is in use by a live run; run `itera verify --repair` again later\n",
+                dir.display()
+            ));
+        }
     }
     out(&text)?;
     Ok(if bad > 0 { exit::FAILED } else { exit::OK })

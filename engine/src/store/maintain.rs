@@ -213,6 +213,30 @@ pub fn verify(store: &Store) -> Result<Vec<VerifyResult>, StoreError> {
     Ok(results)
 }
 
+/// `verify --repair`: moves each quarantined entry out of `store/` into `retired/` (where
+/// `gc` removes it), unless its key is being computed or read by a live run. Returns the
+/// entries moved and those left because they are busy.
+pub fn retire_quarantined(store: &Store) -> Result<(Vec<PathBuf>, Vec<PathBuf>), StoreError> {
+    let me = LockHolder::me(None, "verify --repair");
+    let (mut moved, mut busy) = (Vec::new(), Vec::new());
+    for (name, dir) in names_in(&store.entries_dir()) {
+        let Some(key) = key_of(&name).filter(|_| entry::quarantined(&dir).is_some()) else {
+            continue;
+        };
+        let Some(_guard) = lock::try_acquire(&store.lock_path(&key), &me)? else {
+            busy.push(dir);
+            continue;
+        };
+        let Some(_lease) = lease::try_exclusive(store.runs_dir(), &key)? else {
+            busy.push(dir);
+            continue;
+        };
+        store.retire(&key, &dir)?;
+        moved.push(dir);
+    }
+    Ok((moved, busy))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +352,25 @@ mod tests {
         assert_eq!((report.removed.len(), report.quarantined), (1, 1));
         assert!(!store.entry_dir(&a).exists());
         assert!(store.entry_dir(&b).exists());
+    }
+
+    #[test]
+    fn repair_moves_quarantined_entries_out_unless_a_live_run_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let a = publish(&store, 1, "abc");
+        std::fs::write(store.entry_dir(&a).join("out/f.txt"), "abd").unwrap();
+        verify(&store).unwrap();
+        let reader = Store::new(dir.path());
+        reader.lease(&a).unwrap();
+        let (moved, busy) = retire_quarantined(&store).unwrap();
+        assert_eq!((moved.len(), busy.len()), (0, 1));
+        drop(reader);
+        let (moved, busy) = retire_quarantined(&store).unwrap();
+        assert_eq!((moved.len(), busy.len()), (1, 0));
+        assert!(!store.entry_dir(&a).exists());
+        let report = gc(&store, &BTreeSet::new(), GcMode::Delete).unwrap();
+        assert_eq!(report.removed[0].kind, GcItemKind::Retired);
     }
 
     #[test]

@@ -180,7 +180,7 @@ impl Store {
 
     /// Moves an entry version out of `store/` into `retired/` (readers may still have it
     /// open; `gc` removes it once no live run leases the key).
-    fn retire(&self, key: &CacheKey, dir: &Path) -> Result<(), FsError> {
+    pub(crate) fn retire(&self, key: &CacheKey, dir: &Path) -> Result<(), FsError> {
         let retired = self.retired_dir();
         fs::create_dir_all(&retired)?;
         let to = retired.join(format!(
@@ -338,7 +338,10 @@ mod tests {
         let Lookup::Hit(e) = store.lookup(&key) else {
             panic!()
         };
-        assert_eq!(std::fs::read_to_string(e.out_dir().join("f")).unwrap(), "two");
+        assert_eq!(
+            std::fs::read_to_string(e.out_dir().join("f")).unwrap(),
+            "two"
+        );
         assert_eq!(std::fs::read_dir(store.retired_dir()).unwrap().count(), 1);
     }
 
