@@ -67,6 +67,15 @@ impl Leases {
     }
 }
 
+/// Leases `key` for `store`'s process; a failure (an unwritable `locks/`) only weakens
+/// gc's protection of the entry, so it is logged rather than fatal. For schedulers that
+/// look entries up outside `exec::one`.
+pub fn take_or_warn(store: &super::Store, key: &CacheKey) {
+    if let Err(e) = store.lease(key) {
+        tracing::warn!(key = %key, error = %e, "cannot lease a store entry; gc may remove it");
+    }
+}
+
 /// An exclusive hold on a key's lease file: nobody reads the key's entries meanwhile.
 #[derive(Debug)]
 pub struct Exclusive {
