@@ -246,6 +246,11 @@ outputs = ["r"]
 
     let runs = t.itera(&["runs"], 0);
     assert!(runs.stdout.contains("abandoned"), "{}", runs.stdout);
+    assert!(
+        runs.stdout.contains("0 failed, 1 interrupted"),
+        "{}",
+        runs.stdout
+    );
     let show = t.itera(&["show", "latest"], 0);
     assert!(show.stdout.contains(": abandoned"), "{}", show.stdout);
     assert!(show.stdout.contains("interrupted"), "{}", show.stdout);

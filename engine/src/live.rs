@@ -68,6 +68,22 @@ pub fn is_abandoned(dir: &Path, record: &RunRecord) -> bool {
     record.status == RunStatus::Running && !is_live(dir)
 }
 
+/// Shows `record` (of the run in `dir`) as the next `run` or `gc` will finalise it when it
+/// is abandoned: the run `abandoned`, its running stages `interrupted`. Writes nothing.
+/// Returns whether it was abandoned.
+pub fn as_seen(dir: &Path, record: &mut RunRecord) -> bool {
+    if !is_abandoned(dir, record) {
+        return false;
+    }
+    record.status = RunStatus::Abandoned;
+    for stage in record.stages.values_mut() {
+        if stage.status == StageStatus::Running {
+            stage.status = StageStatus::Interrupted;
+        }
+    }
+    true
+}
+
 /// Marks an abandoned run's record as such (see the module doc). Returns whether it did.
 /// Holds the run's lock exclusively meanwhile, so no process can attach to the run.
 pub fn finalise_abandoned(run: &RunDir) -> Result<bool, RecordError> {

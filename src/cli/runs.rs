@@ -2,7 +2,7 @@
 //! A record that says `running` while no process holds the run's lock shows `abandoned`.
 
 use clap::Args;
-use itera_engine::record::{list_runs, RunStatus, StageStatus};
+use itera_engine::record::{list_runs, StageStatus};
 
 use super::{exit, out, Global};
 
@@ -20,12 +20,14 @@ pub fn main(g: &Global, args: RunsArgs) -> anyhow::Result<u8> {
     for run in runs.into_iter().skip(skip) {
         match run.load() {
             Ok(mut r) => {
-                if itera_engine::live::is_abandoned(run.path(), &r) {
-                    r.status = RunStatus::Abandoned;
-                }
+                itera_engine::live::as_seen(run.path(), &mut r);
                 let count = |s: StageStatus| r.stages.values().filter(|x| x.status == s).count();
+                let interrupted = match count(StageStatus::Interrupted) {
+                    0 => String::new(),
+                    n => format!(", {n} interrupted"),
+                };
                 text.push_str(&format!(
-                    "{}  {:<11}  {} ran, {} cached, {} failed, {} skipped{}\n",
+                    "{}  {:<11}  {} ran, {} cached, {} failed{interrupted}, {} skipped{}\n",
                     r.id,
                     r.status.to_string(),
                     count(StageStatus::Ran),

@@ -20,9 +20,7 @@ pub fn main(g: &Global, args: ShowArgs) -> anyhow::Result<u8> {
     let run = find_run(&g.runs_dir, &args.run).map_err(|e| invalid(e.to_string()))?;
     if args.json {
         let mut record = run.load()?;
-        if itera_engine::live::is_abandoned(run.path(), &record) {
-            record.status = itera_engine::record::RunStatus::Abandoned;
-        }
+        itera_engine::live::as_seen(run.path(), &mut record);
         out(&format!("{}\n", serde_json::to_string_pretty(&record)?))?;
         return Ok(exit::OK);
     }
@@ -32,16 +30,9 @@ pub fn main(g: &Global, args: ShowArgs) -> anyhow::Result<u8> {
 /// Prints a run's record (merged with its stage files).
 pub fn print_run(run: &RunDir) -> anyhow::Result<u8> {
     let mut r = run.load()?;
-    if itera_engine::live::is_abandoned(run.path(), &r) {
-        // Nobody holds the run's lock: its itera died. Show what the next run or gc will
-        // write into the record.
-        r.status = itera_engine::record::RunStatus::Abandoned;
-        for s in r.stages.values_mut() {
-            if s.status == itera_engine::record::StageStatus::Running {
-                s.status = itera_engine::record::StageStatus::Interrupted;
-            }
-        }
-    }
+    // Nobody holds the run's lock: its itera died. Show what the next run or gc will
+    // write into the record.
+    itera_engine::live::as_seen(run.path(), &mut r);
     let mut text = format!(
         "run {}: {}\n  pipeline: {} ({})\n  started:  {}{}\n  command:  {}\n  host:     {} ({} cores), {} executor, {} job(s)\n",
         r.id,
