@@ -451,6 +451,34 @@ outputs = ["big"]
     let show = t.itera(&["show", "latest"], 0).stdout;
     assert!(show.contains(": failed"), "{show}");
     t.itera(&["verify"], 0);
+
+    // The disk fills up outside any stage's output, so writing the record fails after
+    // the run started: still exit 1, with the summary line, never "invalid input".
+    t.write(
+        "pipeline.toml",
+        r#"
+[pipeline]
+name = "full"
+
+[stages.filler]
+kind = "shell"
+command = "head -c 3000000 /dev/zero > {work}/../../filler; echo x > {out}/x"
+outputs = ["x"]
+"#,
+    );
+    let out = t.itera(&["run", "pipeline.toml"], 1);
+    assert!(out.stderr.contains("failed after"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("No space left on device"),
+        "{}",
+        out.stderr
+    );
+    // Once there is room again, the record that could not be written is finalised.
+    std::fs::remove_file(runs.join("filler")).unwrap();
+    t.itera(&["gc", "--keep", "5"], 0);
+    let runs_list = t.itera(&["runs"], 0).stdout;
+    assert!(!runs_list.contains("running"), "{runs_list}");
+    t.itera(&["verify"], 0);
 }
 
 #[test]
@@ -668,4 +696,35 @@ outputs = ["x"]
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn four_concurrent_runs_and_a_gc_compute_each_stage_once() {
+    let t = Test::with_pipeline(
+        r#"
+[pipeline]
+name = "four"
+
+[stages.a]
+kind = "shell"
+command = "echo a >> executions.log; sleep 0.2; echo 1 > {out}/v"
+outputs = ["v"]
+
+[stages.b]
+kind = "shell"
+inputs = { x = "a.v" }
+command = "echo b >> executions.log; sleep 0.1; cat {inputs.x} > {out}/v"
+outputs = ["v"]
+"#,
+    );
+    let runs: Vec<Child> = (0..4)
+        .map(|_| spawn(&t, &["run", "pipeline.toml"]))
+        .collect();
+    t.itera(&["gc", "--keep", "1"], 0);
+    for run in runs {
+        let (code, stderr) = finish(run);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    assert_eq!(t.executions(), ["a", "b"], "each stage ran once");
+    t.itera(&["verify"], 0);
 }
