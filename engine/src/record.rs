@@ -274,12 +274,20 @@ impl RunDir {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(FsError::new("create run folder", staging, e)),
             }
-            let lock = crate::live::hold(&staging)?;
+            // `gc` removes a staging folder whose lock nobody holds yet: then start over.
+            let gone = |e: &FsError| e.source.kind() == std::io::ErrorKind::NotFound;
+            let lock = match crate::live::hold(&staging) {
+                Err(e) if gone(&e) => continue,
+                other => other?,
+            };
             if dir.exists() {
                 let _ = std::fs::remove_dir_all(&staging);
                 continue;
             }
-            std::fs::rename(&staging, &dir).at("create run folder", &dir)?;
+            match std::fs::rename(&staging, &dir).at("create run folder", &dir) {
+                Err(e) if gone(&e) => continue,
+                other => other?,
+            }
             return Ok(Self {
                 dir,
                 id,
