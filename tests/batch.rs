@@ -82,6 +82,7 @@ outputs = ["r"]
     assert_eq!(out.status.code(), Some(130));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("long: FAILED: interrupted"), "{stderr}");
+    assert!(stderr.contains("0 failed, 1 interrupted"), "{stderr}");
     let runs = t.itera(&["runs"], 0);
     assert!(runs.stdout.contains("interrupted"), "{}", runs.stdout);
     assert!(t.store_entries().is_empty());

@@ -110,9 +110,10 @@ outputs = ["r"]
     assert_eq!(t.store_entries().len(), 2);
     // The killed attempt's staging folder was cleaned up under the key's lock.
     assert_eq!(std::fs::read_dir(t.path("runs/tmp")).unwrap().count(), 0);
+    // The killed run's record was finalised by the next run: nobody held its lock.
     let killed = t.itera(&["runs"], 0).stdout;
     assert!(
-        killed.lines().next().unwrap().contains("running"),
+        killed.lines().next().unwrap().contains("abandoned"),
         "{killed}"
     );
 }

@@ -7,6 +7,12 @@ use std::process::{Command, Stdio};
 
 pub const ITERA: &str = env!("CARGO_BIN_EXE_itera");
 
+/// The binary under test: `ITERA_TEST_BIN` when set (to run the suite against another
+/// build, e.g. to check that a new test fails on the old code), else this build's.
+pub fn itera_bin() -> String {
+    std::env::var("ITERA_TEST_BIN").unwrap_or_else(|_| ITERA.to_owned())
+}
+
 /// A diamond of shell stages: `a` -> `b`, `c` -> `d`. Every stage appends its name to
 /// `executions.log` (in the pipeline folder, the commands' working folder).
 pub const DIAMOND: &str = r#"
@@ -82,7 +88,7 @@ impl Test {
 
     /// A command running `itera args...` in the test folder.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(ITERA);
+        let mut cmd = Command::new(itera_bin());
         cmd.args(args)
             .current_dir(self.root())
             .env_remove("ITERA_RUNS_DIR")
@@ -140,7 +146,7 @@ impl Test {
         let canonical = std::fs::canonicalize(self.root())
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| root.clone());
-        text.replace(ITERA, "itera")
+        text.replace(&itera_bin(), "itera")
             .replace(&canonical, "[DIR]")
             .replace(&root, "[DIR]")
     }

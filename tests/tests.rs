@@ -13,6 +13,9 @@ mod commands;
 mod concurrency;
 /// Failing stages and invalid pipelines: exit codes, reports, nothing half-written.
 mod failures;
+/// Fault trials: gc against live runs, corruption, kill -9, double Ctrl-C, full disk,
+/// `--force` under readers, broken records, links leaving an artifact.
+mod faults;
 /// `--log-format json`: every stderr line a JSON event.
 mod json_logs;
 /// `gc` and `verify`.

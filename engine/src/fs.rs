@@ -28,6 +28,24 @@ impl FsError {
     }
 }
 
+/// An error and its causes on one line, each cause once: an error that already quotes
+/// its source (`cannot write `x`: No space left on device (os error 28)`) is not followed
+/// by that source again.
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// Attaches the path and operation to an IO result.
 pub trait IoContext<T> {
     fn at(self, op: &'static str, path: &Path) -> Result<T, FsError>;
@@ -150,6 +168,18 @@ mod tests {
         write_atomic(&path, b"two", Durability::RenameOnly).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn error_text_names_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(28);
+        let err = anyhow::Error::new(FsError::new("write", "/x/y", io)).context("train failed");
+        let text = error_text(&err);
+        assert_eq!(text.matches("os error 28").count(), 1, "{text}");
+        assert!(
+            text.starts_with("train failed: cannot write `/x/y`"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub enum StageStatus {
     Failed,
     /// Not run because an upstream stage failed.
     Skipped,
+    /// Stopped by Ctrl-C, or its itera process died (an abandoned run).
+    Interrupted,
 }
 
 impl StageStatus {
@@ -168,6 +170,8 @@ pub enum RunStatus {
     Interrupted,
     /// Queued on a batch system; stage files tell the progress.
     Submitted,
+    /// Its itera process died without finishing it (found by `crate::live`).
+    Abandoned,
 }
 
 impl fmt::Display for RunStatus {
@@ -203,6 +207,9 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_commit: Option<String>,
     pub host: String,
+    /// The process that created the run (informational; liveness is by `run.lock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     pub cores: usize,
     pub started: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,11 +234,13 @@ pub enum RecordError {
     },
 }
 
-/// One run's folder.
+/// One run's folder. A `RunDir` from [`RunDir::create`] or [`RunDir::attach`] holds the
+/// run's lock (`crate::live`) until its last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct RunDir {
     dir: PathBuf,
     id: RunId,
+    _lock: Option<std::sync::Arc<crate::live::RunLock>>,
 }
 
 /// A stage's name as a file name: stage and variant names (`train@lr=1e-3,seq_len=64`)
@@ -250,18 +259,49 @@ fn file_name_for(stage: &str) -> String {
 }
 
 impl RunDir {
-    /// Creates `runs_dir/<new id>/` for a run of `pipeline`.
+    /// Creates `runs_dir/<new id>/` for a run of `pipeline`, holding its lock. The folder
+    /// is made in `tmp/` with its lock taken, then renamed into place, so a run folder
+    /// without a held lock is never one being created.
     pub fn create(runs_dir: &Path, pipeline: &str) -> Result<Self, FsError> {
-        fs::create_dir_all(runs_dir)?;
+        let tmp = runs_dir.join("tmp");
+        fs::create_dir_all(&tmp)?;
         loop {
             let id = RunId::new(pipeline);
             let dir = runs_dir.join(id.as_str());
-            match std::fs::create_dir(&dir) {
-                Ok(()) => return Ok(Self { dir, id }),
+            let staging = tmp.join(format!("run.{id}"));
+            match std::fs::create_dir(&staging) {
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(FsError::new("create run folder", dir, e)),
+                Err(e) => return Err(FsError::new("create run folder", staging, e)),
             }
+            // `gc` removes a staging folder whose lock nobody holds yet: then start over.
+            let gone = |e: &FsError| e.source.kind() == std::io::ErrorKind::NotFound;
+            let lock = match crate::live::hold(&staging) {
+                Err(e) if gone(&e) => continue,
+                other => other?,
+            };
+            if dir.exists() {
+                let _ = std::fs::remove_dir_all(&staging);
+                continue;
+            }
+            match std::fs::rename(&staging, &dir).at("create run folder", &dir) {
+                Err(e) if gone(&e) => continue,
+                other => other?,
+            }
+            return Ok(Self {
+                dir,
+                id,
+                _lock: Some(std::sync::Arc::new(lock)),
+            });
         }
+    }
+    /// This run folder, holding the run's lock (a batch job working on the run).
+    pub fn attach(&self) -> Result<Self, FsError> {
+        Ok(Self {
+            dir: self.dir.clone(),
+            id: self.id.clone(),
+            _lock: Some(std::sync::Arc::new(crate::live::hold(&self.dir)?)),
+        })
     }
     /// An existing run folder.
     pub fn open(dir: &Path) -> Result<Self, RecordError> {
@@ -277,7 +317,11 @@ impl RunDir {
                 message: "the file is missing".into(),
             });
         }
-        Ok(Self { dir, id })
+        Ok(Self {
+            dir,
+            id,
+            _lock: None,
+        })
     }
     pub fn id(&self) -> &RunId {
         &self.id
@@ -374,6 +418,7 @@ pub fn list_runs(runs_dir: &Path) -> Vec<RunDir> {
         .map(|e| RunDir {
             dir: e.path(),
             id: RunId(e.file_name().to_string_lossy().into_owned()),
+            _lock: None,
         })
         .collect();
     // Ids sort by start second; within a second, the recorded start time decides.
@@ -382,6 +427,33 @@ pub fn list_runs(runs_dir: &Path) -> Vec<RunDir> {
         (second, started_of(&r.dir), r.id.0.clone())
     });
     runs
+}
+
+/// Whether `name` has the shape of a run id (`YYYYmmdd-HHMMSS-<pipeline>-<4 hex>`).
+pub fn looks_like_run_id(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() > 21
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'-'
+        && name.len() >= 4
+        && name[name.len() - 5..].starts_with('-')
+        && name[name.len() - 4..]
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit())
+}
+
+/// The `status` of a run folder's `run.json`, without the rest (None if unreadable).
+pub fn peek_status(dir: &Path) -> Option<RunStatus> {
+    #[derive(Deserialize)]
+    struct Status {
+        status: RunStatus,
+    }
+    std::fs::read_to_string(dir.join("run.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Status>(&t).ok())
+        .map(|s| s.status)
 }
 
 /// The `started` field of a run folder's `run.json` (empty if unreadable).
@@ -472,6 +544,7 @@ mod tests {
             tool_version: "0".into(),
             git_commit: None,
             host: "h".into(),
+            pid: None,
             cores: 2,
             started: "t".into(),
             finished: None,

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -220,11 +219,17 @@ impl fmt::Debug for Progress {
 }
 
 /// The stage's log file (`runs/<run>/logs/<stage>.log`). Cheap to clone; writes are
-/// line-buffered by the caller and appended with a timestamp-free verbatim copy.
+/// line-buffered by the caller and appended verbatim, within the caps of
+/// [`crate::logcap`] (head and tail kept, the middle of a huge log left out).
 #[derive(Clone)]
 pub struct StageLog {
-    file: Arc<Mutex<Option<std::fs::File>>>,
+    inner: Arc<Mutex<LogInner>>,
     path: PathBuf,
+}
+
+struct LogInner {
+    file: Option<std::fs::File>,
+    cap: crate::logcap::Capped,
 }
 
 impl StageLog {
@@ -237,17 +242,20 @@ impl StageLog {
             .create(true)
             .append(true)
             .open(path)?;
-        Ok(Self {
-            file: Arc::new(Mutex::new(Some(file))),
-            path: path.to_owned(),
-        })
+        Ok(Self::with(Some(file), path.to_owned()))
+    }
+    fn with(file: Option<std::fs::File>, path: PathBuf) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(LogInner {
+                file,
+                cap: Default::default(),
+            })),
+            path,
+        }
     }
     /// A log that discards everything.
     pub fn sink() -> Self {
-        Self {
-            file: Arc::new(Mutex::new(None)),
-            path: PathBuf::new(),
-        }
+        Self::with(None, PathBuf::new())
     }
     /// Where the log is written.
     pub fn path(&self) -> &Path {
@@ -259,19 +267,58 @@ impl StageLog {
     }
     /// Appends raw bytes (e.g. a child's stdout).
     pub fn write_bytes(&self, bytes: &[u8]) {
-        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = guard.as_mut() {
-            // A full disk must not kill the stage through its log; the stage's own writes will fail loudly.
-            let _ = f.write_all(bytes);
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let LogInner { file, cap } = &mut *guard;
+        if let Some(f) = file.as_mut() {
+            // A full disk must not kill the stage through its log; the stage's own writes
+            // will fail loudly.
+            cap.write(f, bytes);
         }
     }
-    /// A file handle to the same log for a child process's stdout/stderr.
-    pub fn child_handle(&self) -> std::io::Result<std::fs::File> {
-        let guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        match guard.as_ref() {
-            Some(f) => f.try_clone(),
-            None => std::fs::OpenOptions::new().write(true).open("/dev/null"),
+    /// Writes the kept tail of a log that outgrew its head (call when the stage ends).
+    pub fn finish(&self) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let LogInner { file, cap } = &mut *guard;
+        if let Some(f) = file.as_mut() {
+            cap.flush(f);
         }
+    }
+    /// A pipe for a child process's stdout and stderr: what the child writes is copied
+    /// into this log (within its caps) by a thread, which ends when every copy of the
+    /// returned write end is closed. Join it after the child is gone.
+    pub fn child_pipe(
+        &self,
+    ) -> std::io::Result<(std::os::fd::OwnedFd, std::thread::JoinHandle<()>)> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 fills two descriptors we then own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just created and are owned here alone.
+        let (read, write) = unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        };
+        let log = self.clone();
+        let pump = std::thread::Builder::new()
+            .name("stage-log".into())
+            .spawn(move || {
+                use std::io::Read;
+                let mut read = read;
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    match read.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => log.write_bytes(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => return,
+                    }
+                }
+            })?;
+        Ok((write, pump))
     }
 }
 
@@ -353,6 +400,12 @@ pub trait StageKind: Send + Sync + 'static {
     fn validate(_params: &Self::Params) -> Vec<ParamIssue> {
         Vec::new()
     }
+    /// Checks of params against the machine, made when a pipeline is loaded (before
+    /// anything runs): e.g. that a `files` path exists under `base_dir`, the pipeline
+    /// file's folder. Empty for most kinds.
+    fn check_local(_params: &Self::Params, _base_dir: &Path) -> Vec<ParamIssue> {
+        Vec::new()
+    }
     /// The inputs the kind accepts.
     fn inputs(_params: &Self::Params) -> InputSlots {
         InputSlots::Any
@@ -398,6 +451,11 @@ pub trait Stage: Send + Sync {
     /// Parses the stage's params table (no `kind`/`inputs`/`resources`), fills defaults and
     /// validates; returns the canonical JSON form or every issue found.
     fn check_params(&self, table: &toml::Table) -> Result<serde_json::Value, Vec<ParamIssue>>;
+    /// Checks params read back from a record (`exec-stage`) as `check_params` checked
+    /// them when the run was created: they deserialize and pass the kind's validation.
+    fn recheck_params(&self, params: &serde_json::Value) -> anyhow::Result<()>;
+    /// See [`StageKind::check_local`].
+    fn check_local(&self, params: &serde_json::Value, base_dir: &Path) -> Vec<ParamIssue>;
     fn inputs(&self, params: &serde_json::Value) -> InputSlots;
     fn outputs(&self, params: &serde_json::Value) -> Vec<OutputDecl>;
     /// See [`StageKind::measurements`].
@@ -414,10 +472,37 @@ pub trait Stage: Send + Sync {
 struct Erased<K>(std::marker::PhantomData<K>);
 
 impl<K: StageKind> Erased<K> {
-    fn typed(params: &serde_json::Value) -> K::Params {
-        // Params reaching here came out of `check_params`, so they deserialize.
-        serde_json::from_value(params.clone())
-            .expect("canonical params were produced by check_params")
+    /// The typed params. Params normally come out of `check_params`, but a recorded run
+    /// (`run.json`, read back by `exec-stage`) may have been edited by hand or written by
+    /// another build, so a mismatch is an error, never a panic.
+    fn typed(params: &serde_json::Value) -> anyhow::Result<K::Params> {
+        serde_path_to_error::deserialize(params.clone()).map_err(|e| {
+            let issue = issue_from_path_error(e);
+            anyhow::anyhow!(
+                "the params of this `{}` stage do not fit kind `{}` v{}{}: {}; re-run the \
+                 pipeline file with this itera (`itera run FILE`) so they are validated again",
+                K::KIND,
+                K::KIND,
+                K::VERSION,
+                if issue.path.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (at `{}`)", issue.path.join("."))
+                },
+                issue.message
+            )
+        })
+    }
+    /// Typed params for a query that cannot fail: malformed params answer with the
+    /// default (the stage itself then fails with the error from [`Self::typed`]).
+    fn typed_or<T>(params: &serde_json::Value, default: T, f: impl FnOnce(&K::Params) -> T) -> T {
+        match Self::typed(params) {
+            Ok(p) => f(&p),
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed stage params");
+                default
+            }
+        }
     }
 }
 
@@ -469,27 +554,50 @@ impl<K: StageKind> Stage for Erased<K> {
         })?;
         Ok(canonical_json(json))
     }
+    fn recheck_params(&self, params: &serde_json::Value) -> anyhow::Result<()> {
+        let typed = Self::typed(params)?;
+        let issues = K::validate(&typed);
+        if let Some(first) = issues.first() {
+            anyhow::bail!(
+                "the recorded params of this `{}` stage are invalid for kind `{}` v{}: {}{}; \
+                 fix the pipeline file and run it again",
+                K::KIND,
+                K::KIND,
+                K::VERSION,
+                if first.path.is_empty() {
+                    String::new()
+                } else {
+                    format!("`{}`: ", first.path.join("."))
+                },
+                first.message
+            );
+        }
+        Ok(())
+    }
+    fn check_local(&self, params: &serde_json::Value, base_dir: &Path) -> Vec<ParamIssue> {
+        Self::typed_or(params, Vec::new(), |p| K::check_local(p, base_dir))
+    }
     fn inputs(&self, params: &serde_json::Value) -> InputSlots {
-        K::inputs(&Self::typed(params))
+        Self::typed_or(params, InputSlots::Any, |p| K::inputs(p))
     }
     fn outputs(&self, params: &serde_json::Value) -> Vec<OutputDecl> {
-        K::outputs(&Self::typed(params))
+        Self::typed_or(params, Vec::new(), |p| K::outputs(p))
     }
     fn measurements(&self, params: &serde_json::Value) -> Vec<String> {
-        K::measurements(&Self::typed(params))
+        Self::typed_or(params, Vec::new(), |p| K::measurements(p))
     }
     fn environment(&self, params: &serde_json::Value) -> BTreeMap<String, String> {
-        K::environment(&Self::typed(params))
+        Self::typed_or(params, BTreeMap::new(), |p| K::environment(p))
     }
     fn fingerprint(
         &self,
         params: &serde_json::Value,
         ctx: &FingerprintContext,
     ) -> anyhow::Result<Option<String>> {
-        K::fingerprint(&Self::typed(params), ctx)
+        K::fingerprint(&Self::typed(params)?, ctx)
     }
     fn run(&self, params: &serde_json::Value, ctx: &StageContext) -> anyhow::Result<()> {
-        K::run(&Self::typed(params), ctx)
+        K::run(&Self::typed(params)?, ctx)
     }
 }
 

@@ -20,7 +20,7 @@ use itera_engine::record::RunDir;
 use itera_engine::store::{Digest, Lookup, Store};
 
 use super::progress::Display;
-use super::{exit, invalid, Global};
+use super::{exit, failed, invalid, Global};
 
 #[derive(Debug, Args)]
 pub struct ExecStageArgs {
@@ -44,12 +44,39 @@ pub struct ExecStageArgs {
 
 pub fn main(g: &Global, args: ExecStageArgs) -> anyhow::Result<u8> {
     let run = RunDir::open(&args.run).map_err(|e| invalid(e.to_string()))?;
+    // Holding the run's lock marks the run live while this job works on it.
+    let run = run.attach()?;
     let record = run.load()?;
     let pipeline = record.pipeline.clone();
-    if !pipeline.stages.contains_key(&args.stage) {
+    let Some(spec) = pipeline.stages.get(&args.stage) else {
         return Err(invalid(format!(
             "run {} has no stage `{}`",
             record.id, args.stage
+        )));
+    };
+    let this = env!("CARGO_PKG_VERSION");
+    if record.tool_version != this {
+        return Err(failed(format!(
+            "run {} was recorded by itera {} but this is itera {this}; a batch job must run \
+             the build that submitted it. Submit the run again with this itera (`itera rerun \
+             {} --executor slurm`)",
+            record.id, record.tool_version, record.id
+        )));
+    }
+    let registry = itera_stages::registry();
+    let checked = match registry.get(&spec.kind) {
+        Some(kind) => kind.recheck_params(&spec.params),
+        None => Err(anyhow::anyhow!(
+            "this itera has no stage kind `{}`; submit the run again with the build that knows it",
+            spec.kind
+        )),
+    };
+    if let Err(e) = checked {
+        return Err(failed(format!(
+            "stage `{}` of run {}: {e:#} (in {})",
+            args.stage,
+            record.id,
+            run.path().join("run.json").display()
         )));
     }
     // The store is the run folder's parent: `runs/<id>` -> `runs/`.
@@ -83,6 +110,7 @@ pub fn main(g: &Global, args: ExecStageArgs) -> anyhow::Result<u8> {
                 args.stage, record.id
             )));
         };
+        store.lease(&key)?;
         match store.lookup(&key) {
             Lookup::Hit(entry) => {
                 resolved.insert(up, Resolved::from_entry(&entry));
@@ -117,7 +145,7 @@ pub fn main(g: &Global, args: ExecStageArgs) -> anyhow::Result<u8> {
     let job = RunJob {
         selected: [args.stage.clone()].into_iter().collect(),
         pipeline: Arc::new(pipeline),
-        registry: itera_stages::registry(),
+        registry,
         store,
         run,
         force: if args.force { Force::All } else { Force::None },

@@ -42,7 +42,42 @@ pub struct Loaded {
 /// Loads and validates `args.file` with its overrides.
 pub fn load(args: &PipelineArgs, registry: &Registry) -> anyhow::Result<Loaded> {
     let pipeline = spec::load(&args.file, &args.sets, registry).map_err(reported)?;
+    check_local(&pipeline, registry)?;
     graph(pipeline)
+}
+
+/// What only the machine can tell about a valid file (`StageKind::check_local`, e.g. a
+/// `files` path that does not exist): invalid input, reported before anything runs.
+fn check_local(pipeline: &itera_engine::spec::Pipeline, registry: &Registry) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for (name, stage) in &pipeline.stages {
+        let Some(kind) = registry.get(&stage.kind) else {
+            continue;
+        };
+        for issue in kind.check_local(&stage.params, &pipeline.base_dir) {
+            let at = if issue.path.is_empty() {
+                String::new()
+            } else {
+                format!(" `{}`", issue.path.join("."))
+            };
+            text.push_str(&format!(
+                "error: {}: stage `{name}` (kind `{}`){at}: {}\n",
+                pipeline.source.display(),
+                stage.kind,
+                issue.message
+            ));
+            if let Some(help) = &issue.help {
+                text.push_str(&format!("  help: {help}\n"));
+            }
+        }
+    }
+    if text.is_empty() {
+        return Ok(());
+    }
+    Err(anyhow::Error::new(Reported {
+        code: exit::INVALID,
+        text,
+    }))
 }
 
 /// Loads a recorded resolved pipeline again.
@@ -53,6 +88,7 @@ pub fn load_resolved(
     registry: &Registry,
 ) -> anyhow::Result<Loaded> {
     let pipeline = spec::load_resolved(toml, source, base_dir, registry).map_err(reported)?;
+    check_local(&pipeline, registry)?;
     graph(pipeline)
 }
 

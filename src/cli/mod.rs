@@ -34,8 +34,9 @@ pub mod exit {
     /// Everything succeeded.
     pub const OK: u8 = 0;
     /// A stage failed (or was skipped because one failed), a `rerun --verify` found a
-    /// stage that did not reproduce, `verify` found a damaged entry, or `schema --check`
-    /// found drift.
+    /// stage that did not reproduce, `verify` found a damaged entry, `schema --check`
+    /// found drift, or any operational error (a full disk, an unwritable file): every
+    /// error that is not invalid input.
     pub const FAILED: u8 = 1;
     /// Invalid input: a bad pipeline file, flag or run id. Nothing was executed and
     /// nothing was written under the runs folder.
@@ -149,6 +150,16 @@ pub fn invalid(text: impl Into<String>) -> anyhow::Error {
     })
 }
 
+/// An operational error (exit code 1) with a message.
+pub fn failed(text: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Reported {
+        code: exit::FAILED,
+        text: format!("error: {}", text.into()),
+    })
+}
+
+pub use itera_engine::fs::error_text;
+
 /// Parses the command line, runs the subcommand and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -160,6 +171,7 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_logging(&cli.global);
+    raise_open_file_limit();
     let g = &cli.global;
     let result = match cli.command {
         Command::Run(a) => run::main(g, a),
@@ -195,11 +207,28 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(exit::OK);
             }
             if jsonlog::enabled() {
-                jsonlog::error(exit::INVALID, &format!("error: {err:#}"), None);
+                jsonlog::error(exit::FAILED, &format!("error: {}", error_text(&err)), None);
             } else {
-                eprintln!("error: {err:#}");
+                eprintln!("error: {}", error_text(&err));
             }
-            ExitCode::from(exit::INVALID)
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+/// A run holds one open lease file per key it reads (`store::lease`), so a pipeline of
+/// thousands of stages needs more than the usual soft limit of 1,024 descriptors: raise
+/// the soft limit to the hard one (allowed without privileges).
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid struct for this process.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }

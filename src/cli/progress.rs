@@ -311,7 +311,15 @@ impl Display {
                     bar.set_position(0);
                     bar.set_message(phase);
                 }
-                ProgressEvent::Position(p) => bar.set_position(p),
+                ProgressEvent::Position(p) => {
+                    // A stage resuming half-way jumps from 0: the steps before the jump
+                    // took no time here, so they must not enter the bar's rate.
+                    let jump = bar.position() == 0 && p > 1;
+                    bar.set_position(p);
+                    if jump {
+                        bar.reset_eta();
+                    }
+                }
                 ProgressEvent::Message(m) => bar.set_message(m),
                 ProgressEvent::Metrics { text, .. } => bar.set_message(text),
             }

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use clap::{Args, ValueEnum};
 use itera_engine::exec::{Executor, Force, LocalExecutor, Mode, RunJob};
 use itera_engine::host;
+use itera_engine::live;
 use itera_engine::record::{
     RunDir, RunId, RunRecord, RunStatus, StageRecord, StageStatus, RUN_FORMAT,
 };
@@ -103,7 +104,6 @@ pub struct Plan {
 
 /// Creates the run record, executes, records the outcome and prints a summary.
 pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
-    let registry = itera_stages::registry();
     let Loaded { pipeline, dag } = loaded;
     let executor: Box<dyn Executor> = match plan.exec.executor {
         ExecutorKind::Local => Box::new(LocalExecutor {
@@ -112,7 +112,8 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
         ExecutorKind::Slurm => Box::new(plan.exec.slurm.executor()?),
     };
     let cores = host::cores();
-    let run = RunDir::create(&g.runs_dir, &pipeline.name)?;
+    let run = RunDir::create(&g.runs_dir, &pipeline.name)
+        .map_err(|e| super::failed(format!("cannot create the run folder: {e}")))?;
     let needed = dag.with_ancestors(&plan.selected);
     let order = dag.topo_order();
     let mut record = RunRecord {
@@ -132,6 +133,7 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
         tool_version: env!("CARGO_PKG_VERSION").to_owned(),
         git_commit: host::git_commit(&pipeline.base_dir),
         host: host::hostname(),
+        pid: Some(std::process::id()),
         cores,
         started: host::timestamp(SystemTime::now()),
         finished: None,
@@ -141,10 +143,108 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
             .collect(),
         pipeline: pipeline.clone(),
     };
-    run.write_record(&record)?;
-    run.mark_latest(&g.runs_dir)?;
-
     let display = Arc::new(Display::new(g.progress).for_run(&run));
+    let clock = Instant::now();
+    // From here on the run exists: every way out finalises its record.
+    let result = started(
+        g,
+        &run,
+        &mut record,
+        executor.as_ref(),
+        plan,
+        &display,
+        clock,
+    );
+    result.map_err(|e| {
+        let text = super::error_text(&e);
+        let closed = run
+            .load()
+            .map(|loaded| record.stages.extend(loaded.stages))
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                let why = format!("the run stopped: {text}");
+                Ok(live::close_unfinished(
+                    &run,
+                    &mut record,
+                    RunStatus::Failed,
+                    &why,
+                )?)
+            });
+        let finalised = closed.as_ref().err().map(super::error_text);
+        display.say(
+            "error",
+            "run.failed",
+            &format!(
+                "run {} failed after {:.1}s: {}",
+                run.id(),
+                clock.elapsed().as_secs_f64(),
+                match &finalised {
+                    None => "its record is finalised".to_owned(),
+                    Some(e) => format!("its record could not be finalised: {e}"),
+                }
+            ),
+            json!({
+                "run": run.id().as_str(),
+                "status": "failed",
+                "error": text,
+                "duration_s": clock.elapsed().as_secs_f64(),
+                "record_finalised": finalised.is_none(),
+            }),
+        );
+        anyhow::Error::new(super::Reported {
+            code: exit::FAILED,
+            text: format!("error: run {} failed: {text}", run.id()),
+        })
+    })
+}
+
+/// The part of [`execute`] after the run folder exists.
+fn started(
+    g: &Global,
+    run: &RunDir,
+    record: &mut RunRecord,
+    executor: &dyn Executor,
+    plan: Plan,
+    display: &Arc<Display>,
+    clock: Instant,
+) -> anyhow::Result<u8> {
+    let registry = itera_stages::registry();
+    let pipeline = record.pipeline.clone();
+    let cores = record.cores;
+    let needed = record.stages.len();
+    run.write_record(record)?;
+    if let Err(e) = run.mark_latest(&g.runs_dir) {
+        display.say(
+            "warn",
+            "run.warning",
+            &format!(
+                "warning: cannot point {} at this run: {e}; remove it so `latest` works again",
+                g.runs_dir.join("latest").display()
+            ),
+            json!({ "run": run.id().as_str(), "latest": g.runs_dir.join("latest") }),
+        );
+    }
+    let finalised = live::finalise_all(&g.runs_dir);
+    if !finalised.is_empty() {
+        tracing::info!(count = finalised.len(), "finalised abandoned run records");
+    }
+    {
+        let run = run.clone();
+        let base = record.clone();
+        super::interrupt::on_hard_stop(move || {
+            let mut rec = base.clone();
+            if let Ok(loaded) = run.load() {
+                rec.stages.extend(loaded.stages);
+            }
+            let _ = live::close_unfinished(
+                &run,
+                &mut rec,
+                RunStatus::Interrupted,
+                "interrupted: Ctrl-C twice stopped it at once",
+            );
+        });
+    }
+
     display.say(
         "info",
         "run.started",
@@ -152,7 +252,7 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
             "run {} of `{}`: {} stage(s), {} executor, {} job(s) on {cores} cores",
             run.id(),
             pipeline.name,
-            needed.len(),
+            needed,
             executor.name(),
             plan.exec.jobs
         ),
@@ -160,16 +260,15 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
             "run": run.id().as_str(),
             "pipeline": pipeline.name,
             "file": pipeline.source,
-            "stages": needed.len(),
+            "stages": needed,
             "executor": executor.name(),
             "jobs": plan.exec.jobs,
             "cores": cores,
             "run_dir": run.path(),
         }),
     );
-    let clock = Instant::now();
     let job = RunJob {
-        pipeline: Arc::new(pipeline),
+        pipeline: Arc::new(pipeline.clone()),
         registry,
         store: Store::new(&g.runs_dir),
         run: run.clone(),
@@ -186,13 +285,7 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
             record
                 .stages
                 .extend(run.load().map(|r| r.stages).unwrap_or_default());
-            record.status = RunStatus::Failed;
-            record.finished = Some(host::timestamp(SystemTime::now()));
-            run.write_record(&record)?;
-            return Err(anyhow::Error::new(super::Reported {
-                code: exit::FAILED,
-                text: format!("error: run {} failed: {e}", run.id()),
-            }));
+            return Err(anyhow::Error::new(e));
         }
     };
     // Queued batch jobs (without `--wait`): the run goes on without us.
@@ -209,9 +302,13 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
     } else {
         RunStatus::Failed
     };
-    run.write_record(&record)?;
+    run.write_record(record)?;
 
     let count = |s: StageStatus| outcome.with_status(s).len();
+    let interrupted = match count(StageStatus::Interrupted) {
+        0 => String::new(),
+        n => format!(", {n} interrupted"),
+    };
     let stages: serde_json::Map<String, serde_json::Value> = record
         .stages
         .iter()
@@ -229,7 +326,7 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
         if outcome.succeeded() { "info" } else { "error" },
         "run.finished",
         &format!(
-            "run {} {}: {} ran, {} cached, {} failed, {} skipped in {:.1}s",
+            "run {} {}: {} ran, {} cached, {} failed{interrupted}, {} skipped in {:.1}s",
             run.id(),
             record.status,
             count(StageStatus::Ran),
@@ -244,14 +341,15 @@ pub fn execute(g: &Global, loaded: Loaded, plan: Plan) -> anyhow::Result<u8> {
             "ran": count(StageStatus::Ran),
             "cached": count(StageStatus::Cached),
             "failed": count(StageStatus::Failed),
+            "interrupted": count(StageStatus::Interrupted),
             "skipped": count(StageStatus::Skipped),
             "duration_s": clock.elapsed().as_secs_f64(),
             "stages": stages,
         }),
     );
-    report_failures(&display, &outcome.stages, &run);
+    report_failures(display, &outcome.stages, run);
     if record.status == RunStatus::Submitted {
-        super::slurm::print_submitted(&run)?;
+        super::slurm::print_submitted(run)?;
     }
     let mismatches = outcome.verify_mismatches();
     if !mismatches.is_empty() {

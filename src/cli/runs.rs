@@ -1,4 +1,5 @@
 //! `itera runs`: lists recorded runs, oldest first, with their status and stage counts.
+//! A record that says `running` while no process holds the run's lock shows `abandoned`.
 
 use clap::Args;
 use itera_engine::record::{list_runs, StageStatus};
@@ -18,10 +19,15 @@ pub fn main(g: &Global, args: RunsArgs) -> anyhow::Result<u8> {
     let mut text = String::new();
     for run in runs.into_iter().skip(skip) {
         match run.load() {
-            Ok(r) => {
+            Ok(mut r) => {
+                itera_engine::live::as_seen(run.path(), &mut r);
                 let count = |s: StageStatus| r.stages.values().filter(|x| x.status == s).count();
+                let interrupted = match count(StageStatus::Interrupted) {
+                    0 => String::new(),
+                    n => format!(", {n} interrupted"),
+                };
                 text.push_str(&format!(
-                    "{}  {:<11}  {} ran, {} cached, {} failed, {} skipped{}\n",
+                    "{}  {:<11}  {} ran, {} cached, {} failed{interrupted}, {} skipped{}\n",
                     r.id,
                     r.status.to_string(),
                     count(StageStatus::Ran),

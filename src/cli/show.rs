@@ -22,7 +22,8 @@ pub struct ShowArgs {
 pub fn main(g: &Global, args: ShowArgs) -> anyhow::Result<u8> {
     let run = find_run(&g.runs_dir, &args.run).map_err(|e| invalid(e.to_string()))?;
     if args.json {
-        let record = run.load()?;
+        let mut record = run.load()?;
+        itera_engine::live::as_seen(run.path(), &mut record);
         out(&format!("{}\n", serde_json::to_string_pretty(&record)?))?;
         return Ok(exit::OK);
     }
@@ -31,7 +32,10 @@ pub fn main(g: &Global, args: ShowArgs) -> anyhow::Result<u8> {
 
 /// Prints a run's record (merged with its stage files).
 pub fn print_run(run: &RunDir, store: &Store) -> anyhow::Result<u8> {
-    let r = run.load()?;
+    let mut r = run.load()?;
+    // Nobody holds the run's lock: its itera died. Show what the next run or gc will
+    // write into the record.
+    itera_engine::live::as_seen(run.path(), &mut r);
     let mut text = format!(
         "run {}: {}\n  pipeline: {} ({})\n  started:  {}{}\n  command:  {}\n  host:     {} ({} cores), {} executor, {} job(s)\n",
         r.id,

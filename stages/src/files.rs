@@ -29,8 +29,12 @@ fn name_of(path: &str) -> Option<&str> {
     Path::new(path).file_name().and_then(|n| n.to_str())
 }
 
+/// The path to snapshot. A named path that is itself a symbolic link is followed (its
+/// target's content is what the user means, and what the key must follow); links *inside*
+/// a folder are kept as links and must stay inside it (`store::links`).
 fn resolve(base: &Path, path: &str) -> PathBuf {
-    base.join(path)
+    let full = base.join(path);
+    std::fs::canonicalize(&full).unwrap_or(full)
 }
 
 impl StageKind for Files {
@@ -72,6 +76,24 @@ impl StageKind for Files {
             }
         }
         issues
+    }
+
+    fn check_local(p: &FilesParams, base_dir: &Path) -> Vec<ParamIssue> {
+        p.paths
+            .iter()
+            .enumerate()
+            .filter(|(_, path)| !base_dir.join(path).exists())
+            .map(|(i, path)| {
+                ParamIssue::new(
+                    &format!("paths.{i}"),
+                    format!(
+                        "`{path}` does not exist (looked for `{}`)",
+                        base_dir.join(path).display()
+                    ),
+                )
+                .with_help("paths are relative to the pipeline file's folder; fix the path or create the file")
+            })
+            .collect()
     }
 
     fn outputs(p: &FilesParams) -> Vec<OutputDecl> {

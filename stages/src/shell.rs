@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use itera_engine::stage::{OutputDecl, ParamIssue, StageContext, StageKind};
+use itera_engine::supervise;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -141,10 +142,11 @@ impl StageKind for Shell {
             (None, None) => bail!("a shell stage needs `command` or `argv`"),
         };
         let threads = ctx.threads.to_string();
+        let (log_pipe, pump) = ctx.log.child_pipe()?;
         cmd.current_dir(&ctx.base_dir)
             .stdin(Stdio::null())
-            .stdout(ctx.log.child_handle()?)
-            .stderr(ctx.log.child_handle()?)
+            .stdout(Stdio::from(log_pipe.try_clone()?))
+            .stderr(Stdio::from(log_pipe))
             .env("ITERA_STAGE", &ctx.stage)
             .env("ITERA_OUT", &ctx.out_dir)
             .env("ITERA_WORK", &ctx.work_dir)
@@ -159,11 +161,14 @@ impl StageKind for Shell {
             .clone()
             .unwrap_or_else(|| p.argv.clone().unwrap_or_default().join(" "));
         ctx.log.line(format!("$ {shown}"));
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start `{shown}`"))?;
-        let status = wait(&mut child, ctx)?;
-        check_status(status)
+        let spawned = supervise::spawn(&mut cmd);
+        // Our copies of the log pipe's write end: the pump ends once the command's close.
+        drop(cmd);
+        let mut running = spawned.with_context(|| format!("cannot start `{shown}`"))?;
+        let status = wait(&mut running.child, ctx);
+        running.finish();
+        let _ = pump.join();
+        check_status(status?)
     }
 }
 
@@ -206,12 +211,12 @@ fn terminate(child: &mut std::process::Child) {
     let _ = child.kill();
 }
 
-/// The command leads its own process group, so cancelling reaches everything it started;
-/// on Linux it is also killed if the itera thread that started it dies (e.g. the run is
-/// `kill -9`ed), so no stray command keeps writing.
+/// The command leads its own session and process group ([`supervise::spawn`]), so
+/// cancelling reaches everything it started, and its supervisor kills the group if itera
+/// dies (`kill -9`, a second Ctrl-C), so no stray command keeps writing. On Linux the
+/// command itself also dies with the itera thread that started it.
 fn contain(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
-    cmd.process_group(0);
     #[cfg(target_os = "linux")]
     {
         // SAFETY: prctl is async-signal-safe and touches only the child's own state.

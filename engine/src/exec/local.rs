@@ -89,6 +89,7 @@ impl Scheduler<'_> {
                 let key = parts.key();
                 rec.key = Some(key.clone());
                 rec.parts = Some(parts);
+                job.store.lease(&key).map_err(|e| e.to_string())?;
                 match job.store.lookup(&key) {
                     Lookup::Hit(e) => Ok(e),
                     _ => Err(not_stored(name)),

@@ -213,17 +213,9 @@ pub fn thread_budget(pipeline: &Pipeline, stage: &str, cores: usize, jobs: usize
     }
 }
 
-/// The tail of a log file (at most `lines` lines).
+/// The tail of a log file (at most `lines` lines), bounded: see [`crate::logcap::tail`].
 pub fn log_tail(path: &std::path::Path, lines: usize) -> Vec<String> {
-    let Ok(bytes) = std::fs::read(path) else {
-        return Vec::new();
-    };
-    let text = String::from_utf8_lossy(&bytes);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..]
-        .iter()
-        .map(|l| (*l).to_owned())
-        .collect()
+    crate::logcap::tail(path, lines)
 }
 
 #[cfg(test)]

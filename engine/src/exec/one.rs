@@ -51,7 +51,11 @@ pub fn execute_stage(
     rec.threads = Some(req.threads);
     let outcome = attempt(job, req, resolved, &mut rec);
     if let Err(error) = &outcome {
-        rec.status = StageStatus::Failed;
+        rec.status = if job.cancel.is_cancelled() {
+            StageStatus::Interrupted
+        } else {
+            StageStatus::Failed
+        };
         rec.error = Some(error.clone());
         let log = rec.log.as_ref().map(|l| job.run.path().join(l));
         let tail = log
@@ -89,6 +93,10 @@ fn attempt(
         (None, Reuse::Recompute) => "forced".to_owned(),
         (None, Reuse::Allow) => "no cache entry".to_owned(),
     };
+    // Registered before the lookup, so `gc` cannot remove the entry between the two.
+    job.store
+        .lease(&key)
+        .map_err(|e| format!("cannot register the key with the store: {e}"))?;
     if req.reuse == Reuse::Allow {
         match job.store.lookup(&key) {
             Lookup::Hit(entry) => return Ok(Some(cached(job, name, rec, &entry, None))),
@@ -200,14 +208,15 @@ fn run_claimed(
                 .unwrap_or_else(|| "unknown panic".to_owned());
             Err(anyhow::anyhow!("the stage panicked: {msg}"))
         });
+    log.finish();
     let finished = SystemTime::now();
     rec.finished = Some(host::timestamp(finished));
     rec.duration_ms = Some(clock.elapsed().as_millis() as u64);
     if let Err(e) = result {
         let msg = if job.cancel.is_cancelled() {
-            format!("interrupted: {e:#}")
+            format!("interrupted: {}", crate::fs::error_text(&e))
         } else {
-            format!("{e:#}")
+            crate::fs::error_text(&e)
         };
         log.line(format!("# itera: stage failed: {msg}"));
         return Err(msg);

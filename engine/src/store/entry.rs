@@ -16,6 +16,10 @@ use super::lock::KeyLock;
 use super::StoreError;
 use crate::fs::{self, Durability, FsError, IoContext};
 
+/// The marker `itera verify` writes into an entry whose files changed: a marked entry is
+/// never a hit (the next run recomputes it; `gc` removes it).
+pub const QUARANTINE_MARK: &str = "QUARANTINED";
+
 /// Bump when `meta.json` changes shape.
 pub const META_FORMAT: u32 = 1;
 
@@ -69,6 +73,8 @@ pub enum EntryProblem {
     WrongKey { found: String },
     /// The files no longer match the manifest.
     Changed(Vec<TreeChange>),
+    /// `itera verify` found its files changed and marked it (the marker's text).
+    Quarantined(String),
 }
 
 impl std::fmt::Display for EntryProblem {
@@ -76,6 +82,9 @@ impl std::fmt::Display for EntryProblem {
         match self {
             Self::NoMeta(why) => write!(f, "meta.json: {why}"),
             Self::WrongKey { found } => write!(f, "meta.json is for key {found}"),
+            Self::Quarantined(why) => {
+                write!(f, "quarantined by `itera verify`: {}", why.trim_end())
+            }
             Self::Changed(changes) => {
                 let shown: Vec<String> = changes.iter().take(5).map(|c| c.to_string()).collect();
                 write!(f, "{}", shown.join("; "))?;
@@ -98,6 +107,9 @@ pub fn read_meta(dir: &Path) -> Result<Meta, EntryProblem> {
 /// Checks the entry at `dir` cheaply: meta present and for `key`, and the files' structure,
 /// kinds and sizes exactly as in the manifest (contents are not re-hashed).
 pub fn check(dir: &Path, key: &CacheKey) -> Result<Entry, EntryProblem> {
+    if let Some(why) = quarantined(dir) {
+        return Err(EntryProblem::Quarantined(why));
+    }
     let meta = read_meta(dir)?;
     if &meta.key != key {
         return Err(EntryProblem::WrongKey {
@@ -121,6 +133,20 @@ fn missing_root(e: digest::DigestError) -> TreeChange {
         path: format!("out/ ({e})"),
         what: "unreadable",
     }
+}
+
+/// The quarantine marker's text, when the entry at `dir` is marked.
+pub fn quarantined(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(QUARANTINE_MARK)).ok()
+}
+
+/// Marks the entry at `dir` as changed on disk: lookups refuse it from now on.
+pub fn quarantine(dir: &Path, why: &str) -> Result<(), FsError> {
+    fs::write_atomic(
+        &dir.join(QUARANTINE_MARK),
+        why.as_bytes(),
+        Durability::Fsync,
+    )
 }
 
 /// Re-hashes every file of the entry at `dir` and compares with its manifest.
@@ -168,7 +194,8 @@ pub struct Claimed {
     pub(super) staging: PathBuf,
     pub(super) entry_dir: PathBuf,
     pub(super) work_dir: PathBuf,
-    pub(super) trash: PathBuf,
+    /// Where a replaced version goes (`--force`): readers may still be using it.
+    pub(super) retired: PathBuf,
     pub(super) lock: KeyLock,
 }
 
@@ -199,6 +226,13 @@ impl Claimed {
     pub fn publish(self, info: PublishInfo, mode: PublishMode) -> Result<Published, StoreError> {
         let out = self.out_dir();
         let (digest, manifest) = digest::digest_tree(&out)?;
+        let escaping = super::links::escaping(&out, &manifest);
+        if !escaping.is_empty() {
+            return Err(StoreError::EscapingLinks {
+                stage: info.stage,
+                links: escaping,
+            });
+        }
         if mode == PublishMode::Discard {
             fs::remove_dir_all_if_exists(&self.work_dir)?;
             return Ok(Published {
@@ -231,15 +265,17 @@ impl Claimed {
         fs::write_atomic(&self.staging.join("meta.json"), &json, Durability::Fsync)?;
         fs::sync_dir(&self.staging)?;
         if self.entry_dir.exists() {
-            // `--force` recomputed a key that is already stored: swap the old entry out.
-            // Only the lock holder writes this key, so nothing races the two renames.
-            std::fs::rename(&self.entry_dir, &self.trash).at("move aside", &self.entry_dir)?;
+            // `--force` recomputed a key that is already stored. Readers hold no lock, so
+            // the old version is never deleted here: the new one takes its place in one
+            // atomic exchange, and the old one moves to `retired/`, which `gc` empties
+            // once no live run leases the key.
+            replace_entry(&self.staging, &self.entry_dir, &self.retired)?;
+        } else {
+            std::fs::rename(&self.staging, &self.entry_dir).at("publish", &self.entry_dir)?;
         }
-        std::fs::rename(&self.staging, &self.entry_dir).at("publish", &self.entry_dir)?;
         if let Some(parent) = self.entry_dir.parent() {
             fs::sync_dir(parent)?;
         }
-        fs::remove_dir_all_if_exists(&self.trash)?;
         fs::remove_dir_all_if_exists(&self.work_dir)?;
         Ok(Published {
             digest,
@@ -252,11 +288,58 @@ impl Claimed {
     }
 }
 
+/// Puts `fresh` at `entry` and the version that was there at `retired`. On Linux the
+/// swap is one `renameat2(RENAME_EXCHANGE)`, so `entry` always names a complete version;
+/// elsewhere (or on a filesystem without it) two renames leave a moment with no entry,
+/// which a concurrent lookup sees as a miss and handles by waiting for the key's lock.
+fn replace_entry(fresh: &Path, entry: &Path, retired: &Path) -> Result<(), FsError> {
+    if let Some(dir) = retired.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    if exchange(fresh, entry).is_ok() {
+        // `fresh` now names the old version.
+        return std::fs::rename(fresh, retired).at("retire the replaced entry", fresh);
+    }
+    std::fs::rename(entry, retired).at("move aside", entry)?;
+    std::fs::rename(fresh, entry).at("publish", entry)
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())?;
+    let cb = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths; renameat2 touches nothing else.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
 impl Drop for Claimed {
     fn drop(&mut self) {
         // Published: the staging folder was renamed away and this is a no-op. Otherwise it
         // holds a partial or discarded result, which must not linger.
         let _ = fs::remove_dir_all_if_exists(&self.staging);
+        // A work dir the stage never used is no resumable state: `remove_dir` only
+        // removes it when empty.
+        let _ = std::fs::remove_dir(&self.work_dir);
         let _ = &self.lock;
     }
 }

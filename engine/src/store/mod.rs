@@ -5,22 +5,27 @@
 //! runs/store/<key>/meta.json   written last: marks the entry complete
 //! runs/work/<key>/             resumable scratch of a stage being computed
 //! runs/tmp/<key>.<pid>.<rand>/ private staging folders (same filesystem, for the rename)
-//! runs/locks/<key>.lock        per-key flock
+//! runs/locks/<key>.lock        per-key flock (held while computing the key)
+//! runs/locks/<key>.use         per-key lease (shared by every live run reading the key)
+//! runs/retired/<key>.<tag>/    an entry version replaced by `--force`, until gc
 //! ```
 //!
 //! [`Store::lookup`] declares a hit only for a checked entry. [`Store::claim`] takes the
 //! key's lock, re-checks (another run may have published meanwhile) and hands back either
-//! the hit or a [`Claimed`] staging area; only a `Claimed` can publish.
+//! the hit or a [`Claimed`] staging area; only a `Claimed` can publish. A run takes a
+//! [`lease`] on every key before looking it up, so `gc` never removes what it reads.
 
 pub mod digest;
 pub mod entry;
 pub mod key;
+pub mod lease;
+pub mod links;
 pub mod lock;
 pub mod maintain;
 
 use std::path::{Path, PathBuf};
 
-use crate::fs::{self, FsError};
+use crate::fs::{self, FsError, IoContext};
 use crate::stage::CancelToken;
 
 pub use digest::{Digest, Manifest};
@@ -37,6 +42,17 @@ pub enum StoreError {
     Digest(#[from] digest::DigestError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The artifact holds symbolic links that point outside it.
+    #[error(
+        "stage `{stage}` wrote symbolic link(s) that leave its artifact: {}; no cache key \
+         captures what they point to. Copy the target into the output instead (e.g. \
+         `cp -L`), or point the link at a path inside the output",
+        links.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    EscapingLinks {
+        stage: String,
+        links: Vec<links::EscapingLink>,
+    },
 }
 
 /// The result of looking a key up.
@@ -70,6 +86,7 @@ pub enum Reuse {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    leases: lease::Leases,
 }
 
 impl Store {
@@ -77,7 +94,17 @@ impl Store {
     pub fn new(runs_dir: &Path) -> Self {
         Self {
             root: runs_dir.to_owned(),
+            leases: lease::Leases::default(),
         }
+    }
+    /// Registers this process as a reader of `key` (a shared lease held until the process
+    /// ends): `gc` never removes an entry of a leased key. Call it before [`Self::lookup`].
+    pub fn lease(&self, key: &CacheKey) -> Result<(), FsError> {
+        self.leases.take(&self.root, key)
+    }
+    /// Where `--force` moves replaced entry versions (removed by `gc` once unleased).
+    pub fn retired_dir(&self) -> PathBuf {
+        self.root.join("retired")
     }
     pub fn runs_dir(&self) -> &Path {
         &self.root
@@ -128,8 +155,8 @@ impl Store {
             match self.lookup(key) {
                 Lookup::Hit(e) => return Ok(Claim::Hit(e)),
                 Lookup::Damaged(problem) => {
-                    tracing::warn!(key = %key, %problem, "removing a damaged store entry");
-                    fs::remove_dir_all_if_exists(&dir)?;
+                    tracing::warn!(key = %key, %problem, "retiring a damaged store entry");
+                    self.retire(key, &dir)?;
                 }
                 Lookup::Miss => {}
             }
@@ -146,9 +173,25 @@ impl Store {
             staging,
             entry_dir: dir,
             work_dir: self.work_dir(key),
-            trash: tmp.join(format!("{tag}.old")),
+            retired: self.retired_dir().join(&tag),
             lock,
         }))
+    }
+
+    /// Moves an entry version out of `store/` into `retired/` (readers may still have it
+    /// open; `gc` removes it once no live run leases the key).
+    pub(crate) fn retire(&self, key: &CacheKey, dir: &Path) -> Result<(), FsError> {
+        let retired = self.retired_dir();
+        fs::create_dir_all(&retired)?;
+        let to = retired.join(format!(
+            "{key}.{}.{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        match std::fs::rename(dir, &to) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other.at("retire", dir),
+        }
     }
 
     /// Removes `tmp/<key>.*`: only the key's lock holder stages it, so under the lock any
@@ -269,6 +312,37 @@ mod tests {
             panic!()
         };
         assert!(!stale.exists());
+    }
+
+    #[test]
+    fn forced_recompute_never_deletes_the_version_a_reader_has_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let p = parts(5);
+        let key = p.key();
+        let publish = |content: &str| {
+            let Claim::Miss(c) = claim(&store, &key, Reuse::Recompute) else {
+                panic!()
+            };
+            std::fs::write(c.out_dir().join("f"), content).unwrap();
+            c.publish(info(&p), PublishMode::Publish).unwrap();
+        };
+        publish("one");
+        // A reader holding the folder (as a shell stage does with its `cd`) reads files
+        // from it later.
+        let held = std::fs::File::open(store.entry_dir(&key).join("out")).unwrap();
+        use std::os::fd::AsRawFd;
+        let via_reader = format!("/proc/self/fd/{}/f", held.as_raw_fd());
+        publish("two");
+        assert_eq!(std::fs::read_to_string(&via_reader).unwrap(), "one");
+        let Lookup::Hit(e) = store.lookup(&key) else {
+            panic!()
+        };
+        assert_eq!(
+            std::fs::read_to_string(e.out_dir().join("f")).unwrap(),
+            "two"
+        );
+        assert_eq!(std::fs::read_dir(store.retired_dir()).unwrap().count(), 1);
     }
 
     #[test]

@@ -185,8 +185,7 @@ fn train(p: &TrainParams, ctx: &StageContext) -> anyhow::Result<()> {
                 tokens_per_s: st.interval_tokens as f64 / st.interval_seconds.max(1e-9),
                 elapsed_s: st.train_seconds,
             };
-            let eta = (steps - step) as f64 * st.train_seconds
-                / (step - st.resumed_from_step.unwrap_or(0)).max(1) as f64;
+            let eta = eta_seconds(steps, step, st.train_seconds);
             let msg = format!(
                 "step {step}/{steps} loss {:.4}{} lr {:.2e} {} tok/s",
                 line.loss,
@@ -232,6 +231,13 @@ fn train(p: &TrainParams, ctx: &StageContext) -> anyhow::Result<()> {
         threads,
         seed,
     )
+}
+
+/// Seconds left for `steps - step` steps. `train_seconds` is the time of every step so far,
+/// across resumes (it is saved in the resume state), so the rate is over all `step` steps:
+/// right after a resume the estimate is as good as before the kill.
+fn eta_seconds(steps: u64, step: u64, train_seconds: f64) -> f64 {
+    steps.saturating_sub(step) as f64 * train_seconds / step.max(1) as f64
 }
 
 /// Loads the checkpoint and this stage's resume state, if both are there and agree.
@@ -340,4 +346,17 @@ fn finish(
         final_val
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod eta_tests {
+    use super::eta_seconds;
+
+    #[test]
+    fn the_eta_right_after_a_resume_uses_the_rate_of_every_step_so_far() {
+        // 500 steps at 0.1 s before the kill, one step after the resume.
+        let eta = eta_seconds(1000, 501, 50.1);
+        assert!((eta - 49.9).abs() < 0.1, "{eta}");
+        assert_eq!(eta_seconds(1000, 1000, 100.0), 0.0);
+    }
 }

@@ -250,6 +250,7 @@ impl Coordinator<'_> {
                     let key = parts.key();
                     rec.key = Some(key.clone());
                     rec.parts = Some(parts);
+                    crate::store::lease::take_or_warn(&job.store, &key);
                     if let Lookup::Hit(entry) = job.store.lookup(&key) {
                         rec.status = StageStatus::Cached;
                         rec.digest = Some(entry.meta.digest.clone());
