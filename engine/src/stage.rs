@@ -119,7 +119,7 @@ pub struct InputArtifact {
     /// The artifact root, or the named output's path inside it.
     pub path: PathBuf,
     /// Digest of the whole upstream artifact.
-    pub digest: String,
+    pub digest: crate::store::Digest,
 }
 
 /// Context for computing a fingerprint of outside state before the cache lookup.

@@ -104,7 +104,7 @@ fn main() -> anyhow::Result<()> {
                     stage: "corpus".into(),
                     output: None,
                     path: corpus.clone(),
-                    digest: String::new(),
+                    digest: itera_engine::store::Digest::of_bytes(b"bench"),
                 }],
             )]),
             out_dir: root.join("out"),

@@ -33,7 +33,7 @@ fn run(
                     stage: (*slot).into(),
                     output: None,
                     path: p.to_path_buf(),
-                    digest: String::new(),
+                    digest: itera_engine::store::Digest::of_bytes(b"bench"),
                 };
                 ((*slot).to_owned(), vec![art])
             })

@@ -315,7 +315,7 @@ mod tests {
                     stage: "up".into(),
                     output: None,
                     path: dir.join("in"),
-                    digest: String::new(),
+                    digest: itera_engine::store::Digest::of_bytes(b"input"),
                 }],
             )]),
             out_dir: out,

@@ -68,7 +68,9 @@ impl Study {
                         stage: (*s).into(),
                         output: None,
                         path: p.clone(),
-                        digest: format!("digest-of-{s}"),
+                        digest: itera_engine::store::Digest::of_bytes(
+                            format!("digest-of-{s}").as_bytes(),
+                        ),
                     })
                     .collect();
                 ((*slot).to_owned(), arts)

@@ -38,7 +38,7 @@ fn run(params: &serde_json::Value, corpus: &Path, root: &Path) -> anyhow::Result
             stage: "fetch".into(),
             output: None,
             path: corpus.to_owned(),
-            digest: "test".into(),
+            digest: itera_engine::store::Digest::of_bytes(b"test"),
         }],
     )]);
     let ctx = context(root, inputs, 2);

@@ -155,7 +155,7 @@ pub fn input_artifacts(
                 stage: r.stage.clone(),
                 output: r.output.clone(),
                 path,
-                digest: up.digest.to_string(),
+                digest: up.digest.clone(),
             });
         }
         out.insert(input.clone(), list);

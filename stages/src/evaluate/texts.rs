@@ -66,7 +66,7 @@ mod tests {
             stage: stage.into(),
             output: output.map(str::to_owned),
             path,
-            digest: "d".into(),
+            digest: itera_engine::store::Digest::of_bytes(b"d"),
         }
     }
 

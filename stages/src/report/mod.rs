@@ -130,7 +130,7 @@ pub struct Provenance {
 pub struct InputProvenance {
     pub slot: String,
     pub stage: String,
-    pub digest: String,
+    pub digest: itera_engine::store::Digest,
 }
 
 /// The machine the report was written on (evaluation and training ran on the same one

@@ -202,7 +202,7 @@ fn report_files_are_written_and_text_is_escaped() {
         inputs: vec![InputProvenance {
             slot: "eval".into(),
             stage: "evaluate".into(),
-            digest: "abc123".into(),
+            digest: itera_engine::store::Digest::of_bytes(b"abc123"),
         }],
         machine: Machine::current(),
         seed: 1,
@@ -220,7 +220,7 @@ fn report_files_are_written_and_text_is_escaped() {
         "`f16-native` also does the matrix-vector products in f16 arithmetic",
         "## Training",
         "## Generations",
-        "digest `abc123`",
+        &format!("digest `{}`", itera_engine::store::Digest::of_bytes(b"abc123")),
         "the cat \\| dog",
         "| 1 | 900.0, 1,000, 1,100 |",
         "resumed from the checkpoint at step 50",
