@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use itera_model::decode::{generate, Decoder, Isa, Precision, SamplingConfig, Weights};
-use itera_model::quantize::{choose, quantize_model, Scheme};
+use itera_model::quantize::{quantize_weights, Scheme};
 use itera_model::ModelConfig;
 
 const RUNS: usize = 7;
@@ -114,18 +114,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         // Quantized weights (weight-only, computed natively by the decoder), greedy.
         for scheme in [Scheme::Int8, Scheme::Int4, Scheme::Mixed] {
-            let tensors = weights
-                .tensors()
-                .iter()
-                .map(|(n, t)| (n.clone(), (t.shape.clone(), t.data.clone())))
-                .collect();
-            let file = quantize_model(
-                &tensors,
-                scheme.name(),
-                |name, shape| choose(name, shape, scheme, &[], 32),
-                32,
-                itera_model::artifact::metadata(),
-            )?;
+            let file = quantize_weights(&weights, scheme, &[], 32)?;
             let q = Weights::from_safetensors_bytes(config.clone(), &file.bytes, None)?;
             let precision = if q.f16_matrices() {
                 Precision::F16

@@ -249,6 +249,34 @@ pub fn quantize_model(
     })
 }
 
+/// Quantizes a model held as [`Weights`](crate::decode::Weights) (every tensor dense) with
+/// `scheme` and `rules`.
+pub fn quantize_weights(
+    weights: &crate::decode::Weights,
+    scheme: Scheme,
+    rules: &[Rule],
+    group: usize,
+) -> Result<QuantizedModel, String> {
+    if let Some(name) = weights.quantized_tensors().keys().next() {
+        return Err(format!(
+            "the model is already quantized (`{name}` is stored as integers): quantize the \
+             F32 model a `train` stage writes"
+        ));
+    }
+    let tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = weights
+        .tensors()
+        .iter()
+        .map(|(n, t)| (n.clone(), (t.shape.clone(), t.data.clone())))
+        .collect();
+    quantize_model(
+        &tensors,
+        scheme.name(),
+        |name, shape| choose(name, shape, scheme, rules, group),
+        group,
+        artifact::metadata(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,9 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use itera_model::artifact;
 use itera_model::decode::{Decoder, Isa, Precision, Weights};
-use itera_model::quantize::{choose, quantize_model, Scheme};
+use itera_model::quantize::{quantize_weights, Scheme};
 use itera_model::ModelConfig;
 
 /// Row counts with 64-row groups and 16-row tails, columns that groups of 32 divide.
@@ -31,25 +30,16 @@ fn config() -> ModelConfig {
 fn quantized(scheme: Scheme) -> (Weights, Weights) {
     let c = config();
     let dense = Weights::random(&c, 5).unwrap();
-    let tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = dense
+    let file = quantize_weights(&dense, scheme, &[], 32).unwrap();
+    let q = Weights::from_safetensors_bytes(c.clone(), &file.bytes, None).unwrap();
+    let back: HashMap<String, (Vec<usize>, Vec<f32>)> = dense
         .tensors()
         .iter()
-        .map(|(n, t)| (n.clone(), (t.shape.clone(), t.data.clone())))
-        .collect();
-    let file = quantize_model(
-        &tensors,
-        scheme.name(),
-        |name, shape| choose(name, shape, scheme, &[], 32),
-        32,
-        artifact::metadata(),
-    )
-    .unwrap();
-    let q = Weights::from_safetensors_bytes(c.clone(), &file.bytes, None).unwrap();
-    let back: HashMap<String, (Vec<usize>, Vec<f32>)> = tensors
-        .keys()
-        .map(|n| {
-            let shape = tensors[n].0.clone();
-            (n.clone(), (shape, q.values(n).unwrap().into_owned()))
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                (t.shape.clone(), q.values(n).unwrap().into_owned()),
+            )
         })
         .collect();
     (q, Weights::from_tensors(c, back).unwrap())
@@ -111,19 +101,7 @@ fn quantized_matrices_stay_quantized_and_decode_like_their_dequantized_values() 
 fn a_quantized_file_without_its_scales_is_refused() {
     let c = config();
     let dense = Weights::random(&c, 5).unwrap();
-    let tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = dense
-        .tensors()
-        .iter()
-        .map(|(n, t)| (n.clone(), (t.shape.clone(), t.data.clone())))
-        .collect();
-    let file = quantize_model(
-        &tensors,
-        "int8",
-        |name, shape| choose(name, shape, Scheme::Int8, &[], 32),
-        32,
-        artifact::metadata(),
-    )
-    .unwrap();
+    let file = quantize_weights(&dense, Scheme::Int8, &[], 32).unwrap();
     // Rename the scales of one matrix so the file no longer has them.
     let text = String::from_utf8_lossy(&file.bytes).into_owned();
     assert!(text.contains("lm_head.weight.scale"));
@@ -172,24 +150,12 @@ fn python_numpy_dequantizes_like_itera() {
     }
     let c = config();
     let dense = Weights::random(&c, 9).unwrap();
-    let tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = dense
-        .tensors()
-        .iter()
-        .map(|(n, t)| (n.clone(), (t.shape.clone(), t.data.clone())))
-        .collect();
     // int4 for the feed-forward matrices, int8 for everything else eligible.
     let rules = [itera_model::quantize::Rule {
         pattern: "layers.*.ffn.*.weight".into(),
         format: itera_model::quantize::TensorFormat::Int4,
     }];
-    let file = quantize_model(
-        &tensors,
-        "custom",
-        |name, shape| choose(name, shape, Scheme::Int8, &rules, 32),
-        32,
-        artifact::metadata(),
-    )
-    .unwrap();
+    let file = quantize_weights(&dense, Scheme::Int8, &rules, 32).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     std::fs::write(&path, &file.bytes).unwrap();

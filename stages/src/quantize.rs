@@ -137,26 +137,11 @@ pub fn quantize_dir(
     let weights_path = input.join(WEIGHTS_FILE);
     let weights = Weights::load_dir(input)
         .with_context(|| format!("cannot read the model in `{}`", input.display()))?;
-    anyhow::ensure!(
-        weights.quantized_tensors().is_empty(),
-        "the model in `{}` is already quantized: quantize the F32 model a `train` stage writes",
-        input.display()
-    );
-    let tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = weights
-        .tensors()
-        .iter()
-        .map(|(n, t)| (n.clone(), (t.shape.clone(), t.data.clone())))
-        .collect();
-    let file = quantize::quantize_model(
-        &tensors,
-        params.scheme.name(),
-        |name, shape| {
-            quantize::choose(name, shape, params.scheme, &params.rules, params.group_size)
-        },
-        params.group_size,
-        artifact::metadata(),
-    )
-    .map_err(|e| anyhow::anyhow!("cannot quantize the model in `{}`: {e}", input.display()))?;
+    let file =
+        quantize::quantize_weights(&weights, params.scheme, &params.rules, params.group_size)
+            .map_err(|e| {
+                anyhow::anyhow!("cannot quantize the model in `{}`: {e}", input.display())
+            })?;
     let out_weights = out.join(WEIGHTS_FILE);
     fs::write(&out_weights, &file.bytes)
         .with_context(|| format!("cannot write `{}`", out_weights.display()))?;
