@@ -22,7 +22,7 @@ use crate::store::{Digest, LockHolder, Store};
 
 pub use inputs::{key_parts, Resolved};
 pub use local::LocalExecutor;
-pub use one::{execute_stage, StageRequest};
+pub use one::{execute_stage, StageError, StageRequest};
 pub use planner::{Action, Decision, Planner, Upstream};
 
 /// Which stages to recompute even when cached.

@@ -8,7 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::inputs::{input_artifacts, key_parts, stage_of, Resolved};
+use super::inputs::{input_artifacts, key_parts, stage_of, KeyError, Resolved};
 use super::{log_tail, Event, ProgressEvents, RunJob};
 use crate::host;
 use crate::record::{StageRecord, StageStatus, VerifyCheck};
@@ -16,10 +16,38 @@ use crate::spec::StageName;
 use crate::stage::{Progress, StageContext, StageLog};
 use crate::store::{
     Claim, Claimed, Digest, KeyParts, LockHolder, Lookup, PublishInfo, PublishMode, Reuse,
+    StoreError,
 };
 
 /// Lines of a failed stage's log shown with the error.
 pub const LOG_TAIL_LINES: usize = 20;
+
+/// Why a stage has no result.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Its key or inputs could not be computed (e.g. a `files` path is gone).
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The store refused to hand out the key (its lock, a leftover attempt).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The result could not be published.
+    #[error("cannot publish the result: {0}")]
+    Publish(StoreError),
+    /// A file operation of the run (lease, status file, work folder) failed.
+    #[error("{0}")]
+    Io(String),
+    /// The stage's own code failed, or was interrupted.
+    #[error("{0}")]
+    Run(String),
+    /// The stage did not create an output it declares.
+    #[error("stage `{stage}` declares output `{output}` at `{path}` but did not create it")]
+    MissingOutput {
+        stage: String,
+        output: String,
+        path: String,
+    },
+}
 
 /// What to do with one stage.
 #[derive(Debug, Clone)]
@@ -51,6 +79,7 @@ pub fn execute_stage(
     rec.threads = Some(req.threads);
     let outcome = attempt(job, req, resolved, &mut rec);
     if let Err(error) = &outcome {
+        let error = error.to_string();
         rec.status = if job.cancel.is_cancelled() {
             StageStatus::Interrupted
         } else {
@@ -64,7 +93,7 @@ pub fn execute_stage(
             .unwrap_or_default();
         job.events.event(Event::Failed {
             stage: name.to_owned(),
-            error: error.clone(),
+            error,
             log_tail: tail,
             log: log.map(|p| p.display().to_string()),
         });
@@ -80,10 +109,9 @@ fn attempt(
     req: &StageRequest,
     resolved: &BTreeMap<StageName, Resolved>,
     rec: &mut StageRecord,
-) -> Result<Option<Resolved>, String> {
+) -> Result<Option<Resolved>, StageError> {
     let name = req.stage.as_str();
-    let parts =
-        key_parts(&job.pipeline, &job.registry, name, resolved).map_err(|e| e.to_string())?;
+    let parts = key_parts(&job.pipeline, &job.registry, name, resolved)?;
     let key = parts.key();
     rec.key = Some(key.clone());
     rec.parts = Some(parts.clone());
@@ -96,7 +124,7 @@ fn attempt(
     // Registered before the lookup, so `gc` cannot remove the entry between the two.
     job.store
         .lease(&key)
-        .map_err(|e| format!("cannot register the key with the store: {e}"))?;
+        .map_err(|e| StageError::Io(format!("cannot register the key with the store: {e}")))?;
     if req.reuse == Reuse::Allow {
         match job.store.lookup(&key) {
             Lookup::Hit(entry) => return Ok(Some(cached(job, name, rec, &entry, None))),
@@ -114,8 +142,7 @@ fn attempt(
                 stage: name.to_owned(),
                 holder,
             })
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
     let claimed = match claim {
         Claim::Hit(entry) => {
             let why = "computed by another run while this one waited";
@@ -158,9 +185,9 @@ fn run_claimed(
     parts: KeyParts,
     claimed: Claimed,
     reason: String,
-) -> Result<Option<Resolved>, String> {
+) -> Result<Option<Resolved>, StageError> {
     let name = req.stage.as_str();
-    let (spec, kind) = stage_of(&job.pipeline, &job.registry, name).map_err(|e| e.to_string())?;
+    let (spec, kind) = stage_of(&job.pipeline, &job.registry, name)?;
     let started = SystemTime::now();
     let clock = Instant::now();
     rec.status = StageStatus::Running;
@@ -168,11 +195,17 @@ fn run_claimed(
     rec.started = Some(host::timestamp(started));
     rec.host = Some(host::hostname());
     rec.log = Some(job.run.log_rel(name));
-    job.run.write_stage(name, rec).map_err(|e| e.to_string())?;
+    job.run
+        .write_stage(name, rec)
+        .map_err(|e| StageError::Io(e.to_string()))?;
 
     let log_path = job.run.log_path(name);
-    let log = StageLog::open(&log_path)
-        .map_err(|e| format!("cannot open the stage log `{}`: {e}", log_path.display()))?;
+    let log = StageLog::open(&log_path).map_err(|e| {
+        StageError::Io(format!(
+            "cannot open the stage log `{}`: {e}",
+            log_path.display()
+        ))
+    })?;
     log.line(format!(
         "# itera: stage `{name}` (kind `{}` v{}), key {}, {} thread(s), {reason}",
         spec.kind,
@@ -182,10 +215,11 @@ fn run_claimed(
     ));
     let ctx = StageContext {
         stage: name.to_owned(),
-        inputs: input_artifacts(&job.pipeline, &job.registry, name, resolved)
-            .map_err(|e| e.to_string())?,
+        inputs: input_artifacts(&job.pipeline, &job.registry, name, resolved)?,
         out_dir: claimed.out_dir(),
-        work_dir: claimed.work_dir().map_err(|e| e.to_string())?,
+        work_dir: claimed
+            .work_dir()
+            .map_err(|e| StageError::Io(e.to_string()))?,
         base_dir: job.pipeline.base_dir.clone(),
         seed: job.pipeline.seed,
         threads: req.threads,
@@ -219,16 +253,17 @@ fn run_claimed(
             crate::fs::error_text(&e)
         };
         log.line(format!("# itera: stage failed: {msg}"));
-        return Err(msg);
+        return Err(StageError::Run(msg));
     }
     for decl in kind.outputs(&spec.params) {
         if !ctx.out_dir.join(&decl.path).exists() {
-            let msg = format!(
-                "stage `{name}` declares output `{}` at `{}` but did not create it",
-                decl.name, decl.path
-            );
-            log.line(format!("# itera: {msg}"));
-            return Err(msg);
+            let error = StageError::MissingOutput {
+                stage: name.to_owned(),
+                output: decl.name.clone(),
+                path: decl.path.clone(),
+            };
+            log.line(format!("# itera: {error}"));
+            return Err(error);
         }
     }
 
@@ -251,9 +286,7 @@ fn run_claimed(
         finished,
         environment: environment.clone(),
     };
-    let published = claimed
-        .publish(info, mode)
-        .map_err(|e| format!("cannot publish the result: {e}"))?;
+    let published = claimed.publish(info, mode).map_err(StageError::Publish)?;
     rec.status = StageStatus::Ran;
     rec.digest = Some(published.digest.clone());
     let verified = req.verify_against.as_ref().map(|recorded| {
@@ -303,7 +336,9 @@ fn run_claimed(
         verified,
     });
     let entry = published.entry.or(existing).ok_or_else(|| {
-        "internal error: a verified result has no store entry to hand downstream".to_owned()
+        StageError::Io(
+            "internal error: a verified result has no store entry to hand downstream".to_owned(),
+        )
     })?;
     Ok(Some(Resolved::from_entry(&entry)))
 }
