@@ -37,7 +37,8 @@ impl StageKind for Concat {
             .create(true)
             .append(true)
             .open(ctx.base_dir.join("executions.log"))?;
-        writeln!(log, "{}", ctx.stage)?;
+        // One write per line: stages running at once append to the same file.
+        log.write_all(format!("{}\n", ctx.stage).as_bytes())?;
         ctx.log.line(format!("concat {}", params.text));
         if params.fail {
             anyhow::bail!("asked to fail");
