@@ -47,6 +47,19 @@ fn measure(mut run: impl FnMut() -> usize) -> (f64, f64) {
     (median(wall), median(cpu))
 }
 
+/// [`measure`] of `SEQUENCES` generations of `new` tokens, each from a one-token prompt.
+fn measure_sampling(decoder: &Decoder, new: usize, sampling: &SamplingConfig) -> (f64, f64) {
+    measure(|| {
+        (0..SEQUENCES)
+            .map(|s| {
+                generate(decoder, &[s], new, sampling, |_| true, None)
+                    .expect("valid prompt")
+                    .len()
+            })
+            .sum()
+    })
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("batch-1 generation, tiny config (D=128, L=4, N=8, K=4, 4 experts top-2), 1 thread");
     println!(
@@ -96,15 +109,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     },
                 ),
             ] {
-                let (wall, cpu) = measure(|| {
-                    (0..SEQUENCES)
-                        .map(|s| {
-                            generate(&decoder, &[s], new, &sampling, |_| true, None)
-                                .expect("valid prompt")
-                                .len()
-                        })
-                        .sum()
-                });
+                let (wall, cpu) = measure_sampling(&decoder, new, &sampling);
                 println!(
                     "V={vocab:>5} {label:<11} {mode:<15} {wall:>8.0} {cpu:>8.0}   {:?}, {:.2} MiB of matrices",
                     decoder.isa(),
@@ -122,16 +127,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Precision::F32
             };
             let decoder = Decoder::new(&q, precision);
-            let greedy = SamplingConfig::greedy();
-            let (wall, cpu) = measure(|| {
-                (0..SEQUENCES)
-                    .map(|s| {
-                        generate(&decoder, &[s], new, &greedy, |_| true, None)
-                            .expect("valid prompt")
-                            .len()
-                    })
-                    .sum()
-            });
+            let (wall, cpu) = measure_sampling(&decoder, new, &SamplingConfig::greedy());
             println!(
                 "V={vocab:>5} {:<11} {:<15} {wall:>8.0} {cpu:>8.0}   {:?}, {:.2} MiB of matrices",
                 scheme.name(),
@@ -142,16 +138,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         // The portable kernels (no AVX), for CPUs without them.
         let decoder = Decoder::with_isa(&weights, Precision::F32, Isa::Portable);
-        let greedy = SamplingConfig::greedy();
-        let (wall, cpu) = measure(|| {
-            (0..SEQUENCES)
-                .map(|s| {
-                    generate(&decoder, &[s], new, &greedy, |_| true, None)
-                        .expect("valid prompt")
-                        .len()
-                })
-                .sum()
-        });
+        let (wall, cpu) = measure_sampling(&decoder, new, &SamplingConfig::greedy());
         println!(
             "V={vocab:>5} {:<11} {:<15} {wall:>8.0} {cpu:>8.0}   {:?} kernels",
             "f32",

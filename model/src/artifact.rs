@@ -38,8 +38,8 @@ pub fn copy_companions(input: &Path, out: &Path) -> Result<(), ArtifactError> {
     for name in COMPANION_FILES {
         let from = input.join(name);
         if from.is_file() {
-            std::fs::copy(&from, out.join(name))
-                .map_err(|source| ArtifactError::Read { path: from, source })?;
+            let to = out.join(name);
+            std::fs::copy(&from, &to).map_err(|source| ArtifactError::Copy { from, to, source })?;
         }
     }
     Ok(())
@@ -64,6 +64,14 @@ pub enum ArtifactError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A companion file could not be copied into the new model folder.
+    #[error("cannot copy {from} to {to}: {source}")]
+    Copy {
+        from: PathBuf,
+        to: PathBuf,
         #[source]
         source: std::io::Error,
     },

@@ -127,7 +127,7 @@ pub fn choose(
         Scheme::Int4 if ok && shape[1].is_multiple_of(group) => TensorFormat::Int4,
         Scheme::Int4 if ok => TensorFormat::Int8,
         Scheme::Int8 | Scheme::Int4 => TensorFormat::F32,
-        Scheme::Mixed if ok && name.contains("embed") || name == "lm_head.weight" => {
+        Scheme::Mixed if ok && (name.contains("embed") || name == "lm_head.weight") => {
             TensorFormat::Int8
         }
         Scheme::Mixed => TensorFormat::F16,
@@ -261,6 +261,18 @@ pub fn quantize_weights(
         return Err(format!(
             "the model is already quantized (`{name}` is stored as integers): quantize the \
              F32 model a `train` stage writes"
+        ));
+    }
+    // A rule that matches nothing is almost always a misspelt pattern: say so rather than
+    // quietly quantizing with the scheme's defaults.
+    if let Some(rule) = rules
+        .iter()
+        .find(|r| !weights.tensors().keys().any(|n| matches(&r.pattern, n)))
+    {
+        return Err(format!(
+            "rule `{}` matches no tensor of this model; tensor names are listed in \
+             docs/MODEL.md (e.g. `layers.*.ssm.in_proj.weight`, `embed.weight`)",
+            rule.pattern
         ));
     }
     let tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = weights

@@ -2,6 +2,8 @@
 //! their matrices still quantized, and the decoder's native int8/int4 kernels (AVX-512,
 //! AVX2, portable) giving the logits of the same model with the dequantized f32 weights.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 
 use itera_model::decode::{Decoder, Isa, Precision, Weights};
@@ -138,15 +140,8 @@ print(json.dumps({n: dequantize(n).ravel().tolist() for n in meta["tensors"]}))
 
 #[test]
 fn python_numpy_dequantizes_like_itera() {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import safetensors, numpy"])
-        .output();
-    match probe {
-        Ok(o) if o.status.success() => {}
-        _ => {
-            println!("skipped: python3 with `safetensors` and `numpy` is not installed (pip install safetensors numpy)");
-            return;
-        }
+    if !support::python_with("safetensors, numpy") {
+        return;
     }
     let c = config();
     let dense = Weights::random(&c, 9).unwrap();
@@ -177,4 +172,17 @@ fn python_numpy_dequantizes_like_itera() {
         let got: Vec<f32> = values.iter().map(|&v| v as f32).collect();
         assert_eq!(got, want, "{name}");
     }
+}
+
+#[test]
+fn a_rule_that_matches_no_tensor_is_an_error() {
+    let dense = Weights::random(&config(), 5).unwrap();
+    let rules = [itera_model::quantize::Rule {
+        pattern: "layers.*.mo.*".into(),
+        format: itera_model::quantize::TensorFormat::Int4,
+    }];
+    let err = quantize_weights(&dense, Scheme::Int8, &rules, 32)
+        .err()
+        .expect("a misspelt pattern is refused");
+    assert!(err.contains("`layers.*.mo.*` matches no tensor"), "{err}");
 }

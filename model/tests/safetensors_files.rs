@@ -2,6 +2,8 @@
 //! the header metadata, round trips (F32 as written, F16/BF16 upcast), clear errors, and
 //! (when Python's `safetensors` and `numpy` are installed) loading with Python.
 
+mod support;
+
 use itera_model::params::layout;
 use itera_model::weights::{self, read_tensors, WEIGHTS_FILE};
 use itera_model::{load_model, ModelConfig, Params};
@@ -159,15 +161,8 @@ fn mismatched_files_are_explained() {
 
 #[test]
 fn python_safetensors_reads_the_file() {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import safetensors, numpy"])
-        .output();
-    match probe {
-        Ok(o) if o.status.success() => {}
-        _ => {
-            println!("skipped: python3 with `safetensors` and `numpy` is not installed (pip install safetensors numpy)");
-            return;
-        }
+    if !support::python_with("safetensors, numpy") {
+        return;
     }
     let params = Params::<f32>::init(&cfg(), 2);
     let dir = tempfile::tempdir().unwrap();

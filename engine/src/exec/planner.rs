@@ -120,11 +120,6 @@ impl Planner {
         &self.order
     }
 
-    /// Whether the run touches `stage`.
-    pub fn touches(&self, stage: &str) -> bool {
-        self.order.iter().any(|s| s == stage)
-    }
-
     pub fn is_selected(&self, stage: &str) -> bool {
         self.selected.contains(stage)
     }
