@@ -34,7 +34,8 @@ impl<E: Real> AdamW<E> {
 
     /// One update with learning rate `lr`:
     /// `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`,
-    /// `w -= lr (wd w [decayed tensors only] + m_hat / (sqrt(v_hat) + eps))`.
+    /// `w -= lr (wd w [decayed tensors only] + m_hat / (sqrt(v_hat) + eps))`; the
+    /// embeddings are decayed only with `decay_embeddings`.
     pub fn update(
         &mut self,
         params: &mut Params<E>,
@@ -49,7 +50,8 @@ impl<E: Real> AdamW<E> {
         let c2 = E::of(1.0 / (1.0 - b2.powi(t)));
         let (b1e, b2e, eps, lre) = (E::of(b1), E::of(b2), E::of(cfg.eps), E::of(lr));
         for (i, g) in grads.iter().enumerate() {
-            let decay = if params.specs[i].decay {
+            let spec = &params.specs[i];
+            let decay = if spec.decay || (cfg.decay_embeddings && spec.is_embedding()) {
                 E::of(lr * cfg.weight_decay)
             } else {
                 E::zero()
@@ -67,6 +69,22 @@ impl<E: Real> AdamW<E> {
                 });
             params.set(i, w);
         }
+    }
+}
+
+/// Exponential moving average of the weights (Polyak averaging with the warm-up of
+/// TensorFlow's `ExponentialMovingAverage`): after update `t` (1-based),
+/// `avg = d avg + (1 - d) w` with `d = min(decay, (1 + t) / (10 + t))`, so early steps do not
+/// keep the initial weights in the average. Elementwise, so the same bits on any thread count.
+pub fn update_average<E: Real>(avg: &mut [Vec<E>], params: &Params<E>, decay: f64, t: u64) {
+    let d = decay.min((1.0 + t as f64) / (10.0 + t as f64));
+    let (de, keep) = (E::of(d), E::of(1.0 - d));
+    for (a, w) in avg.iter_mut().zip(&params.values) {
+        let w = w.data();
+        a.par_iter_mut()
+            .with_min_len(4096)
+            .zip(w.par_iter())
+            .for_each(|(a, &w)| *a = de * *a + keep * w);
     }
 }
 

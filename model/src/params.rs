@@ -51,6 +51,11 @@ pub struct ParamSpec {
 }
 
 impl ParamSpec {
+    /// Whether this is the token or position embedding.
+    pub fn is_embedding(&self) -> bool {
+        self.name == "embed.weight" || self.name == "pos_embed.weight"
+    }
+
     /// Rows and columns in the graph (`[n]` is `(1, n)`).
     pub fn dims(&self) -> (usize, usize) {
         match self.shape.as_slice() {

@@ -59,6 +59,16 @@ pub struct OptimizerConfig {
     #[serde(default = "defaults::grad_clip")]
     #[schemars(range(min = 0))]
     pub grad_clip: f64,
+    /// Also apply `weight_decay` to the token and position embeddings (with tied
+    /// embeddings the token embedding is the output head too).
+    #[serde(default)]
+    pub decay_embeddings: bool,
+    /// Keep an exponential moving average of the weights, updated after every step with
+    /// decay `min(ema_decay, (1 + t) / (10 + t))` at step `t`, and use it for validation
+    /// and the exported model (0 disables it: the last step's weights are exported).
+    #[serde(default)]
+    #[schemars(range(min = 0), extend("exclusiveMaximum" = 1))]
+    pub ema_decay: f64,
 }
 
 /// Linear warmup, then cosine decay to `min_lr_ratio` times the peak at the last step.
@@ -132,6 +142,8 @@ impl Default for OptimizerConfig {
             eps: defaults::eps(),
             weight_decay: defaults::weight_decay(),
             grad_clip: defaults::grad_clip(),
+            decay_embeddings: false,
+            ema_decay: 0.0,
         }
     }
 }
@@ -201,6 +213,14 @@ impl TrainConfig {
             "schedule.min_lr_ratio",
             (0.0..=1.0).contains(&r),
             format!("must be in [0, 1], found {r}"),
+        );
+        bad(
+            "optimizer.ema_decay",
+            (0.0..1.0).contains(&o.ema_decay),
+            format!(
+                "must be in [0, 1) (0 turns averaging off), found {}",
+                o.ema_decay
+            ),
         );
         let c = o.grad_clip;
         bad(

@@ -4,13 +4,14 @@
 //! uninterrupted one (dropout masks and data order depend only on seed and step).
 //!
 //! A checkpoint folder holds `model.safetensors` + `config.json` (a loadable model),
-//! `optimizer.safetensors` (`{name}.exp_avg`, `{name}.exp_avg_sq`) and
+//! `optimizer.safetensors` (`{name}.exp_avg`, `{name}.exp_avg_sq`, and `{name}.ema` when
+//! the weights are averaged) and
 //! `trainer_state.json` (step, seed, train config, sampler state).
 
 use crate::config::ModelConfig;
 use crate::model::{forward, DropoutKey};
 use crate::ops::{grad_of, splitmix64};
-use crate::optim::{clip_global_norm, AdamW};
+use crate::optim::{clip_global_norm, update_average, AdamW};
 use crate::params::Params;
 use crate::real::Real;
 use crate::sampler::{BatchSampler, SamplerState};
@@ -104,6 +105,8 @@ struct TrainerState {
 pub struct Trainer<E: Real = f32> {
     params: Params<E>,
     adam: AdamW<E>,
+    /// The moving average of the weights (`optimizer.ema_decay > 0`).
+    ema: Option<Vec<Vec<E>>>,
     train: TrainConfig,
     seed: u64,
     step: u64,
@@ -119,6 +122,10 @@ fn issues_text(issues: Vec<crate::config::ConfigIssue>) -> Option<String> {
             .collect::<Vec<_>>()
             .join("; ")
     })
+}
+
+fn values_of<E: Real>(params: &Params<E>) -> Vec<Vec<E>> {
+    params.values.iter().map(|v| v.data().to_vec()).collect()
 }
 
 fn pool(threads: usize) -> Result<rayon::ThreadPool, TrainError> {
@@ -156,9 +163,11 @@ impl<E: Real> Trainer<E> {
         }
         let params = Params::init(cfg, seed);
         let adam = AdamW::new(&params);
+        let ema = (train.optimizer.ema_decay > 0.0).then(|| values_of(&params));
         Ok(Self {
             params,
             adam,
+            ema,
             train: train.clone(),
             seed,
             step: 0,
@@ -200,7 +209,8 @@ impl<E: Real> Trainer<E> {
             key: splitmix64(self.seed ^ splitmix64(self.step.wrapping_add(0x5EED))),
         };
         let lr = self.train.lr_at(self.step);
-        let (params, adam, train) = (&mut self.params, &mut self.adam, &self.train);
+        let (params, adam, ema, train) =
+            (&mut self.params, &mut self.adam, &mut self.ema, &self.train);
         let (out_ce, out_aux, counts, grad_norm) = self.pool.install(|| {
             let out = forward::<E, OwnedTape<E, Cpu>>(params, &x, &y, seq, Some(dropout));
             let (ce, aux, counts) = (out.ce, out.aux, out.expert_counts);
@@ -210,6 +220,9 @@ impl<E: Real> Trainer<E> {
             let norm = clip_global_norm(&mut grads, train.optimizer.grad_clip);
             if ce.is_finite() && norm.is_finite() {
                 adam.update(params, &grads, lr, &train.optimizer);
+                if let Some(avg) = ema {
+                    update_average(avg, params, train.optimizer.ema_decay, adam.t);
+                }
             }
             (ce, aux, counts, norm)
         });
@@ -271,9 +284,8 @@ impl<E: Real> Trainer<E> {
         seq: usize,
         batch: usize,
     ) -> Result<(f64, usize), TrainError> {
-        Ok(self
-            .pool
-            .install(|| score(&self.params, tokens, seq, batch))?)
+        let model = self.model();
+        Ok(self.pool.install(|| score(&model, tokens, seq, batch))?)
     }
 
     /// Mean next-token NLL (nats) over `tokens`, in windows of the train config's
@@ -283,9 +295,20 @@ impl<E: Real> Trainer<E> {
         Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
     }
 
-    /// Writes a model folder (`model.safetensors`, `config.json`).
+    /// The weights the run produces: the moving average when `optimizer.ema_decay > 0`,
+    /// else the current parameters.
+    pub fn model(&self) -> std::borrow::Cow<'_, Params<E>> {
+        match &self.ema {
+            Some(avg) => {
+                std::borrow::Cow::Owned(Params::from_values(&self.params.config, avg.clone()))
+            }
+            None => std::borrow::Cow::Borrowed(&self.params),
+        }
+    }
+
+    /// Writes a model folder (`model.safetensors`, `config.json`) of [`Self::model`].
     pub fn export(&self, dir: &Path) -> Result<(), TrainError> {
-        Ok(weights::export(&self.params, dir)?)
+        Ok(weights::export(&self.model(), dir)?)
     }
 
     /// Writes a checkpoint folder (replacing an existing one atomically: written beside
@@ -320,6 +343,9 @@ impl<E: Real> Trainer<E> {
                 s.shape.clone(),
                 &self.adam.v[i],
             ));
+            if let Some(avg) = &self.ema {
+                moments.push((format!("{}.ema", s.name), s.shape.clone(), &avg[i]));
+            }
         }
         weights::write_tensors(&tmp.join(OPTIMIZER_FILE), &moments, weights::metadata())?;
         let state = TrainerState {
@@ -375,8 +401,13 @@ impl<E: Real> Trainer<E> {
         let mut moments = weights::read_tensors::<E>(&opt_path)?;
         let mut adam = AdamW::new(&params);
         adam.t = state.adam_t;
+        let mut ema = (state.train.optimizer.ema_decay > 0.0).then(|| values_of(&params));
         for (i, s) in params.specs.iter().enumerate() {
-            for (suffix, slot) in [("exp_avg", &mut adam.m[i]), ("exp_avg_sq", &mut adam.v[i])] {
+            let mut slots = vec![("exp_avg", &mut adam.m[i]), ("exp_avg_sq", &mut adam.v[i])];
+            if let Some(avg) = ema.as_mut() {
+                slots.push(("ema", &mut avg[i]));
+            }
+            for (suffix, slot) in slots {
                 let name = format!("{}.{suffix}", s.name);
                 let (shape, v) = moments.remove(&name).ok_or_else(|| WeightsError::Missing {
                     path: opt_path.clone(),
@@ -397,6 +428,7 @@ impl<E: Real> Trainer<E> {
         let trainer = Self {
             params,
             adam,
+            ema,
             train: state.train,
             seed: state.seed,
             step: state.step,
@@ -406,7 +438,7 @@ impl<E: Real> Trainer<E> {
         Ok((trainer, state.sampler))
     }
 
-    /// The current parameters.
+    /// The current parameters (the optimizer's, not the average: see [`Self::model`]).
     pub fn params(&self) -> &Params<E> {
         &self.params
     }

@@ -79,10 +79,11 @@ fn tiny_model_overfits_a_fixed_batch() {
     assert!((last.expert_usage[0].iter().sum::<f64>() - 1.0).abs() < 1e-9);
 }
 
-fn run(steps: u64, threads: usize, seed: u64) -> Trainer {
-    let train = TrainConfig {
+fn train_config(steps: u64, ema_decay: f64) -> TrainConfig {
+    TrainConfig {
         optimizer: OptimizerConfig {
             learning_rate: 3e-3,
+            ema_decay,
             ..Default::default()
         },
         schedule: ScheduleConfig {
@@ -92,11 +93,23 @@ fn run(steps: u64, threads: usize, seed: u64) -> Trainer {
         steps,
         batch_size: 3,
         seq_len: 12,
-    };
+    }
+}
+
+fn run_with(steps: u64, threads: usize, seed: u64, ema_decay: f64) -> Trainer {
+    let train = train_config(steps, ema_decay);
     let mut t = Trainer::<f32>::new(&small_model(), &train, seed, threads).unwrap();
     let mut s = BatchSampler::new(stream(2000), 3, 12, seed).unwrap();
     t.fit(&mut s, |_, _| true).unwrap();
     t
+}
+
+fn run(steps: u64, threads: usize, seed: u64) -> Trainer {
+    run_with(steps, threads, seed, 0.0)
+}
+
+fn exported(t: &Trainer) -> Vec<Vec<f32>> {
+    t.model().values.iter().map(|v| v.data().to_vec()).collect()
 }
 
 #[test]
@@ -115,41 +128,84 @@ fn equal_seed_data_and_threads_give_bit_identical_weights() {
 
 #[test]
 fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
-    let full = run(7, 2, 9);
-    let dir = tempfile::tempdir().unwrap();
-    let ckpt = dir.path().join("ckpt");
-    let train = TrainConfig {
-        optimizer: OptimizerConfig {
-            learning_rate: 3e-3,
-            ..Default::default()
-        },
-        schedule: ScheduleConfig {
-            warmup_steps: 2,
-            ..Default::default()
-        },
-        steps: 7,
-        batch_size: 3,
-        seq_len: 12,
-    };
-    {
-        let mut t = Trainer::<f32>::new(&small_model(), &train, 9, 2).unwrap();
-        let mut s = BatchSampler::new(stream(2000), 3, 12, 9).unwrap();
-        // "Killed" after step 3: stop, checkpoint, drop everything.
-        t.fit(&mut s, |t, _| t.steps_done() < 3).unwrap();
+    for ema_decay in [0.0, 0.9] {
+        let full = run_with(7, 2, 9, ema_decay);
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("ckpt");
+        let train = train_config(7, ema_decay);
+        {
+            let mut t = Trainer::<f32>::new(&small_model(), &train, 9, 2).unwrap();
+            let mut s = BatchSampler::new(stream(2000), 3, 12, 9).unwrap();
+            // "Killed" after step 3: stop, checkpoint, drop everything.
+            t.fit(&mut s, |t, _| t.steps_done() < 3).unwrap();
+            assert_eq!(t.steps_done(), 3);
+            t.save_checkpoint(&ckpt, Some(s.state())).unwrap();
+        }
+        let (mut t, sampler) = Trainer::<f32>::resume(&ckpt, 2).unwrap();
         assert_eq!(t.steps_done(), 3);
-        t.save_checkpoint(&ckpt, Some(s.state())).unwrap();
+        let mut s = BatchSampler::restore(stream(2000), sampler.unwrap()).unwrap();
+        t.fit(&mut s, |_, _| true).unwrap();
+        assert_eq!(t.steps_done(), 7);
+        assert_eq!(weights(&t), weights(&full), "ema_decay {ema_decay}");
+        assert_eq!(exported(&t), exported(&full), "ema_decay {ema_decay}");
+        assert_eq!(t.optimizer(), full.optimizer());
+        // The checkpoint is also a loadable model folder.
+        let (cfg, params) = itera_model::load_model(&ckpt).unwrap();
+        assert_eq!(cfg, small_model());
+        assert_eq!(params.count(), t.params().count());
     }
-    let (mut t, sampler) = Trainer::<f32>::resume(&ckpt, 2).unwrap();
-    assert_eq!(t.steps_done(), 3);
-    let mut s = BatchSampler::restore(stream(2000), sampler.unwrap()).unwrap();
-    t.fit(&mut s, |_, _| true).unwrap();
-    assert_eq!(t.steps_done(), 7);
-    assert_eq!(weights(&t), weights(&full));
-    assert_eq!(t.optimizer(), full.optimizer());
-    // The checkpoint is also a loadable model folder.
-    let (cfg, params) = itera_model::load_model(&ckpt).unwrap();
-    assert_eq!(cfg, small_model());
-    assert_eq!(params.count(), t.params().count());
+}
+
+#[test]
+fn the_exported_model_is_the_moving_average_of_the_weights() {
+    let decay = 0.8;
+    let mut t = Trainer::<f32>::new(&small_model(), &train_config(6, decay), 4, 2).unwrap();
+    let mut s = BatchSampler::new(stream(2000), 3, 12, 4).unwrap();
+    let mut avg = weights(&t);
+    t.fit(&mut s, |t, st| {
+        let d = decay.min((1.0 + st.step as f64) / (10.0 + st.step as f64));
+        let (de, keep) = (d as f32, (1.0 - d) as f32);
+        for (a, w) in avg.iter_mut().zip(weights(t)) {
+            for (a, w) in a.iter_mut().zip(w) {
+                *a = de * *a + keep * w;
+            }
+        }
+        true
+    })
+    .unwrap();
+    assert_eq!(exported(&t), avg);
+    assert_ne!(
+        exported(&t),
+        weights(&t),
+        "the average is not the last weights"
+    );
+    // Without averaging the exported model is the last step's weights.
+    let plain = run(6, 2, 4);
+    assert_eq!(exported(&plain), weights(&plain));
+}
+
+#[test]
+fn decay_embeddings_shrinks_the_embeddings_by_the_decoupled_decay() {
+    let one_step = |decay_embeddings: bool| {
+        let mut train = train_config(1, 0.0);
+        train.optimizer.weight_decay = 0.5;
+        train.optimizer.decay_embeddings = decay_embeddings;
+        let mut t = Trainer::<f32>::new(&small_model(), &train, 2, 1).unwrap();
+        let before = weights(&t);
+        let mut s = BatchSampler::new(stream(2000), 3, 12, 2).unwrap();
+        let lr = train.lr_at(0);
+        t.fit(&mut s, |_, _| true).unwrap();
+        (before, weights(&t), lr)
+    };
+    let (w0, plain, lr) = one_step(false);
+    let (_, decayed, _) = one_step(true);
+    let embed = 0; // embed.weight is the first tensor of the layout
+    for ((d, p), w) in decayed[embed].iter().zip(&plain[embed]).zip(&w0[embed]) {
+        assert!((d - (p - (lr * 0.5) as f32 * w)).abs() < 1e-7);
+    }
+    assert_ne!(decayed[embed], plain[embed]);
+    // Every other tensor is unchanged by the option.
+    assert_eq!(decayed[2..], plain[2..]);
 }
 
 #[test]
