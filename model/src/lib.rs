@@ -12,7 +12,8 @@
 //! - [`quant`]: int8/int4 weight quantization and its file format; [`quantize`]: which
 //!   tensor gets which format (schemes, rules) and the quantized weights file;
 //! - [`decode`]: the recurrent decoder over plain slices (f32/f16/int8/int4 weights), sampling;
-//! - [`isa`]: instruction-set detection and dispatch of the training/scoring kernels.
+//! - [`isa`]: instruction-set detection and dispatch of the training/scoring kernels;
+//!   [`parallel`]: micro-batches and batches shared out to groups of threads.
 
 pub mod artifact;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod isa;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod parallel;
 pub mod params;
 pub mod quant;
 pub mod quantize;

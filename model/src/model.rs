@@ -46,6 +46,20 @@ pub fn forward<E: Real, T: Tape<E, Cpu>>(
     seq: usize,
     dropout: Option<DropoutKey>,
 ) -> ForwardOut<E, T> {
+    forward_scaled(params, inputs, targets, seq, dropout, 1.0)
+}
+
+/// [`forward`] with the differentiated loss multiplied by `loss_scale` (a micro-batch's
+/// share of a step's tokens), so the gradients of a step's parts add up to the step's.
+/// `ce` and `aux` are reported unscaled.
+pub fn forward_scaled<E: Real, T: Tape<E, Cpu>>(
+    params: &Params<E>,
+    inputs: &[u32],
+    targets: &[u32],
+    seq: usize,
+    dropout: Option<DropoutKey>,
+    loss_scale: f64,
+) -> ForwardOut<E, T> {
     let cfg = &params.config;
     let p = |name: &str| params.get(name).retaped::<T>();
     let drop = |site: u64| dropout.and_then(|d| d.site(site));
@@ -130,9 +144,9 @@ pub fn forward<E: Real, T: Tape<E, Cpu>>(
     } else {
         aux.iter().map(|a| a.data()[0].f64()).sum::<f64>() / n_aux as f64
     };
-    let mut weights = vec![1.0];
+    let mut weights = vec![loss_scale];
     weights.extend(std::iter::repeat_n(
-        cfg.load_balance_loss_weight / n_aux.max(1) as f64,
+        loss_scale * cfg.load_balance_loss_weight / n_aux.max(1) as f64,
         n_aux,
     ));
     let mut terms = vec![ce];

@@ -3,6 +3,7 @@
 //! `sum / (n_bytes ln 2)`.
 
 use crate::model::forward;
+use crate::parallel::run_parts;
 use crate::params::Params;
 use crate::real::Real;
 use dfdx::prelude::NoneTape;
@@ -42,7 +43,7 @@ pub fn check_tokens(tokens: &[u32], vocab: usize) -> Result<(), ScoreError> {
 /// tokens that is (`tokens.len() - 1`). The stream is cut into windows of `seq + 1`
 /// tokens starting every `seq` tokens (each window's first token is context only), run
 /// `batch` windows at a time; a shorter last window covers the rest. Runs on the
-/// current rayon pool.
+/// current rayon pool, batches shared out to groups of its threads.
 pub fn score<E: Real>(
     params: &Params<E>,
     tokens: &[u32],
@@ -58,8 +59,21 @@ pub fn score<E: Real>(
         return Ok((0.0, 0));
     }
     let full = (tokens.len() - 1) / seq;
-    let mut sum = 0.0;
-    let mut run = |starts: &[usize], len: usize| {
+    // Each batch of windows: its first token and length. The batches are computed by
+    // groups of threads ([`run_parts`]) and their sums added in batch order, so the sum is
+    // the same bits for any thread count.
+    let mut batches: Vec<(Vec<usize>, usize)> = (0..full)
+        .map(|w| w * seq)
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .map(|c| (c.to_vec(), seq))
+        .collect();
+    let rest = (tokens.len() - 1) % seq;
+    if rest > 0 {
+        batches.push((vec![full * seq], rest));
+    }
+    let sums = run_parts(batches.len(), |b| {
+        let (starts, len) = (&batches[b].0, batches[b].1);
         let mut x = Vec::with_capacity(starts.len() * len);
         let mut y = Vec::with_capacity(starts.len() * len);
         for &s in starts {
@@ -67,15 +81,8 @@ pub fn score<E: Real>(
             y.extend_from_slice(&tokens[s + 1..s + len + 1]);
         }
         let out = forward::<E, NoneTape>(params, &x, &y, len, None);
-        sum += out.ce * x.len() as f64;
-    };
-    let starts: Vec<usize> = (0..full).map(|w| w * seq).collect();
-    for chunk in starts.chunks(batch) {
-        run(chunk, seq);
-    }
-    let rest = (tokens.len() - 1) % seq;
-    if rest > 0 {
-        run(&[full * seq], rest);
-    }
+        out.ce * x.len() as f64
+    });
+    let sum: f64 = sums.into_iter().sum();
     Ok((sum, tokens.len() - 1))
 }

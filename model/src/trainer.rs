@@ -9,9 +9,10 @@
 //! `trainer_state.json` (step, seed, train config, sampler state).
 
 use crate::config::ModelConfig;
-use crate::model::{forward, DropoutKey};
+use crate::model::{forward_scaled, DropoutKey};
 use crate::ops::{grad_of, splitmix64};
 use crate::optim::{clip_global_norm, update_average, AdamW};
+use crate::parallel::run_parts;
 use crate::params::Params;
 use crate::real::Real;
 use crate::sampler::{BatchSampler, SamplerState};
@@ -19,6 +20,7 @@ use crate::score::{check_tokens, score, ScoreError};
 use crate::train_config::TrainConfig;
 use crate::weights::{self, WeightsError};
 use dfdx::prelude::{Cpu, OwnedTape};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -124,6 +126,29 @@ fn issues_text(issues: Vec<crate::config::ConfigIssue>) -> Option<String> {
     })
 }
 
+/// The micro-batches of a step of `batch` sequences of `seq` tokens: ranges of sequences,
+/// computed as independent parts (see [`run_parts`]) whose gradients are added in order.
+/// A function of the shape alone, so the result never depends on the thread count: two
+/// halves when the batch has at least two sequences and 256 tokens, else one part.
+pub fn micro_batches(batch: usize, seq: usize) -> Vec<std::ops::Range<usize>> {
+    if batch >= 2 && batch * seq >= 256 {
+        let half = batch.div_ceil(2);
+        vec![0..half, half..batch]
+    } else {
+        std::iter::once(0..batch).collect()
+    }
+}
+
+/// `acc += g`, tensor by tensor, elementwise.
+fn add_grads<E: Real>(acc: &mut [Vec<E>], g: &[Vec<E>]) {
+    for (a, g) in acc.iter_mut().zip(g) {
+        a.par_iter_mut()
+            .with_min_len(4096)
+            .zip(g.par_iter())
+            .for_each(|(a, &g)| *a += g);
+    }
+}
+
 fn values_of<E: Real>(params: &Params<E>) -> Vec<Vec<E>> {
     params.values.iter().map(|v| v.data().to_vec()).collect()
 }
@@ -198,25 +223,63 @@ impl<E: Real> Trainer<E> {
         }
         check_tokens(batch_tokens, cfg.vocab_size)?;
         let start = Instant::now();
-        let mut x = Vec::with_capacity(batch * seq);
-        let mut y = Vec::with_capacity(batch * seq);
-        for w in batch_tokens.chunks(seq + 1) {
-            x.extend_from_slice(&w[..seq]);
-            y.extend_from_slice(&w[1..]);
-        }
-        let dropout = DropoutKey {
-            p: self.params.config.dropout,
-            key: splitmix64(self.seed ^ splitmix64(self.step.wrapping_add(0x5EED))),
-        };
+        let key = splitmix64(self.seed ^ splitmix64(self.step.wrapping_add(0x5EED)));
+        let p = self.params.config.dropout;
+        let parts = micro_batches(batch, seq);
         let lr = self.train.lr_at(self.step);
         let (params, adam, ema, train) =
             (&mut self.params, &mut self.adam, &mut self.ema, &self.train);
         let (out_ce, out_aux, counts, grad_norm) = self.pool.install(|| {
-            let out = forward::<E, OwnedTape<E, Cpu>>(params, &x, &y, seq, Some(dropout));
-            let (ce, aux, counts) = (out.ce, out.aux, out.expert_counts);
-            let mut g = out.loss.backward();
-            let mut grads: Vec<Vec<E>> = params.values.iter().map(|v| grad_of(&mut g, v)).collect();
-            drop(g);
+            // Each micro-batch's loss is scaled by its share of the tokens, so the parts'
+            // gradients, added in part order, are the step's gradient.
+            let results = run_parts(parts.len(), |i| {
+                let range = parts[i].clone();
+                let share = range.len() as f64 / batch as f64;
+                let mut x = Vec::with_capacity(range.len() * seq);
+                let mut y = Vec::with_capacity(range.len() * seq);
+                for w in
+                    batch_tokens[range.start * (seq + 1)..range.end * (seq + 1)].chunks(seq + 1)
+                {
+                    x.extend_from_slice(&w[..seq]);
+                    y.extend_from_slice(&w[1..]);
+                }
+                let dropout = DropoutKey {
+                    p,
+                    key: splitmix64(key ^ i as u64),
+                };
+                let params = &*params;
+                let out = forward_scaled::<E, OwnedTape<E, Cpu>>(
+                    params,
+                    &x,
+                    &y,
+                    seq,
+                    Some(dropout),
+                    share,
+                );
+                let (ce, aux, counts) = (out.ce, out.aux, out.expert_counts);
+                let mut g = out.loss.backward();
+                let grads: Vec<Vec<E>> = params.values.iter().map(|v| grad_of(&mut g, v)).collect();
+                (share, ce, aux, counts, grads)
+            });
+            let (mut ce, mut aux) = (0.0, 0.0);
+            let mut counts: Vec<Vec<usize>> = Vec::new();
+            let mut grads: Vec<Vec<E>> = Vec::new();
+            for (share, c, a, n, g) in results {
+                ce += share * c;
+                aux += share * a;
+                if counts.is_empty() {
+                    counts = n;
+                } else {
+                    for (total, part) in counts.iter_mut().zip(n) {
+                        total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+                    }
+                }
+                if grads.is_empty() {
+                    grads = g;
+                } else {
+                    add_grads(&mut grads, &g);
+                }
+            }
             let norm = clip_global_norm(&mut grads, train.optimizer.grad_clip);
             if ce.is_finite() && norm.is_finite() {
                 adam.update(params, &grads, lr, &train.optimizer);

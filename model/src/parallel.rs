@@ -1,0 +1,89 @@
+//! Coarse-grained parallelism with results independent of the thread count: a list of
+//! independent parts (a training step's micro-batches, a scoring run's batches) shared out
+//! to groups of the current pool's threads, each part computed whole by one group, results
+//! returned in part order for the caller to combine in that order.
+//!
+//! Inside a part every op keeps its own fine-grained parallelism on the group's threads
+//! (one thread per group on 2 cores, so products and kernels run without synchronisation);
+//! what a part computes never depends on which group ran it or on how many threads there
+//! are, so the combined result is the same bits for 1, 2, 3 or 8 threads.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// `f(0), ..., f(n - 1)`, in that order, computed by `min(n, threads)` groups of the
+/// current rayon pool's threads taking the next part as they finish one. With one thread
+/// (or one part) the parts run one after the other on the current pool.
+pub fn run_parts<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let threads = rayon::current_num_threads();
+    let groups = threads.min(n);
+    if groups <= 1 {
+        return (0..n).map(f).collect();
+    }
+    let pools: Option<Vec<rayon::ThreadPool>> = (0..groups)
+        .map(|g| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads / groups + usize::from(g < threads % groups))
+                .thread_name(move |i| format!("itera-part-{g}-{i}"))
+                .build()
+                .ok()
+        })
+        .collect();
+    // Without threads to spare, the same parts in order on the current pool.
+    let Some(pools) = pools else {
+        return (0..n).map(f).collect();
+    };
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            break;
+        }
+        let r = f(i);
+        // Invariant: each index is taken once, and a panic in `f` propagates below
+        // before anyone reads a poisoned slot.
+        *slots[i].lock().expect("part slot") = Some(r);
+    };
+    std::thread::scope(|s| {
+        for pool in &pools[1..] {
+            s.spawn(|| pool.install(work));
+        }
+        pools[0].install(work);
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .expect("part slot")
+                .expect("every part computed")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_come_back_in_order_on_any_thread_count() {
+        for threads in [1, 2, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool.install(|| {
+                run_parts(13, |i| {
+                    // Each part also uses the group's pool, as the ops do.
+                    use rayon::prelude::*;
+                    (0..1000u64)
+                        .into_par_iter()
+                        .map(|x| x * i as u64)
+                        .sum::<u64>()
+                })
+            });
+            let want: Vec<u64> = (0..13).map(|i| 499_500 * i).collect();
+            assert_eq!(got, want, "{threads} threads");
+        }
+    }
+}
