@@ -34,60 +34,59 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
         |v| {
             let (x, w, b) = (v[0], v[1], v[2]);
             let wt = transpose(w, di, k);
-            let mut c = vec![E::zero(); m * di];
-            c.par_chunks_mut(seq * di).enumerate().for_each(|(s, cs)| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for t in 0..seq {
-                            let out = &mut cs[t * di..(t + 1) * di];
-                            out.copy_from_slice(b);
-                            for j in 0..k {
-                                let Some(src_t) = (t + j + 1).checked_sub(k) else {
-                                    continue;
-                                };
-                                let xr = &x[(s * seq + src_t) * width..][..di];
-                                for ((o, &xv), &wv) in
-                                    out.iter_mut().zip(xr).zip(&wt[j * di..(j + 1) * di])
-                                {
-                                    *o += wv * xv;
-                                }
-                            }
-                        }
-                    },
-                )
-            });
-            // u = c s with s = sigmoid(c); saved: SiLU'(c) = s (1 + c (1 - s)).
+            // Per output row: the convolution into `u`, then in place u = c s with
+            // s = sigmoid(c), saving SiLU'(c) = s (1 + c (1 - s)) in `ds`: one pass, no
+            // intermediate `c` matrix.
             let mut u = vec![E::zero(); m * di];
-            u.par_chunks_mut(ROW_BLOCK * di)
-                .zip(c.par_chunks_mut(ROW_BLOCK * di))
-                .for_each(|(u, c)| {
+            let mut ds = vec![E::zero(); m * di];
+            u.par_chunks_mut(seq * di)
+                .zip(ds.par_chunks_mut(seq * di))
+                .enumerate()
+                .for_each(|(s, (us, dss))| {
                     vectorized(
                         #[inline(always)]
                         || {
-                            for (u, c) in u.iter_mut().zip(c.iter_mut()) {
-                                let s = sigmoid(*c);
-                                *u = *c * s;
-                                *c = s * (E::one() + *c * (E::one() - s));
+                            for t in 0..seq {
+                                let out = &mut us[t * di..(t + 1) * di];
+                                out.copy_from_slice(b);
+                                for j in 0..k {
+                                    let Some(src_t) = (t + j + 1).checked_sub(k) else {
+                                        continue;
+                                    };
+                                    let xr = &x[(s * seq + src_t) * width..][..di];
+                                    for ((o, &xv), &wv) in
+                                        out.iter_mut().zip(xr).zip(&wt[j * di..(j + 1) * di])
+                                    {
+                                        *o += wv * xv;
+                                    }
+                                }
+                                let d = &mut dss[t * di..(t + 1) * di];
+                                for (o, d) in out.iter_mut().zip(d.iter_mut()) {
+                                    let c = *o;
+                                    let s = sigmoid(c);
+                                    *o = c * s;
+                                    *d = s * (E::one() + c * (E::one() - s));
+                                }
                             }
                         },
                     )
                 });
-            (u, c)
+            (u, ds)
         },
         move |a, dsilu| {
             let (x, w) = (a.inputs[0], a.inputs[1]);
             let wt = transpose(w, di, k);
-            // gc = gu * SiLU'(c)
-            let mut gc = a.grad_out.to_vec();
+            // gc = gu * SiLU'(c), written in one pass.
+            let gu = a.grad_out;
+            let mut gc = dsilu;
             gc.par_chunks_mut(ROW_BLOCK * di)
-                .zip(dsilu.par_chunks(ROW_BLOCK * di))
-                .for_each(|(g, d)| {
+                .zip(gu.par_chunks(ROW_BLOCK * di))
+                .for_each(|(g, gu)| {
                     vectorized(
                         #[inline(always)]
                         || {
-                            for (g, &d) in g.iter_mut().zip(d) {
-                                *g *= d;
+                            for (g, &gu) in g.iter_mut().zip(gu) {
+                                *g = gu * *g;
                             }
                         },
                     )

@@ -1,6 +1,7 @@
 //! The ends of the graph: token + position embedding (with dropout), the tied LM head
 //! fused with softmax cross-entropy, and the weighted sum of scalar losses.
 
+use super::matmul::gemm_scaled;
 use super::{custom_op, dims, gemm, par_rows, Dropout, Var};
 use crate::isa::vectorized;
 use crate::real::{lane_max, lane_sum, Real};
@@ -159,14 +160,12 @@ pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
         },
         move |a, dlogits| {
             let (h, w) = (a.inputs[0], a.inputs[1]);
+            // The incoming gradient (a micro-batch's share, or 1) scales inside the products.
             let go = a.grad_out[0];
-            let mut dl = dlogits;
-            if go != E::one() {
-                dl.par_iter_mut().with_min_len(4096).for_each(|z| *z *= go);
-            }
+            let dl = dlogits;
             let (gh, gw) = a.grads.split_at_mut(1);
-            gemm(m, d, v, &dl, false, w, false, &mut gh[0], true);
-            gemm(v, d, m, &dl, true, h, false, &mut gw[0], true);
+            gemm_scaled(m, d, v, &dl, false, w, false, &mut gh[0], true, go);
+            gemm_scaled(v, d, m, &dl, true, h, false, &mut gw[0], true, go);
         },
     )
 }

@@ -25,6 +25,24 @@ pub fn gemm<E: Real>(
     c: &mut [E],
     accumulate: bool,
 ) {
+    gemm_scaled(m, n, k, a, a_t, b, b_t, c, accumulate, E::one());
+}
+
+/// [`gemm`] of `scale op(a) . op(b)`: the scale is applied inside the product (no pass
+/// over `a` or `c`).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_scaled<E: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[E],
+    a_t: bool,
+    b: &[E],
+    b_t: bool,
+    c: &mut [E],
+    accumulate: bool,
+    scale: E,
+) {
     assert_eq!(a.len(), m * k, "gemm lhs size");
     assert_eq!(b.len(), k * n, "gemm rhs size");
     assert_eq!(c.len(), m * n, "gemm dst size");
@@ -38,7 +56,7 @@ pub fn gemm<E: Real>(
         return;
     }
     if isa::kernels() == Isa::Portable {
-        portable(m, n, k, a, a_t, b, b_t, c, accumulate);
+        portable(m, n, k, a, a_t, b, b_t, c, accumulate, scale);
         return;
     }
     let (a_rs, a_cs) = if a_t {
@@ -75,7 +93,7 @@ pub fn gemm<E: Real>(
             b_cs,
             b_rs,
             E::one(),
-            E::one(),
+            scale,
             false,
             false,
             false,
@@ -100,6 +118,7 @@ fn portable<E: Real>(
     b_t: bool,
     c: &mut [E],
     accumulate: bool,
+    scale: E,
 ) {
     let b_rows: std::borrow::Cow<'_, [E]> = if b_t {
         let mut t = vec![E::zero(); k * n];
@@ -122,7 +141,7 @@ fn portable<E: Real>(
                     crow.fill(E::zero());
                 }
                 for p in 0..k {
-                    let av = a_at(i, p);
+                    let av = scale * a_at(i, p);
                     for (cv, &bv) in crow.iter_mut().zip(&b_rows[p * n..(p + 1) * n]) {
                         *cv += av * bv;
                     }
@@ -150,7 +169,7 @@ mod tests {
     }
 
     #[test]
-    fn portable_and_crate_products_match_a_naive_product_in_every_layout() {
+    fn portable_and_crate_products_match_a_naive_product_in_every_layout_and_scale() {
         let (m, n, k) = (37, 29, 53);
         let a: Vec<f64> = (0..m * k)
             .map(|i| ((i * 7 % 13) as f64 - 6.0) / 7.0)
@@ -161,13 +180,14 @@ mod tests {
         for a_t in [false, true] {
             for b_t in [false, true] {
                 let want = naive(m, n, k, &a, a_t, &b, b_t);
-                for acc in [false, true] {
+                for (acc, scale) in [(false, 1.0), (true, 1.0), (false, 0.375), (true, -2.5)] {
                     let mut c1 = vec![1.0; m * n];
-                    portable(m, n, k, &a, a_t, &b, b_t, &mut c1, acc);
+                    portable(m, n, k, &a, a_t, &b, b_t, &mut c1, acc, scale);
                     let mut c2 = vec![1.0; m * n];
-                    gemm(m, n, k, &a, a_t, &b, b_t, &mut c2, acc);
+                    gemm_scaled(m, n, k, &a, a_t, &b, b_t, &mut c2, acc, scale);
                     for ((x, y), w) in c1.iter().zip(&c2).zip(&want) {
-                        let w = if acc { w + 1.0 } else { *w };
+                        let w = scale * w;
+                        let w = if acc { w + 1.0 } else { w };
                         assert!(
                             (x - w).abs() < 1e-9 && (y - w).abs() < 1e-9,
                             "{a_t} {b_t} {acc}"
