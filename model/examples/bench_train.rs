@@ -4,7 +4,8 @@
 //! `cargo run --release -p itera-model --example bench_train [-- steps] [--profile] [--vocab N]`
 //! Prints the median tokens/s over `steps` timed steps (after 2 warm-up steps) for 1 and
 //! 2 threads, the process CPU seconds per step (robust to other load on the machine) and
-//! the load average. `--profile` adds per-op forward/backward times (1 thread).
+//! the load average. `--profile` adds per-op forward/backward times of training and of
+//! scoring (1 thread).
 //! mimalloc is the global allocator, as in the `itera` binary.
 
 use itera_model::{ModelConfig, TrainConfig, Trainer};
@@ -117,10 +118,23 @@ fn main() {
             .map(|i| ((i * 31 + 7) % vocab) as u32)
             .collect();
         let mut score_rates = Vec::new();
-        for _ in 0..5 {
+        let runs = 5;
+        itera_model::ops::profile::enable(profile && threads == 1);
+        for _ in 0..runs {
             let start = Instant::now();
             let (_, n) = t.score(&score_tokens, seq, batch).expect("score");
             score_rates.push(n as f64 / start.elapsed().as_secs_f64());
+        }
+        itera_model::ops::profile::enable(false);
+        if profile && threads == 1 {
+            let per_4096 = (score_tokens.len() - 1) as f64 / 4096.0 * runs as f64;
+            println!("  per-op CPU time of scoring, per 4,096 tokens:");
+            let mut total = 0.0;
+            for (name, pass, secs, _) in itera_model::ops::profile::take() {
+                total += secs;
+                println!("  {name:<20} {pass:?}: {:.1} ms", 1e3 * secs / per_4096);
+            }
+            println!("  ops total: {:.1} ms", 1e3 * total / per_4096);
         }
         println!(
             "threads {threads}: training {:.0} tok/s (median of {steps} steps; {:.3} CPU s/step = {:.0} tok per CPU s), scoring {:.0} tok/s",
