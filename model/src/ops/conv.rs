@@ -37,40 +37,58 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
             // Per output row: the convolution into `u`, then in place u = c s with
             // s = sigmoid(c), saving SiLU'(c) = s (1 + c (1 - s)) in `ds`: one pass, no
             // intermediate `c` matrix.
+            // Without a backward (`NoneTape`), SiLU' is not saved.
+            let grad = T::OWNS_TAPE;
             let mut u = vec![E::zero(); m * di];
-            let mut ds = vec![E::zero(); m * di];
-            u.par_chunks_mut(seq * di)
-                .zip(ds.par_chunks_mut(seq * di))
-                .enumerate()
-                .for_each(|(s, (us, dss))| {
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            for t in 0..seq {
-                                let out = &mut us[t * di..(t + 1) * di];
-                                out.copy_from_slice(b);
-                                for j in 0..k {
-                                    let Some(src_t) = (t + j + 1).checked_sub(k) else {
-                                        continue;
-                                    };
-                                    let xr = &x[(s * seq + src_t) * width..][..di];
-                                    for ((o, &xv), &wv) in
-                                        out.iter_mut().zip(xr).zip(&wt[j * di..(j + 1) * di])
-                                    {
-                                        *o += wv * xv;
-                                    }
-                                }
-                                let d = &mut dss[t * di..(t + 1) * di];
-                                for (o, d) in out.iter_mut().zip(d.iter_mut()) {
-                                    let c = *o;
-                                    let s = sigmoid(c);
-                                    *o = c * s;
-                                    *d = s * (E::one() + c * (E::one() - s));
+            let mut ds = vec![E::zero(); if grad { m * di } else { 0 }];
+            let kernel = |s: usize, us: &mut [E], mut dss: Option<&mut [E]>| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for t in 0..seq {
+                            let out = &mut us[t * di..(t + 1) * di];
+                            out.copy_from_slice(b);
+                            for j in 0..k {
+                                let Some(src_t) = (t + j + 1).checked_sub(k) else {
+                                    continue;
+                                };
+                                let xr = &x[(s * seq + src_t) * width..][..di];
+                                for ((o, &xv), &wv) in
+                                    out.iter_mut().zip(xr).zip(&wt[j * di..(j + 1) * di])
+                                {
+                                    *o += wv * xv;
                                 }
                             }
-                        },
-                    )
-                });
+                            match dss.as_deref_mut() {
+                                Some(dss) => {
+                                    let d = &mut dss[t * di..(t + 1) * di];
+                                    for (o, d) in out.iter_mut().zip(d.iter_mut()) {
+                                        let c = *o;
+                                        let s = sigmoid(c);
+                                        *o = c * s;
+                                        *d = s * (E::one() + c * (E::one() - s));
+                                    }
+                                }
+                                None => {
+                                    for o in out.iter_mut() {
+                                        *o = *o * sigmoid(*o);
+                                    }
+                                }
+                            }
+                        }
+                    },
+                )
+            };
+            if grad {
+                u.par_chunks_mut(seq * di)
+                    .zip(ds.par_chunks_mut(seq * di))
+                    .enumerate()
+                    .for_each(|(s, (us, dss))| kernel(s, us, Some(dss)));
+            } else {
+                u.par_chunks_mut(seq * di)
+                    .enumerate()
+                    .for_each(|(s, us)| kernel(s, us, None));
+            }
             (u, ds)
         },
         move |a, dsilu| {

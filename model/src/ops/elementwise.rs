@@ -63,9 +63,31 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>) -> Var<E, T> {
         (m, 1),
         |v| {
             let z = v[0];
+            let mut dt = vec![E::zero(); m];
+            if !T::OWNS_TAPE {
+                // No backward: the step sizes alone.
+                dt.par_chunks_mut(ROW_BLOCK)
+                    .enumerate()
+                    .for_each(|(b, db)| {
+                        vectorized(
+                            #[inline(always)]
+                            || {
+                                let mut sp = vec![E::zero(); di];
+                                for (i, d) in db.iter_mut().enumerate() {
+                                    let zr = &z[(b * ROW_BLOCK + i) * di..][..di];
+                                    for (p, &x) in sp.iter_mut().zip(zr) {
+                                        let e = (-x.abs()).fast_exp();
+                                        *p = x.max(E::zero()) + e.fast_ln_1p_unit();
+                                    }
+                                    *d = lane_sum(&sp) * inv;
+                                }
+                            },
+                        )
+                    });
+                return (dt, Vec::new());
+            }
             // Saved: softplus'(z) = sigmoid(z), from the same exp(-|z|).
             let mut sig = vec![E::zero(); m * di];
-            let mut dt = vec![E::zero(); m];
             sig.par_chunks_mut(ROW_BLOCK * di)
                 .zip(dt.par_chunks_mut(ROW_BLOCK))
                 .enumerate()
@@ -218,10 +240,19 @@ pub fn add_dropout<E: Real, T: Tape<E, Cpu>>(
                 d,
                 #[inline(always)]
                 |r, yr| {
-                    for (j, y) in yr.iter_mut().enumerate() {
-                        let i = r * d + j;
-                        let s = dropout.map_or(E::one(), |p| p.scale(i));
-                        *y = x[i] + s * dl[i];
+                    // Rows cut to `d`, so the loops have no bounds checks and vectorise.
+                    let (xr, dr, yr) = (&x[r * d..][..d], &dl[r * d..][..d], &mut yr[..d]);
+                    match dropout {
+                        None => {
+                            for ((y, &x), &dv) in yr.iter_mut().zip(xr).zip(dr) {
+                                *y = x + dv;
+                            }
+                        }
+                        Some(p) => {
+                            for (j, ((y, &x), &dv)) in yr.iter_mut().zip(xr).zip(dr).enumerate() {
+                                *y = x + p.scale::<E>(r * d + j) * dv;
+                            }
+                        }
                     }
                 },
             );
@@ -245,10 +276,18 @@ pub fn add_dropout<E: Real, T: Tape<E, Cpu>>(
                 d,
                 #[inline(always)]
                 |r, o| {
-                    for (j, o) in o.iter_mut().enumerate() {
-                        let i = r * d + j;
-                        let s = dropout.map_or(E::one(), |p| p.scale(i));
-                        *o += s * gy[i];
+                    let (gr, o) = (&gy[r * d..][..d], &mut o[..d]);
+                    match dropout {
+                        None => {
+                            for (o, &g) in o.iter_mut().zip(gr) {
+                                *o += g;
+                            }
+                        }
+                        Some(p) => {
+                            for (j, (o, &g)) in o.iter_mut().zip(gr).enumerate() {
+                                *o += p.scale::<E>(r * d + j) * g;
+                            }
+                        }
                     }
                 },
             );
