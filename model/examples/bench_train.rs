@@ -1,7 +1,8 @@
 //! Training-step and scoring throughput of the phase-8 model (hidden 128, 4 layers,
-//! state 8, conv 4, expand 2, 4 experts of 64, top-2) at B=32, T=128, V=2000.
+//! state 8, conv 4, expand 2, 4 experts of 64, top-2), by default at B=32, T=128, V=2000.
 //!
-//! `cargo run --release -p itera-model --example bench_train [-- steps] [--profile] [--vocab N]`
+//! `cargo run --release -p itera-model --example bench_train [-- steps] [--profile] [--vocab N]
+//! [--batch B] [--seq T]` (the phase-8 run's shape: `--vocab 4897 --batch 8 --seq 512`)
 //! Prints the median tokens/s over `steps` timed steps (after 2 warm-up steps) for 1 and
 //! 2 threads, the process CPU seconds per step (robust to other load on the machine) and
 //! the load average. `--profile` adds per-op forward/backward times of training and of
@@ -47,7 +48,7 @@ fn main() {
     let steps: usize = args
         .iter()
         .skip(1)
-        .take_while(|a| *a != "--vocab")
+        .take_while(|a| !a.starts_with("--"))
         .find_map(|s| s.parse().ok())
         .unwrap_or(9);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -63,17 +64,21 @@ fn main() {
         itera_model::isa::kernel_path(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let vocab: usize = args
-        .iter()
-        .position(|a| a == "--vocab")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+    let flag = |name: &str, default: usize| -> usize {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let vocab = flag("--vocab", 2000);
+    let (batch, seq) = (flag("--batch", 32), flag("--seq", 128));
     let cfg = ModelConfig {
         vocab_size: vocab,
+        max_seq_length: seq.max(128),
         ..ModelConfig::tiny()
     };
-    let (batch, seq) = (32, 128);
+    println!("shape: B={batch} T={seq} V={vocab}");
     let train = TrainConfig {
         batch_size: batch,
         seq_len: seq,
