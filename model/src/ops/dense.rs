@@ -2,7 +2,8 @@
 //! (`y = x W^T + b`, PyTorch `nn.Linear` layout `W: [out, in]`) and `matmul_add`
 //! (`y + g B`, used for the gate-weighted expert biases).
 
-use super::{add_into, custom_op, dims, gemm, par_reduce, par_rows, Var, ROW_BLOCK};
+use super::matmul::gemm_new;
+use super::{add_into, custom_op, dims, gemm, par_reduce, Var, ROW_BLOCK};
 use crate::real::Real;
 use dfdx::prelude::{Cpu, Tape};
 
@@ -35,18 +36,19 @@ fn linear_impl<E: Real, T: Tape<E, Cpu>>(
         inputs,
         (m, n),
         |d| {
-            let mut y = vec![E::zero(); m * n];
+            // Neither path zeroes `y` first: the bias rows are copied into fresh memory,
+            // or the product writes every element.
             if has_bias {
                 let b = d[2];
-                par_rows(
-                    &mut y,
-                    n,
-                    #[inline(always)]
-                    |_, row| row.copy_from_slice(b),
-                );
+                let mut y = Vec::with_capacity(m * n);
+                for _ in 0..m {
+                    y.extend_from_slice(b);
+                }
+                gemm(m, n, k, d[0], false, d[1], true, &mut y, true);
+                (y, ())
+            } else {
+                (gemm_new(m, n, k, d[0], false, d[1], true), ())
             }
-            gemm(m, n, k, d[0], false, d[1], true, &mut y, has_bias);
-            (y, ())
         },
         move |a, ()| {
             let gy = a.grad_out;

@@ -1,8 +1,8 @@
 //! The ends of the graph: token + position embedding (with dropout), the tied LM head
 //! fused with softmax cross-entropy, and the weighted sum of scalar losses.
 
-use super::matmul::gemm_scaled;
-use super::{custom_op, dims, gemm, par_rows, Dropout, Var};
+use super::matmul::{gemm_new, gemm_scaled};
+use super::{custom_op, dims, par_rows, Dropout, Var};
 use crate::isa::vectorized;
 use crate::real::{lane_max, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -124,8 +124,7 @@ pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
         vec![h, w],
         (1, 1),
         |x| {
-            let mut logits = vec![E::zero(); m * v];
-            gemm(m, v, d, x[0], false, x[1], true, &mut logits, false);
+            let mut logits = gemm_new(m, v, d, x[0], false, x[1], true);
             let mut nll = vec![0.0f64; m];
             let inv_m = E::of(1.0 / m as f64);
             logits

@@ -28,6 +28,76 @@ pub fn gemm<E: Real>(
     gemm_scaled(m, n, k, a, a_t, b, b_t, c, accumulate, E::one());
 }
 
+/// A new `m x n` matrix `op(a) . op(b)` (as [`gemm`] without accumulating), written by
+/// the product directly: the memory is never zeroed first.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_new<E: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[E],
+    a_t: bool,
+    b: &[E],
+    b_t: bool,
+) -> Vec<E> {
+    if isa::kernels() == Isa::Portable || m == 0 || n == 0 || k == 0 {
+        let mut c = vec![E::zero(); m * n];
+        gemm(m, n, k, a, a_t, b, b_t, &mut c, false);
+        return c;
+    }
+    assert_eq!(a.len(), m * k, "gemm lhs size");
+    assert_eq!(b.len(), k * n, "gemm rhs size");
+    let mut c: Vec<E> = Vec::with_capacity(m * n);
+    let (a_rs, a_cs) = if a_t {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let (b_rs, b_cs) = if b_t {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
+    // SAFETY: `c` has capacity for the `m * n` elements the strides address; with
+    // `read_dst = false` the product only writes them (every one, since `k > 0`), so
+    // all `m * n` are initialised before `set_len`. `a` and `b` have the sizes the
+    // strides address (asserted); E is f32 or f64.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            E::zero(),
+            E::one(),
+            false,
+            false,
+            false,
+            parallelism(m, n, k),
+        );
+        c.set_len(m * n);
+    }
+    c
+}
+
+fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && m * n * k >= 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
 /// [`gemm`] of `scale op(a) . op(b)`: the scale is applied inside the product (no pass
 /// over `a` or `c`).
 #[allow(clippy::too_many_arguments)]
@@ -69,12 +139,7 @@ pub fn gemm_scaled<E: Real>(
     } else {
         (n as isize, 1)
     };
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k >= 64 * 64 * 64 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = parallelism(m, n, k);
     // SAFETY: the slices have exactly the sizes the strides address (asserted above), `c`
     // is exclusively borrowed and does not alias `a` or `b`; E is f32 or f64.
     unsafe {
@@ -169,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn portable_and_crate_products_match_a_naive_product_in_every_layout_and_scale() {
+    fn products_match_a_naive_product_in_every_layout_and_scale() {
         let (m, n, k) = (37, 29, 53);
         let a: Vec<f64> = (0..m * k)
             .map(|i| ((i * 7 % 13) as f64 - 6.0) / 7.0)
@@ -180,6 +245,10 @@ mod tests {
         for a_t in [false, true] {
             for b_t in [false, true] {
                 let want = naive(m, n, k, &a, a_t, &b, b_t);
+                let fresh = gemm_new(m, n, k, &a, a_t, &b, b_t);
+                for (x, w) in fresh.iter().zip(&want) {
+                    assert!((x - w).abs() < 1e-9, "gemm_new {a_t} {b_t}");
+                }
                 for (acc, scale) in [(false, 1.0), (true, 1.0), (false, 0.375), (true, -2.5)] {
                     let mut c1 = vec![1.0; m * n];
                     portable(m, n, k, &a, a_t, &b, b_t, &mut c1, acc, scale);
