@@ -48,6 +48,35 @@ pub fn gemm_new<E: Real>(
     assert_eq!(a.len(), m * k, "gemm lhs size");
     assert_eq!(b.len(), k * n, "gemm rhs size");
     let mut c: Vec<E> = Vec::with_capacity(m * n);
+    // SAFETY: `c` has capacity for the `m * n` elements the strides address; without
+    // reading the destination the product only writes them (every one, since `k > 0`),
+    // so all `m * n` are initialised before `set_len`.
+    unsafe {
+        crate_gemm(m, n, k, a, a_t, b, b_t, c.as_mut_ptr(), false, E::one());
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// The `gemm` crate's product into row-major `dst` (`m x n`): `dst = [dst +] scale op(a)
+/// . op(b)`, split between the current pool's threads when the product is large.
+///
+/// # Safety
+/// `dst` must be valid for `m * n` writes (and reads when `read_dst`) and must not alias
+/// `a` or `b`, whose sizes the caller has checked (`m * k`, `k * n`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn crate_gemm<E: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[E],
+    a_t: bool,
+    b: &[E],
+    b_t: bool,
+    dst: *mut E,
+    read_dst: bool,
+    scale: E,
+) {
     let (a_rs, a_cs) = if a_t {
         (1, m as isize)
     } else {
@@ -58,35 +87,30 @@ pub fn gemm_new<E: Real>(
     } else {
         (n as isize, 1)
     };
-    // SAFETY: `c` has capacity for the `m * n` elements the strides address; with
-    // `read_dst = false` the product only writes them (every one, since `k > 0`), so
-    // all `m * n` are initialised before `set_len`. `a` and `b` have the sizes the
-    // strides address (asserted); E is f32 or f64.
+    // SAFETY: as the caller guarantees; E is f32 or f64.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            dst,
             1,
             n as isize,
-            false,
+            read_dst,
             a.as_ptr(),
             a_cs,
             a_rs,
             b.as_ptr(),
             b_cs,
             b_rs,
-            E::zero(),
             E::one(),
+            scale,
             false,
             false,
             false,
             parallelism(m, n, k),
-        );
-        c.set_len(m * n);
+        )
     }
-    c
 }
 
 fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
@@ -129,42 +153,9 @@ pub fn gemm_scaled<E: Real>(
         portable(m, n, k, a, a_t, b, b_t, c, accumulate, scale);
         return;
     }
-    let (a_rs, a_cs) = if a_t {
-        (1, m as isize)
-    } else {
-        (k as isize, 1)
-    };
-    let (b_rs, b_cs) = if b_t {
-        (1, k as isize)
-    } else {
-        (n as isize, 1)
-    };
-    let par = parallelism(m, n, k);
     // SAFETY: the slices have exactly the sizes the strides address (asserted above), `c`
-    // is exclusively borrowed and does not alias `a` or `b`; E is f32 or f64.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            E::one(),
-            scale,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+    // is exclusively borrowed and does not alias `a` or `b`.
+    unsafe { crate_gemm(m, n, k, a, a_t, b, b_t, c.as_mut_ptr(), accumulate, scale) }
 }
 
 /// Rows of `c` per parallel task of the portable product.
