@@ -38,6 +38,17 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Prints the per-op times recorded since the last call, divided by `per` (ms).
+fn print_profile(what: &str, per: f64) {
+    println!("  per-op CPU time of {what}:");
+    let mut total = 0.0;
+    for (name, pass, secs, _) in itera_model::ops::profile::take() {
+        total += secs;
+        println!("  {name:<20} {pass:?}: {:.1} ms", 1e3 * secs / per);
+    }
+    println!("  ops total: {:.1} ms", 1e3 * total / per);
+}
+
 fn main() {
     // As in the `itera` binary: freed memory is kept for reuse (mimalloc option 15,
     // `mi_option_purge_delay`, -1 = never purge).
@@ -108,16 +119,7 @@ fn main() {
         let cpu_per_step = (cpu_seconds() - cpu) / steps as f64;
         itera_model::ops::profile::enable(false);
         if profile && threads == 1 {
-            let mut total = 0.0;
-            println!("  per-op CPU time of the training thread:");
-            for (name, pass, secs, _) in itera_model::ops::profile::take() {
-                total += secs;
-                println!(
-                    "  {name:<20} {pass:?}: {:.1} ms/step",
-                    1e3 * secs / steps as f64
-                );
-            }
-            println!("  ops total: {:.1} ms/step", 1e3 * total / steps as f64);
+            print_profile("the training thread, per step", steps as f64);
         }
         let score_tokens: Vec<u32> = (0..batch * seq * 4 + 1)
             .map(|i| ((i * 31 + 7) % vocab) as u32)
@@ -133,13 +135,7 @@ fn main() {
         itera_model::ops::profile::enable(false);
         if profile && threads == 1 {
             let per_4096 = (score_tokens.len() - 1) as f64 / 4096.0 * runs as f64;
-            println!("  per-op CPU time of scoring, per 4,096 tokens:");
-            let mut total = 0.0;
-            for (name, pass, secs, _) in itera_model::ops::profile::take() {
-                total += secs;
-                println!("  {name:<20} {pass:?}: {:.1} ms", 1e3 * secs / per_4096);
-            }
-            println!("  ops total: {:.1} ms", 1e3 * total / per_4096);
+            print_profile("scoring, per 4,096 tokens", per_4096);
         }
         println!(
             "threads {threads}: training {:.0} tok/s (median of {steps} steps; {:.3} CPU s/step = {:.0} tok per CPU s), scoring {:.0} tok/s",
