@@ -123,8 +123,12 @@ impl Real for f64 {
 pub fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding 1.5 * 2^23 rounds to the nearest integer (ties to even) and leaves it in
+    // the low mantissa bits of `t`: `bits(t) = bits(ROUND) + n` for |n| < 2^22.
+    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
@@ -132,7 +136,10 @@ pub fn exp_f32(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from the bits of `t` alone (integer lanes, no float-to-int conversion, which
+    // does not vectorise): `(bits(ROUND) + n + 127) << 23 = (n + 127) << 23`, since the
+    // low 23 bits of bits(ROUND) are 2^22 and shift out.
+    p * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
 }
 
 /// Logistic sigmoid `1 / (1 + e^-x)`, stable for large `|x|`.
@@ -233,6 +240,41 @@ mod tests {
         }
         assert!(worst < 2e-7, "worst relative error {worst}");
         assert_eq!(exp_f32(-200.0), exp_f32(-87.0));
+    }
+
+    /// The same polynomial with 2^n built by a float-to-int conversion: the form before
+    /// the bit trick, kept to show the two give the same bits.
+    fn exp_f32_by_conversion(x: f32) -> f32 {
+        let x = x.clamp(-87.0, 88.0);
+        let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+        let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+        let p = 1.0
+            + r * (1.0
+                + r * (0.5
+                    + r * (1.0 / 6.0
+                        + r * (1.0 / 24.0
+                            + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+        p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    }
+
+    #[test]
+    fn fast_exp_f32_builds_the_power_of_two_exactly() {
+        // Every f32 in [-100, 100] with a coarse stride, plus the inputs whose scaled
+        // value is a tie (k + 1/2) or an integer, where rounding could differ.
+        let mut xs: Vec<f32> = (-2_000_000..=2_000_000).map(|i| i as f32 * 5e-5).collect();
+        for k in -130..130 {
+            for frac in [0.0f32, 0.5] {
+                let x = (k as f32 + frac) / std::f32::consts::LOG2_E;
+                xs.extend([x, x.next_up(), x.next_down()]);
+            }
+        }
+        for x in xs {
+            assert_eq!(
+                exp_f32(x).to_bits(),
+                exp_f32_by_conversion(x).to_bits(),
+                "exp({x})"
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,8 @@ const ROUND: f32 = 12_582_912.0;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
     let p = 1.987_569_1e-4f32;
@@ -25,7 +26,9 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5e-1;
     let y = p * r2 + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the bits of `t` (integer lanes; a float-to-int conversion does not
+    // vectorise): bits(t) = bits(ROUND) + n, and bits(ROUND)'s low 23 bits, 2^22, shift out.
+    let scale = f32::from_bits(t.to_bits().wrapping_add(127) << 23);
     y * scale
 }
 
