@@ -117,13 +117,15 @@ pub fn forward_scaled<E: Real, T: Tape<E, Cpu>>(
             aux.push(ops::balance_loss(logits.with_empty_tape(), k));
             let gates = ops::router_gates(logits, k);
             let ex = |e: usize, s: &str| q(&format!("moe.experts.{e}.{s}"));
-            let xs = 0..cfg.num_experts;
-            let up_w = ops::concat_rows(xs.clone().map(|e| ex(e, "up.weight")).collect());
-            let up_b = ops::concat_cols(xs.clone().map(|e| ex(e, "up.bias")).collect());
-            let down_w = ops::concat_cols(xs.clone().map(|e| ex(e, "down.weight")).collect());
-            let down_b = ops::concat_rows(xs.map(|e| ex(e, "down.bias")).collect());
-            let hidden = ops::expert_gelu(ops::linear(b, up_w, up_b), gates.with_empty_tape());
-            ops::matmul_add(ops::linear_nobias(hidden, down_w), gates, down_b)
+            let experts = (0..cfg.num_experts)
+                .map(|e| ops::Expert {
+                    up_w: ex(e, "up.weight"),
+                    up_b: ex(e, "up.bias"),
+                    down_w: ex(e, "down.weight"),
+                    down_b: ex(e, "down.bias"),
+                })
+                .collect();
+            ops::moe_experts(b, gates, experts)
         } else {
             let hidden = ops::gelu(ops::linear(b, q("ffn.up.weight"), q("ffn.up.bias")));
             ops::linear(hidden, q("ffn.down.weight"), q("ffn.down.bias"))

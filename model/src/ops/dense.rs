@@ -1,6 +1,5 @@
 //! Dense layers as single fused ops over `(rows, features)` matrices: `linear`
-//! (`y = x W^T + b`, PyTorch `nn.Linear` layout `W: [out, in]`) and `matmul_add`
-//! (`y + g B`, used for the gate-weighted expert biases).
+//! (`y = x W^T + b`, PyTorch `nn.Linear` layout `W: [out, in]`) and `linear_nobias`.
 
 use super::matmul::gemm_new;
 use super::{add_into, custom_op, dims, gemm, par_reduce, Var, ROW_BLOCK};
@@ -69,34 +68,6 @@ fn linear_impl<E: Real, T: Tape<E, Cpu>>(
                 );
                 add_into(&mut a.grads[2], &db);
             }
-        },
-    )
-}
-
-/// `y + g B` with `y: (M, N)`, `g: (M, X)`, `bm: (X, N)`.
-pub fn matmul_add<E: Real, T: Tape<E, Cpu>>(
-    y: Var<E, T>,
-    g: Var<E, T>,
-    bm: Var<E, T>,
-) -> Var<E, T> {
-    let (m, n) = dims(&y);
-    let (m2, x) = dims(&g);
-    assert_eq!(m, m2, "matmul_add: rows");
-    assert_eq!(dims(&bm), (x, n), "matmul_add: matrix shape");
-    custom_op(
-        "matmul_add",
-        vec![y, g, bm],
-        (m, n),
-        |d| {
-            let mut out = d[0].to_vec();
-            gemm(m, n, x, d[1], false, d[2], false, &mut out, true);
-            (out, ())
-        },
-        move |a, ()| {
-            let go = a.grad_out;
-            add_into(&mut a.grads[0], go);
-            gemm(m, x, n, go, false, a.inputs[2], true, &mut a.grads[1], true);
-            gemm(x, n, m, a.inputs[1], true, go, false, &mut a.grads[2], true);
         },
     )
 }

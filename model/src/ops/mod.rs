@@ -14,6 +14,7 @@
 pub mod conv;
 pub mod dense;
 pub mod elementwise;
+pub mod experts;
 pub mod gradcheck;
 pub mod loss;
 pub mod matmul;
@@ -30,11 +31,12 @@ use dfdx::tensor_ops::Backward;
 use rayon::prelude::*;
 
 pub use conv::conv_silu;
-pub use dense::{linear, linear_nobias, matmul_add};
+pub use dense::{linear, linear_nobias};
 pub use elementwise::{add_dropout, gelu, softplus_mean, ssm_gate};
+pub use experts::{moe_experts, Expert};
 pub use loss::{embed, head_cross_entropy, weighted_sum};
 pub use matmul::gemm;
-pub use moe::{balance_loss, concat_cols, concat_rows, expert_gelu, router_gates};
+pub use moe::{balance_loss, router_gates};
 pub use norm::layer_norm;
 pub use scan::selective_scan;
 

@@ -1,17 +1,13 @@
 //! Mixture-of-experts routing (Shazeer et al. 2017; Fedus et al. 2022, Switch Transformer):
-//! top-k gates, the load-balancing loss, the gate-weighted expert activation, and the
-//! concatenations that run all experts as one wide matmul.
+//! top-k gates and the load-balancing loss. The experts themselves run in
+//! [`super::experts`], on the tokens routed to them.
 //!
 //! Gates: the top-k experts of each token by router logit (ties to the lower index), gate
-//! weights the softmax over those k logits (zero elsewhere). At this model size running
-//! every expert densely and weighting by the (mostly zero) gates is faster than a gather;
-//! the result is the same sum over the selected experts.
+//! weights the softmax over those k logits (zero elsewhere).
 
-use super::{custom_op, dims, par_rows, Var, ROW_BLOCK};
-use crate::isa::vectorized;
-use crate::real::{gelu_and_grad, lane_dot, Real};
+use super::{custom_op, dims, par_rows, Var};
+use crate::real::Real;
 use dfdx::prelude::{Cpu, Tape};
-use rayon::prelude::*;
 
 /// Indices of the `k` largest values of `row`, ties to the lower index, in descending order.
 pub fn top_k<E: Real>(row: &[E], k: usize) -> Vec<usize> {
@@ -144,149 +140,6 @@ pub fn balance_loss<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
                     }
                 },
             );
-        },
-    )
-}
-
-/// `h[:, e*F + j] = gates[:, e] * GELU(u[:, e*F + j])` for `u: (M, X*F)`, `gates: (M, X)`.
-pub fn expert_gelu<E: Real, T: Tape<E, Cpu>>(u: Var<E, T>, gates: Var<E, T>) -> Var<E, T> {
-    let (m, xf) = dims(&u);
-    let (m2, x) = dims(&gates);
-    assert!(m == m2 && x > 0 && xf % x == 0, "expert_gelu: shapes");
-    let f = xf / x;
-    custom_op(
-        "expert_gelu",
-        vec![u, gates],
-        (m, xf),
-        |v| {
-            let (u, g) = (v[0], v[1]);
-            let mut h = vec![E::zero(); m * xf];
-            par_rows(
-                &mut h,
-                xf,
-                #[inline(always)]
-                |r, hr| {
-                    for e in 0..x {
-                        let ge = g[r * x + e];
-                        if ge == E::zero() {
-                            continue;
-                        }
-                        for j in e * f..(e + 1) * f {
-                            hr[j] = ge * gelu_and_grad(u[r * xf + j]).0;
-                        }
-                    }
-                },
-            );
-            (h, ())
-        },
-        move |a, ()| {
-            let (u, g) = (a.inputs[0], a.inputs[1]);
-            let gh = a.grad_out;
-            let (gu, gg) = a.grads.split_at_mut(1);
-            // One pass per row: GELU and its derivative once per element.
-            let mut dgate = vec![E::zero(); m * x];
-            gu[0]
-                .par_chunks_mut(ROW_BLOCK * xf)
-                .zip(dgate.par_chunks_mut(ROW_BLOCK * x))
-                .enumerate()
-                .for_each(|(b, (gub, dgb))| {
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            // GELU values of one row (the gate gradient is their dot
-                            // product with the output gradient, in fixed lanes).
-                            let mut act = vec![E::zero(); xf];
-                            for (i, (gur, dg)) in
-                                gub.chunks_mut(xf).zip(dgb.chunks_mut(x)).enumerate()
-                            {
-                                let r = b * ROW_BLOCK + i;
-                                let (ur, ghr) =
-                                    (&u[r * xf..(r + 1) * xf], &gh[r * xf..(r + 1) * xf]);
-                                for e in 0..x {
-                                    let ge = g[r * x + e];
-                                    let cols = e * f..(e + 1) * f;
-                                    for (((a, gu), &uj), &gj) in act[cols.clone()]
-                                        .iter_mut()
-                                        .zip(&mut gur[cols.clone()])
-                                        .zip(&ur[cols.clone()])
-                                        .zip(&ghr[cols.clone()])
-                                    {
-                                        let (v, der) = gelu_and_grad(uj);
-                                        *a = v;
-                                        *gu += ge * gj * der;
-                                    }
-                                    dg[e] = lane_dot(&ghr[cols.clone()], &act[cols]);
-                                }
-                            }
-                        },
-                    )
-                });
-            for (o, v) in gg[0].iter_mut().zip(dgate) {
-                *o += v;
-            }
-        },
-    )
-}
-
-/// Stacks matrices with equal column counts on top of each other.
-pub fn concat_rows<E: Real, T: Tape<E, Cpu>>(parts: Vec<Var<E, T>>) -> Var<E, T> {
-    let cols = dims(&parts[0]).1;
-    let rows: Vec<usize> = parts.iter().map(|p| dims(p).0).collect();
-    assert!(
-        parts.iter().all(|p| dims(p).1 == cols),
-        "concat_rows: column counts differ"
-    );
-    let total: usize = rows.iter().sum();
-    custom_op(
-        "concat_rows",
-        parts,
-        (total, cols),
-        |v| (v.concat(), ()),
-        |a, ()| {
-            let mut off = 0;
-            for g in a.grads.iter_mut() {
-                for (o, v) in g.iter_mut().zip(&a.grad_out[off..]) {
-                    *o += *v;
-                }
-                off += g.len();
-            }
-        },
-    )
-}
-
-/// Places matrices with equal row counts side by side.
-pub fn concat_cols<E: Real, T: Tape<E, Cpu>>(parts: Vec<Var<E, T>>) -> Var<E, T> {
-    let rows = dims(&parts[0]).0;
-    let cols: Vec<usize> = parts.iter().map(|p| dims(p).1).collect();
-    assert!(
-        parts.iter().all(|p| dims(p).0 == rows),
-        "concat_cols: row counts differ"
-    );
-    let total: usize = cols.iter().sum();
-    let cols2 = cols.clone();
-    custom_op(
-        "concat_cols",
-        parts,
-        (rows, total),
-        move |v| {
-            let mut out = Vec::with_capacity(rows * total);
-            for r in 0..rows {
-                for (p, &c) in v.iter().zip(&cols) {
-                    out.extend_from_slice(&p[r * c..(r + 1) * c]);
-                }
-            }
-            (out, ())
-        },
-        move |a, ()| {
-            for r in 0..rows {
-                let mut off = r * total;
-                for (g, &c) in a.grads.iter_mut().zip(&cols2) {
-                    for j in 0..c {
-                        g[r * c + j] += a.grad_out[off + j];
-                    }
-                    off += c;
-                }
-            }
         },
     )
 }
