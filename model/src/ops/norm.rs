@@ -1,7 +1,7 @@
 //! Fused LayerNorm over the last dimension (Ba, Kiros & Hinton 2016):
 //! `y = (x - mean) / sqrt(var + eps) * w + b`, with the biased variance.
 
-use super::{custom_op, dims, par_reduce, Var, ROW_BLOCK};
+use super::{custom_op, dims, Var, ROW_BLOCK};
 use crate::isa::vectorized;
 use crate::real::{lane_dot, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -61,16 +61,19 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
             let (x, w) = (a.inputs[0], a.inputs[1]);
             let gy = a.grad_out;
             let (gx, rest) = a.grads.split_at_mut(1);
-            gx[0]
+            // One pass per block of rows: the input gradient, and the block's partial sums
+            // of the weight and bias gradients (added in block order below).
+            let partials: Vec<Vec<E>> = gx[0]
                 .par_chunks_mut(ROW_BLOCK * d)
                 .enumerate()
-                .for_each(|(blk, gxb)| {
+                .map(|(blk, gxb)| {
                     vectorized(
                         #[inline(always)]
                         || {
                             // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
                             let mut xhat = vec![E::zero(); d];
                             let mut dxhat = vec![E::zero(); d];
+                            let mut acc = vec![E::zero(); 2 * d];
                             for (i, gxr) in gxb.chunks_mut(d).enumerate() {
                                 let r = blk * ROW_BLOCK + i;
                                 let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
@@ -79,9 +82,13 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
                                 let (xr, gyr, w) = (&xr[..d], &gyr[..d], &w[..d]);
                                 let (xhat, dxhat, gxr) =
                                     (&mut xhat[..d], &mut dxhat[..d], &mut gxr[..d]);
+                                let (aw, ab) = acc.split_at_mut(d);
+                                let (aw, ab) = (&mut aw[..d], &mut ab[..d]);
                                 for j in 0..d {
                                     xhat[j] = (xr[j] - mean) * rstd;
                                     dxhat[j] = gyr[j] * w[j];
+                                    aw[j] += gyr[j] * (xr[j] - mean) * rstd;
+                                    ab[j] += gyr[j];
                                 }
                                 let s1 = lane_sum(dxhat) * inv_d;
                                 let s2 = lane_dot(dxhat, xhat) * inv_d;
@@ -89,25 +96,17 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
                                     gxr[j] += rstd * (dxhat[j] - s1 - xhat[j] * s2);
                                 }
                             }
+                            acc
                         },
                     )
-                });
-            let wb = par_reduce(
-                m,
-                ROW_BLOCK,
-                2 * d,
-                #[inline(always)]
-                |rows, acc| {
-                    for r in rows {
-                        let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-                        for j in 0..d {
-                            let g = gy[r * d + j];
-                            acc[j] += g * (x[r * d + j] - mean) * rstd;
-                            acc[d + j] += g;
-                        }
-                    }
-                },
-            );
+                })
+                .collect();
+            let mut wb = vec![E::zero(); 2 * d];
+            for p in partials {
+                for (t, v) in wb.iter_mut().zip(p) {
+                    *t += v;
+                }
+            }
             for j in 0..d {
                 rest[0][j] += wb[j];
                 rest[1][j] += wb[d + j];
