@@ -2,11 +2,12 @@
 //! Gu & Dao 2023, Mamba §3.4): `c_t = bias + sum_{j<K} w[:, j] * x_{t-K+1+j}` with zero
 //! padding before the sequence start, then `u_t = SiLU(c_t) = c_t * sigmoid(c_t)`.
 
-use super::{custom_op, dims, par_reduce, Var, ROW_BLOCK};
+use super::{assume_filled, custom_op, dims, par_reduce, uninit, Var, ROW_BLOCK};
 use crate::isa::vectorized;
 use crate::real::{sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `u = SiLU(causal_conv(x))` where `x` is the first `Di` columns of `xg: (B*T, W)`
 /// (sequences of `seq` rows each), `w: (Di, K)`, `bias: (1, Di)`. Returns `(B*T, Di)`.
@@ -39,39 +40,44 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
             // intermediate `c` matrix.
             // Without a backward (`NoneTape`), SiLU' is not saved.
             let grad = T::OWNS_TAPE;
-            let mut u = vec![E::zero(); m * di];
-            let mut ds = vec![E::zero(); if grad { m * di } else { 0 }];
-            let kernel = |s: usize, us: &mut [E], mut dss: Option<&mut [E]>| {
+            let mut u = uninit(m * di);
+            let mut ds = uninit(if grad { m * di } else { 0 });
+            let kernel = |s: usize,
+                          us: &mut [MaybeUninit<E>],
+                          mut dss: Option<&mut [MaybeUninit<E>]>| {
                 vectorized(
                     #[inline(always)]
                     || {
+                        // One output row at a time in cache: the convolution, then SiLU
+                        // (and its derivative) written once.
+                        let mut c = vec![E::zero(); di];
                         for t in 0..seq {
-                            let out = &mut us[t * di..(t + 1) * di];
-                            out.copy_from_slice(b);
+                            let c = &mut c[..di];
+                            c.copy_from_slice(b);
                             for j in 0..k {
                                 let Some(src_t) = (t + j + 1).checked_sub(k) else {
                                     continue;
                                 };
                                 let xr = &x[(s * seq + src_t) * width..][..di];
                                 for ((o, &xv), &wv) in
-                                    out.iter_mut().zip(xr).zip(&wt[j * di..(j + 1) * di])
+                                    c.iter_mut().zip(xr).zip(&wt[j * di..(j + 1) * di])
                                 {
                                     *o += wv * xv;
                                 }
                             }
+                            let out = &mut us[t * di..][..di];
                             match dss.as_deref_mut() {
                                 Some(dss) => {
-                                    let d = &mut dss[t * di..(t + 1) * di];
-                                    for (o, d) in out.iter_mut().zip(d.iter_mut()) {
-                                        let c = *o;
+                                    let d = &mut dss[t * di..][..di];
+                                    for ((o, d), &c) in out.iter_mut().zip(d.iter_mut()).zip(&*c) {
                                         let s = sigmoid(c);
-                                        *o = c * s;
-                                        *d = s * (E::one() + c * (E::one() - s));
+                                        o.write(c * s);
+                                        d.write(s * (E::one() + c * (E::one() - s)));
                                     }
                                 }
                                 None => {
-                                    for o in out.iter_mut() {
-                                        *o = *o * sigmoid(*o);
+                                    for (o, &c) in out.iter_mut().zip(&*c) {
+                                        o.write(c * sigmoid(c));
                                     }
                                 }
                             }
@@ -89,7 +95,10 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                     .enumerate()
                     .for_each(|(s, us)| kernel(s, us, None));
             }
-            (u, ds)
+            // SAFETY: `m` is a whole number of sequences (asserted); each sequence's `seq`
+            // rows are cut to `di` elements and zipped with the `di`-long row `c`, so every
+            // element of `u` (and of `ds`, when it has any) is written.
+            unsafe { (assume_filled(u), assume_filled(ds)) }
         },
         move |a, dsilu| {
             let (x, w) = (a.inputs[0], a.inputs[1]);

@@ -1,7 +1,7 @@
 //! Fused elementwise ops: exact GELU, the per-token step size `mean(softplus(.))`, the
 //! SSM output gate `(C h + D u) * SiLU(g)`, and the dropout-then-residual add.
 
-use super::{custom_op, dims, par_rows, Dropout, Var, ROW_BLOCK};
+use super::{assume_filled, custom_op, dims, par_rows, uninit, Dropout, Var, ROW_BLOCK};
 use crate::isa::vectorized;
 use crate::real::{gelu_and_grad, lane_sum, sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -19,7 +19,7 @@ pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>) -> Var<E, T> {
         shape,
         |v| {
             let x = v[0];
-            let mut y = vec![E::zero(); x.len()];
+            let mut y = uninit(x.len());
             y.par_chunks_mut(CHUNK)
                 .zip(x.par_chunks(CHUNK))
                 .for_each(|(y, x)| {
@@ -27,12 +27,14 @@ pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>) -> Var<E, T> {
                         #[inline(always)]
                         || {
                             for (y, &x) in y.iter_mut().zip(x) {
-                                *y = gelu_and_grad(x).0;
+                                y.write(gelu_and_grad(x).0);
                             }
                         },
                     )
                 });
-            (y, ())
+            // SAFETY: `y` and `x` have the same length and are cut into the same chunks,
+            // and every element of every chunk is written.
+            (unsafe { assume_filled(y) }, ())
         },
         |a, ()| {
             let (x, gy) = (a.inputs[0], a.grad_out);
@@ -89,7 +91,7 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>) -> Var<E, T> {
                 return (dt, Vec::new());
             }
             // Saved: softplus'(z) = sigmoid(z), from the same exp(-|z|).
-            let mut sig = vec![E::zero(); m * di];
+            let mut sig = uninit(m * di);
             sig.par_chunks_mut(ROW_BLOCK * di)
                 .zip(dt.par_chunks_mut(ROW_BLOCK))
                 .enumerate()
@@ -100,18 +102,21 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>) -> Var<E, T> {
                             let mut sp = vec![E::zero(); di];
                             for (i, (srow, d)) in sb.chunks_mut(di).zip(db.iter_mut()).enumerate() {
                                 let zr = &z[(b * ROW_BLOCK + i) * di..][..di];
+                                let (srow, sp) = (&mut srow[..di], &mut sp[..di]);
                                 for ((s, p), &x) in srow.iter_mut().zip(sp.iter_mut()).zip(zr) {
                                     let e = (-x.abs()).fast_exp();
                                     *p = x.max(E::zero()) + e.fast_ln_1p_unit();
                                     let r = E::one() / (E::one() + e);
-                                    *s = if x >= E::zero() { r } else { e * r };
+                                    s.write(if x >= E::zero() { r } else { e * r });
                                 }
-                                *d = lane_sum(&sp) * inv;
+                                *d = lane_sum(sp) * inv;
                             }
                         },
                     )
                 });
-            (dt, sig)
+            // SAFETY: `sig` has `m` rows of `di`, one per step size; each row is cut to
+            // exactly `di` elements and every one is written.
+            (dt, unsafe { assume_filled(sig) })
         },
         move |a, sig| {
             let gdt = a.grad_out;
@@ -148,7 +153,7 @@ pub fn ssm_gate<E: Real, T: Tape<E, Cpu>>(
         (m, di),
         |v| {
             let (hc, dv, u, xg) = (v[0], v[1], v[2], v[3]);
-            let mut z = vec![E::zero(); m * di];
+            let mut z = uninit(m * di);
             par_rows(
                 &mut z,
                 di,
@@ -156,12 +161,16 @@ pub fn ssm_gate<E: Real, T: Tape<E, Cpu>>(
                 |r, zr| {
                     let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
                     let (hcr, ur) = (&hc[r * di..(r + 1) * di], &u[r * di..(r + 1) * di]);
-                    for ((((z, &g), &h), &u), &d) in zr.iter_mut().zip(g).zip(hcr).zip(ur).zip(dv) {
-                        *z = (h + d * u) * g * sigmoid(g);
+                    for ((((z, &g), &h), &u), &d) in
+                        zr.iter_mut().zip(g).zip(hcr).zip(ur).zip(&dv[..di])
+                    {
+                        z.write((h + d * u) * g * sigmoid(g));
                     }
                 },
             );
-            (z, ())
+            // SAFETY: every row has `di` elements and every input slice zipped with it
+            // has `di` too, so each element is written.
+            (unsafe { assume_filled(z) }, ())
         },
         move |a, ()| {
             let (hc, dv, u, xg) = (a.inputs[0], a.inputs[1], a.inputs[2], a.inputs[3]);
@@ -236,7 +245,7 @@ pub fn add_dropout<E: Real, T: Tape<E, Cpu>>(
         (m, d),
         |v| {
             let (x, dl) = (v[0], v[1]);
-            let mut y = vec![E::zero(); m * d];
+            let mut y = uninit(m * d);
             par_rows(
                 &mut y,
                 d,
@@ -247,18 +256,20 @@ pub fn add_dropout<E: Real, T: Tape<E, Cpu>>(
                     match dropout {
                         None => {
                             for ((y, &x), &dv) in yr.iter_mut().zip(xr).zip(dr) {
-                                *y = x + dv;
+                                y.write(x + dv);
                             }
                         }
                         Some(p) => {
                             for (j, ((y, &x), &dv)) in yr.iter_mut().zip(xr).zip(dr).enumerate() {
-                                *y = x + p.scale::<E>(r * d + j) * dv;
+                                y.write(x + p.scale::<E>(r * d + j) * dv);
                             }
                         }
                     }
                 },
             );
-            (y, ())
+            // SAFETY: every row is cut to `d` elements, zipped with inputs of `d`, and
+            // each element is written on either branch.
+            (unsafe { assume_filled(y) }, ())
         },
         move |a, ()| {
             let gy = a.grad_out;

@@ -12,7 +12,9 @@
 //! thread count.
 
 use super::matmul::{gemm, gemm_new};
-use super::{add_into, custom_op, dims, par_reduce, par_rows, Var, ROW_BLOCK};
+use super::{
+    add_into, assume_filled, custom_op, dims, par_reduce, par_rows, uninit, Var, ROW_BLOCK,
+};
 use crate::isa::vectorized;
 use crate::real::{gelu_and_grad, lane_dot, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -94,18 +96,7 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                     he.extend_from_slice(up_b);
                 }
                 gemm(n, f, d, &xe, false, up_w, true, &mut he, true);
-                let mut ae = vec![E::zero(); n * f];
-                par_rows(
-                    &mut ae,
-                    f,
-                    #[inline(always)]
-                    |i, ar| {
-                        let ge = g[re[i] * ne + e];
-                        for (a, &h) in ar.iter_mut().zip(&he[i * f..(i + 1) * f]) {
-                            *a = ge * gelu_and_grad(h).0;
-                        }
-                    },
-                );
+                let ae = gated_gelu(&he, n, f, |i| g[re[i] * ne + e]);
                 outs.push(gemm_new(n, d, f, &ae, false, down_w, true));
                 if grad {
                     pre.push(he);
@@ -148,18 +139,7 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                 let gate = |i: usize| g[re[i] * ne + e];
                 let dye = gather(go, d, re);
                 // Gated activations, for the down weights' gradient.
-                let mut ae = vec![E::zero(); n * f];
-                par_rows(
-                    &mut ae,
-                    f,
-                    #[inline(always)]
-                    |i, ar| {
-                        let ge = gate(i);
-                        for (a, &h) in ar.iter_mut().zip(&he[i * f..(i + 1) * f]) {
-                            *a = ge * gelu_and_grad(h).0;
-                        }
-                    },
-                );
+                let ae = gated_gelu(he, n, f, gate);
                 gemm(
                     d,
                     f,
@@ -258,6 +238,25 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
             );
         },
     )
+}
+
+/// `gate(i) * GELU(h[i, j])` for the `n x f` pre-activations `h`.
+fn gated_gelu<E: Real>(h: &[E], n: usize, f: usize, gate: impl Fn(usize) -> E + Sync) -> Vec<E> {
+    let mut a = uninit(n * f);
+    par_rows(
+        &mut a,
+        f,
+        #[inline(always)]
+        |i, ar| {
+            let ge = gate(i);
+            for (a, &h) in ar[..f].iter_mut().zip(&h[i * f..][..f]) {
+                a.write(ge * gelu_and_grad(h).0);
+            }
+        },
+    );
+    // SAFETY: each of the `n` rows is cut to `f` elements and zipped with `f` inputs, so
+    // every element is written.
+    unsafe { assume_filled(a) }
 }
 
 /// Where each row sits in each expert's block of routed rows (`u32::MAX`: not routed),

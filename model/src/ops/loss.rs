@@ -2,7 +2,7 @@
 //! fused with softmax cross-entropy, and the weighted sum of scalar losses.
 
 use super::matmul::{gemm_new, gemm_scaled};
-use super::{custom_op, dims, par_rows, Dropout, Var};
+use super::{assume_filled, custom_op, dims, par_rows, uninit, Dropout, Var};
 use crate::isa::vectorized;
 use crate::real::{lane_max, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -38,7 +38,7 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
         (m, d),
         |w| {
             let (e, p) = (w[0], w[1]);
-            let mut x = vec![E::zero(); m * d];
+            let mut x = uninit(m * d);
             par_rows(
                 &mut x,
                 d,
@@ -47,11 +47,12 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
                     let (tok, t) = (tokens[r] as usize, r % seq);
                     for j in 0..d {
                         let s = dropout.map_or(E::one(), |p| p.scale(r * d + j));
-                        xr[j] = s * (e[tok * d + j] + p[t * d + j]);
+                        xr[j].write(s * (e[tok * d + j] + p[t * d + j]));
                     }
                 },
             );
-            (x, ())
+            // SAFETY: every row of `d` elements is written index by index.
+            (unsafe { assume_filled(x) }, ())
         },
         move |a, ()| {
             let gx = a.grad_out;

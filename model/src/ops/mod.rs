@@ -29,6 +29,7 @@ use dfdx::prelude::{Cpu, Gradients, NoneTape, OwnedTape, PutTape, Shape, SplitTa
 use dfdx::tensor::{TensorFromVec, WithEmptyTape};
 use dfdx::tensor_ops::Backward;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 pub use conv::conv_silu;
 pub use dense::{linear, linear_nobias};
@@ -260,6 +261,27 @@ pub fn grad_of<E: Real, S: Shape>(
     t: &Var<E, NoneTape, S>,
 ) -> Vec<E> {
     take_grad(grads, &t.tensor)
+}
+
+/// `n` elements of memory that is not zeroed: a kernel's output, for ops whose kernels
+/// write every element (zeroing memory that is about to be overwritten is a full extra
+/// pass over it). Turn it into the output with [`assume_filled`].
+pub fn uninit<E>(n: usize) -> Vec<MaybeUninit<E>> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: `MaybeUninit` elements need no initialisation, and the capacity is `n`.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// The elements of a buffer from [`uninit`], once written.
+///
+/// # Safety
+/// Every element of `v` must have been written.
+pub unsafe fn assume_filled<E>(v: Vec<MaybeUninit<E>>) -> Vec<E> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: `MaybeUninit<E>` has the layout of `E`; the pointer, length and capacity
+    // come from a Vec of the same allocation, and every element is initialised (caller).
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<E>(), v.len(), v.capacity()) }
 }
 
 /// Rows per parallel task of the elementwise kernels (fixed, so results never depend on

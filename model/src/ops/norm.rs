@@ -1,7 +1,7 @@
 //! Fused LayerNorm over the last dimension (Ba, Kiros & Hinton 2016):
 //! `y = (x - mean) / sqrt(var + eps) * w + b`, with the biased variance.
 
-use super::{custom_op, dims, Var, ROW_BLOCK};
+use super::{assume_filled, custom_op, dims, uninit, Var, ROW_BLOCK};
 use crate::isa::vectorized;
 use crate::real::{lane_dot, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -28,7 +28,7 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
             // Saved per row: mean and 1/std. Sums in 8 fixed lanes (vectorised, and the
             // same bits on every instruction set and thread count).
             let mut stats = vec![E::zero(); m * 2];
-            let mut y = vec![E::zero(); m * d];
+            let mut y = uninit(m * d);
             y.par_chunks_mut(ROW_BLOCK * d)
                 .zip(stats.par_chunks_mut(ROW_BLOCK * 2))
                 .enumerate()
@@ -36,18 +36,21 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
                     vectorized(
                         #[inline(always)]
                         || {
+                            // The centred row, in cache, then the output written once.
+                            let mut c = vec![E::zero(); d];
                             for (i, (out, s)) in yb.chunks_mut(d).zip(sb.chunks_mut(2)).enumerate()
                             {
                                 let r = blk * ROW_BLOCK + i;
                                 let row = &x[r * d..(r + 1) * d];
                                 let mean = lane_sum(row) * inv_d;
-                                for (o, &v) in out.iter_mut().zip(row) {
-                                    *o = v - mean;
+                                for (c, &v) in c.iter_mut().zip(row) {
+                                    *c = v - mean;
                                 }
-                                let var = lane_dot(out, out) * inv_d;
+                                let var = lane_dot(&c, &c) * inv_d;
                                 let rstd = E::one() / (var + eps).sqrt();
-                                for ((o, &wj), &bj) in out.iter_mut().zip(w).zip(b) {
-                                    *o = *o * rstd * wj + bj;
+                                let (out, w, b) = (&mut out[..d], &w[..d], &b[..d]);
+                                for (((o, &c), &wj), &bj) in out.iter_mut().zip(&c).zip(w).zip(b) {
+                                    o.write(c * rstd * wj + bj);
                                 }
                                 s[0] = mean;
                                 s[1] = rstd;
@@ -55,7 +58,9 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
                         },
                     )
                 });
-            (y, stats)
+            // SAFETY: `y` has `m` rows of `d` (one per stats pair); each row is cut to `d`
+            // and zipped with `d`-long slices, so every element is written.
+            (unsafe { assume_filled(y) }, stats)
         },
         move |a, stats| {
             let (x, w) = (a.inputs[0], a.inputs[1]);
