@@ -64,8 +64,10 @@ fn main() {
         time("softplus_mean", m * di, || {
             let _ = ops::softplus_mean(hc.clone());
         });
-        time("ssm_gate", m * di, || {
-            let _ = ops::ssm_gate(hc.clone(), dv.clone(), u.clone(), xg.clone());
+        let state = var(&dev, m, 8, 11);
+        let c = var(&dev, di, 8, 12);
+        time("ssm_output", m * di, || {
+            let _ = ops::ssm_output(state.clone(), c.clone(), dv.clone(), u.clone(), xg.clone());
         });
         time("gelu", m * di, || {
             let _ = ops::gelu(hc.clone());

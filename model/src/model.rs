@@ -99,8 +99,7 @@ pub fn forward_scaled<E: Real, T: Tape<E, Cpu>>(
         let dt = ops::softplus_mean(z);
         let bu = ops::linear_nobias(u.with_empty_tape(), q("ssm.B"));
         let h = ops::selective_scan(dt, q("ssm.A_log"), bu, seq);
-        let hc = ops::linear_nobias(h, q("ssm.C"));
-        let y = ops::ssm_gate(hc, q("ssm.D"), u, xg);
+        let y = ops::ssm_output(h, q("ssm.C"), q("ssm.D"), u, xg);
         let o = ops::linear(y, q("ssm.out_proj.weight"), q("ssm.out_proj.bias"));
         x = ops::add_dropout(x, o, drop(1 + 2 * l as u64));
         // Feed-forward sub-block.

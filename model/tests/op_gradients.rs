@@ -81,21 +81,20 @@ fn gelu_softplus_mean_gate() {
         &[Input::uniform(4, 9, -3.0, 3.0, 2)],
         &|v| ops::softplus_mean(v.into_iter().next().unwrap()),
     );
+    // 70 rows: two blocks of the kernel's 64, so the partial sums are combined too.
+    let (m, n, di) = (70, 3, 5);
     let inputs = [
-        Input::uniform(5, 3, -1.0, 1.0, 1),
-        Input::uniform(1, 3, 0.5, 1.5, 2),
-        Input::uniform(5, 3, -1.0, 1.0, 3),
-        Input::uniform(5, 6, -2.0, 2.0, 4),
+        Input::uniform(m, n, -1.0, 1.0, 1),
+        Input::uniform(di, n, -1.0, 1.0, 5),
+        Input::uniform(1, di, 0.5, 1.5, 2),
+        Input::uniform(m, di, -1.0, 1.0, 3),
+        Input::uniform(m, 2 * di, -2.0, 2.0, 4),
     ];
-    assert_ok("ssm_gate", &inputs, &|v| {
+    assert_ok("ssm_output", &inputs, &|v| {
         let mut it = v.into_iter();
-        let (hc, d, u, xg) = (
-            it.next().unwrap(),
-            it.next().unwrap(),
-            it.next().unwrap(),
-            it.next().unwrap(),
-        );
-        ops::ssm_gate(hc, d, u, xg)
+        let mut next = || it.next().unwrap();
+        let (h, c, d, u, xg) = (next(), next(), next(), next(), next());
+        ops::ssm_output(h, c, d, u, xg)
     });
 }
 

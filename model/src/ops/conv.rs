@@ -2,7 +2,7 @@
 //! Gu & Dao 2023, Mamba §3.4): `c_t = bias + sum_{j<K} w[:, j] * x_{t-K+1+j}` with zero
 //! padding before the sequence start, then `u_t = SiLU(c_t) = c_t * sigmoid(c_t)`.
 
-use super::{assume_filled, custom_op, dims, par_reduce, uninit, Var, ROW_BLOCK};
+use super::{assume_filled, custom_op, dims, par_reduce, transpose, uninit, Var, ROW_BLOCK};
 use crate::isa::vectorized;
 use crate::real::{sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -184,15 +184,4 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
             }
         },
     )
-}
-
-/// `(rows, cols)` row-major -> `(cols, rows)` row-major.
-fn transpose<E: Real>(w: &[E], rows: usize, cols: usize) -> Vec<E> {
-    let mut t = vec![E::zero(); rows * cols];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = w[r * cols + c];
-        }
-    }
-    t
 }

@@ -1,9 +1,10 @@
-//! Fused elementwise ops: exact GELU, the per-token step size `mean(softplus(.))`, the
-//! SSM output gate `(C h + D u) * SiLU(g)`, and the dropout-then-residual add.
+//! Fused elementwise ops: exact GELU, the per-token step size `mean(softplus(.))` and the
+//! dropout-then-residual add. (The SSM output gate is fused with its read-out in
+//! [`super::ssm_output`].)
 
 use super::{assume_filled, custom_op, dims, par_rows, uninit, Dropout, Var, ROW_BLOCK};
 use crate::isa::vectorized;
-use crate::real::{gelu_and_grad, lane_sum, sigmoid, Real};
+use crate::real::{gelu_and_grad, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
 
@@ -131,102 +132,6 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>) -> Var<E, T> {
                     }
                 },
             );
-        },
-    )
-}
-
-/// SSM output with its gate: `z = (hc + D * u) * SiLU(g)` where `hc = C h: (M, Di)`,
-/// `dvec: (1, Di)`, `u: (M, Di)` and `g` is the last `Di` columns of `xg: (M, 2 Di)`.
-pub fn ssm_gate<E: Real, T: Tape<E, Cpu>>(
-    hc: Var<E, T>,
-    dvec: Var<E, T>,
-    u: Var<E, T>,
-    xg: Var<E, T>,
-) -> Var<E, T> {
-    let (m, di) = dims(&hc);
-    assert_eq!(dims(&dvec), (1, di), "ssm_gate: D shape");
-    assert_eq!(dims(&u), (m, di), "ssm_gate: u shape");
-    assert_eq!(dims(&xg), (m, 2 * di), "ssm_gate: in_proj output shape");
-    custom_op(
-        "ssm_gate",
-        vec![hc, dvec, u, xg],
-        (m, di),
-        |v| {
-            let (hc, dv, u, xg) = (v[0], v[1], v[2], v[3]);
-            let mut z = uninit(m * di);
-            par_rows(
-                &mut z,
-                di,
-                #[inline(always)]
-                |r, zr| {
-                    let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
-                    let (hcr, ur) = (&hc[r * di..(r + 1) * di], &u[r * di..(r + 1) * di]);
-                    for ((((z, &g), &h), &u), &d) in
-                        zr.iter_mut().zip(g).zip(hcr).zip(ur).zip(&dv[..di])
-                    {
-                        z.write((h + d * u) * g * sigmoid(g));
-                    }
-                },
-            );
-            // SAFETY: every row has `di` elements and every input slice zipped with it
-            // has `di` too, so each element is written.
-            (unsafe { assume_filled(z) }, ())
-        },
-        move |a, ()| {
-            let (hc, dv, u, xg) = (a.inputs[0], a.inputs[1], a.inputs[2], a.inputs[3]);
-            let gz = a.grad_out;
-            let [g_hc, g_d, g_u, g_xg] = a.grads else {
-                unreachable!("four inputs")
-            };
-            // One pass per block of rows: y = hc + D u, s = sigmoid(g)
-            // d hc = gz SiLU(g);  d u = d hc * D;  d g = gz y s (1 + g (1 - s));
-            // d D = sum_rows d hc * u (per-block partials, summed in block order).
-            let blk = ROW_BLOCK * di;
-            let partials: Vec<Vec<E>> = g_hc
-                .par_chunks_mut(blk)
-                .zip(g_u.par_chunks_mut(blk))
-                .zip(g_xg.par_chunks_mut(2 * blk))
-                .enumerate()
-                .map(|(b, ((ghc, gu), gxg))| {
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            let mut gd = vec![E::zero(); di];
-                            for (i, (ghc, gu)) in
-                                ghc.chunks_mut(di).zip(gu.chunks_mut(di)).enumerate()
-                            {
-                                let r = b * ROW_BLOCK + i;
-                                let gx = &mut gxg[i * 2 * di + di..(i + 1) * 2 * di];
-                                let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
-                                let (hcr, ur, gzr) =
-                                    (&hc[r * di..][..di], &u[r * di..][..di], &gz[r * di..][..di]);
-                                // Every slice cut to `di`, so the loop has no bounds checks
-                                // and vectorises.
-                                let (g, hcr, ur, gzr, dv) =
-                                    (&g[..di], &hcr[..di], &ur[..di], &gzr[..di], &dv[..di]);
-                                let (ghc, gu, gd, gx) =
-                                    (&mut ghc[..di], &mut gu[..di], &mut gd[..di], &mut gx[..di]);
-                                for j in 0..di {
-                                    let (g, uu) = (g[j], ur[j]);
-                                    let s = sigmoid(g);
-                                    let y = hcr[j] + dv[j] * uu;
-                                    let dy = gzr[j] * g * s;
-                                    ghc[j] += dy;
-                                    gu[j] += dy * dv[j];
-                                    gd[j] += dy * uu;
-                                    gx[j] += gzr[j] * y * s * (E::one() + g * (E::one() - s));
-                                }
-                            }
-                            gd
-                        },
-                    )
-                })
-                .collect();
-            for p in partials {
-                for (o, v) in g_d.iter_mut().zip(p) {
-                    *o += v;
-                }
-            }
         },
     )
 }

@@ -22,6 +22,7 @@ pub mod moe;
 pub mod norm;
 pub mod profile;
 pub mod scan;
+pub mod ssm_output;
 
 use crate::isa::vectorized;
 use crate::real::Real;
@@ -33,13 +34,14 @@ use std::mem::MaybeUninit;
 
 pub use conv::conv_silu;
 pub use dense::{linear, linear_nobias};
-pub use elementwise::{add_dropout, gelu, softplus_mean, ssm_gate};
+pub use elementwise::{add_dropout, gelu, softplus_mean};
 pub use experts::{moe_experts, Expert};
 pub use loss::{embed, head_cross_entropy, weighted_sum};
 pub use matmul::gemm;
 pub use moe::{balance_loss, router_gates};
 pub use norm::layer_norm;
 pub use scan::selective_scan;
+pub use ssm_output::ssm_output;
 
 /// A tensor of the graph: a dfdx tensor (identity for the gradient map, tape, shape; it
 /// owns the data) plus a read-only view of its data.
@@ -335,6 +337,17 @@ pub fn par_reduce<E: Real>(
         }
     }
     total
+}
+
+/// `(rows, cols)` row-major -> `(cols, rows)` row-major.
+pub(crate) fn transpose<E: Real>(w: &[E], rows: usize, cols: usize) -> Vec<E> {
+    let mut t = vec![E::zero(); rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    t
 }
 
 /// Adds `src` into `dst` elementwise.

@@ -1,0 +1,166 @@
+//! The SSM block's output: the state read-out `C h` fused with the skip term and the gate,
+//! `y = (C h + D * u) * SiLU(g)`, where `h: (M, N)` is the scan's state, `C: (Di, N)`,
+//! `D: (1, Di)`, `u: (M, Di)` the convolution's output and `g` the last `Di` columns of
+//! the input projection `xg: (M, 2 Di)`.
+//!
+//! With `N` = 8 the read-out is eight scaled rows of `C^T` added per token: computed row by
+//! row in cache, the `(M, Di)` matrix `C h` is never stored, and its gradient is turned
+//! into those of `h` and `C` in the same pass that computes the gate's gradients.
+//! Sums run in fixed orders (state index, then blocks of rows), so the result does not
+//! depend on the thread count.
+
+use super::{assume_filled, custom_op, dims, transpose, uninit, Var, ROW_BLOCK};
+use crate::isa::vectorized;
+use crate::real::{lane_dot, sigmoid, Real};
+use dfdx::prelude::{Cpu, Tape};
+use rayon::prelude::*;
+
+/// `hc = sum_s h[s] * ct[s, :]` (in order of `s`) for one row `h` of `n` states and
+/// `ct: (n, di)`.
+#[inline(always)]
+fn read_out<E: Real>(h: &[E], ct: &[E], hc: &mut [E]) {
+    let di = hc.len();
+    hc.fill(E::zero());
+    for (s, &hs) in h.iter().enumerate() {
+        for (o, &c) in hc.iter_mut().zip(&ct[s * di..(s + 1) * di]) {
+            *o += hs * c;
+        }
+    }
+}
+
+/// `y = (h C^T + D * u) * SiLU(g)` (module docs). Returns `(M, Di)`.
+pub fn ssm_output<E: Real, T: Tape<E, Cpu>>(
+    h: Var<E, T>,
+    c: Var<E, T>,
+    dvec: Var<E, T>,
+    u: Var<E, T>,
+    xg: Var<E, T>,
+) -> Var<E, T> {
+    let (m, n) = dims(&h);
+    let (di, n2) = dims(&c);
+    assert_eq!(n, n2, "ssm_output: C has {n2} state columns, h has {n}");
+    assert_eq!(dims(&dvec), (1, di), "ssm_output: D shape");
+    assert_eq!(dims(&u), (m, di), "ssm_output: u shape");
+    assert_eq!(dims(&xg), (m, 2 * di), "ssm_output: in_proj output shape");
+    custom_op(
+        "ssm_output",
+        vec![h, c, dvec, u, xg],
+        (m, di),
+        move |v| {
+            let (h, c, dv, u, xg) = (v[0], v[1], v[2], v[3], v[4]);
+            let ct = transpose(c, di, n);
+            let mut y = uninit(m * di);
+            y.par_chunks_mut(ROW_BLOCK * di)
+                .enumerate()
+                .for_each(|(b, yb)| {
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            let mut hc = vec![E::zero(); di];
+                            for (i, yr) in yb.chunks_mut(di).enumerate() {
+                                let r = b * ROW_BLOCK + i;
+                                read_out(&h[r * n..(r + 1) * n], &ct, &mut hc);
+                                let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
+                                let ur = &u[r * di..(r + 1) * di];
+                                let (yr, hc, dv) = (&mut yr[..di], &hc[..di], &dv[..di]);
+                                for j in 0..di {
+                                    let gj = g[j];
+                                    yr[j].write((hc[j] + dv[j] * ur[j]) * gj * sigmoid(gj));
+                                }
+                            }
+                        },
+                    )
+                });
+            // SAFETY: `y` has `m` rows of `di`; each row is cut to `di` and every index
+            // `0..di` is written.
+            (unsafe { assume_filled(y) }, ())
+        },
+        move |a, ()| {
+            let (h, c, dv, u, xg) = (
+                a.inputs[0],
+                a.inputs[1],
+                a.inputs[2],
+                a.inputs[3],
+                a.inputs[4],
+            );
+            let gz = a.grad_out;
+            let ct = transpose(c, di, n);
+            let [g_h, g_c, g_d, g_u, g_xg] = a.grads else {
+                unreachable!("five inputs")
+            };
+            // One pass per block of rows, with s = sigmoid(g), y = C h + D u:
+            // d(Ch) = gz SiLU(g);  d u = d(Ch) D;  d g = gz y s (1 + g (1 - s));
+            // d h[s] = d(Ch) . C[:, s];  and per-block partial sums of
+            // d D = sum_rows d(Ch) u  and  d C[:, s] = sum_rows h[s] d(Ch).
+            let partials: Vec<Vec<E>> = g_h
+                .par_chunks_mut(ROW_BLOCK * n)
+                .zip(g_u.par_chunks_mut(ROW_BLOCK * di))
+                .zip(g_xg.par_chunks_mut(ROW_BLOCK * 2 * di))
+                .enumerate()
+                .map(|(b, ((ghb, gub), gxb))| {
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            let mut hc = vec![E::zero(); di];
+                            let mut dhc = vec![E::zero(); di];
+                            // d D (di), then d C^T (n rows of di).
+                            let mut acc = vec![E::zero(); di + n * di];
+                            for (i, (ghr, gur)) in
+                                ghb.chunks_mut(n).zip(gub.chunks_mut(di)).enumerate()
+                            {
+                                let r = b * ROW_BLOCK + i;
+                                let hr = &h[r * n..(r + 1) * n];
+                                read_out(hr, &ct, &mut hc);
+                                let gx = &mut gxb[i * 2 * di + di..(i + 1) * 2 * di];
+                                let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
+                                let (ur, gzr) = (&u[r * di..][..di], &gz[r * di..][..di]);
+                                // Every slice cut to `di`: no bounds checks, vectorised.
+                                let (g, hc, dv, dhc) =
+                                    (&g[..di], &hc[..di], &dv[..di], &mut dhc[..di]);
+                                let (gur, gx) = (&mut gur[..di], &mut gx[..di]);
+                                let (gd, gct) = acc.split_at_mut(di);
+                                let gd = &mut gd[..di];
+                                for j in 0..di {
+                                    let (gj, uu) = (g[j], ur[j]);
+                                    let s = sigmoid(gj);
+                                    let y = hc[j] + dv[j] * uu;
+                                    let dy = gzr[j] * gj * s;
+                                    dhc[j] = dy;
+                                    gur[j] += dy * dv[j];
+                                    gd[j] += dy * uu;
+                                    gx[j] += gzr[j] * y * s * (E::one() + gj * (E::one() - s));
+                                }
+                                for (st, gh) in ghr.iter_mut().enumerate() {
+                                    let cs = &ct[st * di..(st + 1) * di];
+                                    *gh += lane_dot(dhc, cs);
+                                    let hs = hr[st];
+                                    for (o, &d) in gct[st * di..(st + 1) * di].iter_mut().zip(&*dhc)
+                                    {
+                                        *o += hs * d;
+                                    }
+                                }
+                            }
+                            acc
+                        },
+                    )
+                })
+                .collect();
+            let mut total = vec![E::zero(); di + n * di];
+            for p in partials {
+                for (t, v) in total.iter_mut().zip(p) {
+                    *t += v;
+                }
+            }
+            for (o, v) in g_d.iter_mut().zip(&total[..di]) {
+                *o += *v;
+            }
+            // d C^T (n, di) added into d C (di, n).
+            let gct = &total[di..];
+            for j in 0..di {
+                for st in 0..n {
+                    g_c[j * n + st] += gct[st * di + j];
+                }
+            }
+        },
+    )
+}
