@@ -121,25 +121,31 @@ impl Real for f64 {
 /// building the exponent bits. Branch-free so loops over slices vectorise.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding 1.5 * 2^23 rounds to the nearest integer (ties to even) and leaves it in
     // the low mantissa bits of `t`: `bits(t) = bits(ROUND) + n` for |n| < 2^22.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
     let t = x * std::f32::consts::LOG2_E + ROUND;
     let n = t - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = exp_reduced(x, n);
     // 2^n from the bits of `t` alone (integer lanes, no float-to-int conversion, which
     // does not vectorise): `(bits(ROUND) + n + 127) << 23 = (n + 127) << 23`, since the
     // low 23 bits of bits(ROUND) are 2^22 and shift out.
     p * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
+}
+
+/// `e^r` for `r = x - n ln 2` (`|r| <= ln 2 / 2`), by the degree-7 Taylor polynomial.
+#[inline(always)]
+fn exp_reduced(x: f32, n: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    1.0 + r
+        * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))))
 }
 
 /// Logistic sigmoid `1 / (1 + e^-x)`, stable for large `|x|`.
@@ -247,14 +253,7 @@ mod tests {
     fn exp_f32_by_conversion(x: f32) -> f32 {
         let x = x.clamp(-87.0, 88.0);
         let n = (x * std::f32::consts::LOG2_E).round_ties_even();
-        let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-        let p = 1.0
-            + r * (1.0
-                + r * (0.5
-                    + r * (1.0 / 6.0
-                        + r * (1.0 / 24.0
-                            + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-        p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        exp_reduced(x, n) * f32::from_bits(((n as i32 + 127) as u32) << 23)
     }
 
     #[test]
