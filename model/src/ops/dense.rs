@@ -6,6 +6,17 @@ use super::{add_into, custom_op, dims, gemm, par_reduce, Var, ROW_BLOCK};
 use crate::real::Real;
 use dfdx::prelude::{Cpu, Tape};
 
+/// `x W^T + b` for row-major `x: (m, k)`, `w: (n, k)`, `b: (n)`: the bias rows copied
+/// into fresh memory, then the product added onto them (nothing is zeroed first).
+pub(crate) fn affine<E: Real>(m: usize, n: usize, k: usize, x: &[E], w: &[E], b: &[E]) -> Vec<E> {
+    let mut y = Vec::with_capacity(m * n);
+    for _ in 0..m {
+        y.extend_from_slice(&b[..n]);
+    }
+    gemm(m, n, k, x, false, w, true, &mut y, true);
+    y
+}
+
 /// `y = x W^T + b` with `x: (M, in)`, `w: (out, in)`, `b: (1, out)`.
 pub fn linear<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>, w: Var<E, T>, b: Var<E, T>) -> Var<E, T> {
     linear_impl(x, w, Some(b))
@@ -38,13 +49,7 @@ fn linear_impl<E: Real, T: Tape<E, Cpu>>(
             // Neither path zeroes `y` first: the bias rows are copied into fresh memory,
             // or the product writes every element.
             if has_bias {
-                let b = d[2];
-                let mut y = Vec::with_capacity(m * n);
-                for _ in 0..m {
-                    y.extend_from_slice(b);
-                }
-                gemm(m, n, k, d[0], false, d[1], true, &mut y, true);
-                (y, ())
+                (affine(m, n, k, d[0], d[1], d[2]), ())
             } else {
                 (gemm_new(m, n, k, d[0], false, d[1], true), ())
             }

@@ -11,6 +11,7 @@
 //! product splits only its output between threads, so the result does not depend on the
 //! thread count.
 
+use super::dense::affine;
 use super::matmul::{gemm, gemm_new};
 use super::{
     add_into, assume_filled, custom_op, dims, par_reduce, par_rows, uninit, Var, ROW_BLOCK,
@@ -91,11 +92,7 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                 let n = re.len();
                 let (up_w, up_b, down_w) = (v[param(e, 0)], v[param(e, 1)], v[param(e, 2)]);
                 let xe = gather(x, d, re);
-                let mut he = Vec::with_capacity(n * f);
-                for _ in 0..n {
-                    he.extend_from_slice(up_b);
-                }
-                gemm(n, f, d, &xe, false, up_w, true, &mut he, true);
+                let he = affine(n, f, d, &xe, up_w, up_b);
                 let ae = gated_gelu(&he, n, f, |i| g[re[i] * ne + e]);
                 outs.push(gemm_new(n, d, f, &ae, false, down_w, true));
                 if grad {

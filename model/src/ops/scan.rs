@@ -4,8 +4,9 @@
 //!
 //! `A = -exp(A_log)`, `h_t = exp(dt_t A) * h_{t-1} + dt_t * (B u)_t`, `h_{-1} = 0`,
 //!
-//! with one scalar `dt_t` per token and the projections `B u` and `C h` done outside as
-//! matmuls. Sequences are independent and run in parallel.
+//! with one scalar `dt_t` per token; the projection `B u` is a matmul done outside, the
+//! read-out `C h` is fused into [`super::ssm_output`]. Sequences are independent and run
+//! in parallel.
 
 use super::{custom_op, dims, Var};
 use crate::real::Real;
