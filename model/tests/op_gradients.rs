@@ -159,7 +159,7 @@ fn routing_and_experts() {
             (m, x),
             |v| (v[0].iter().zip(&mask).map(|(a, b)| a * b).collect(), mask),
             |a, mask| {
-                for ((g, o), k) in a.grads[0].iter_mut().zip(a.grad_out).zip(&mask) {
+                for ((g, o), k) in a.grads[0].acc().iter_mut().zip(a.grad_out).zip(&mask) {
                     *g += o * k;
                 }
             },
@@ -217,7 +217,7 @@ fn the_checker_catches_a_wrong_backward() {
             shape,
             |d| (d[0].iter().map(|x| x * x).collect(), ()),
             |a, ()| {
-                for ((g, &x), &go) in a.grads[0].iter_mut().zip(a.inputs[0]).zip(a.grad_out) {
+                for ((g, &x), &go) in a.grads[0].acc().iter_mut().zip(a.inputs[0]).zip(a.grad_out) {
                     *g += x * go;
                 }
             },

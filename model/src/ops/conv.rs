@@ -120,6 +120,7 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                 });
             // dx[t'] += sum_j w[:, j] * gc[t' + K - 1 - j]
             a.grads[0]
+                .acc()
                 .par_chunks_mut(seq * width)
                 .enumerate()
                 .for_each(|(s, gx)| {
@@ -174,12 +175,13 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                 },
             );
             let (gw, gb) = a.grads[1..].split_at_mut(1);
+            let (gw, gb) = (gw[0].acc(), gb[0].acc());
             for d in 0..di {
                 for j in 0..k {
-                    gw[0][d * k + j] += wb[j * di + d];
+                    gw[d * k + j] += wb[j * di + d];
                 }
             }
-            for (g, v) in gb[0].iter_mut().zip(&wb[di * k..]) {
+            for (g, v) in gb.iter_mut().zip(&wb[di * k..]) {
                 *g += *v;
             }
         },

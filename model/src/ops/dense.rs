@@ -57,8 +57,8 @@ fn linear_impl<E: Real, T: Tape<E, Cpu>>(
         move |a, ()| {
             let gy = a.grad_out;
             let (x, w) = (a.inputs[0], a.inputs[1]);
-            gemm(m, k, n, gy, false, w, false, &mut a.grads[0], true);
-            gemm(n, k, m, gy, true, x, false, &mut a.grads[1], true);
+            a.grads[0].gemm(m, k, n, gy, false, w, false, E::one());
+            a.grads[1].gemm(n, k, m, gy, true, x, false, E::one());
             if has_bias {
                 let db = par_reduce(
                     m,
@@ -71,7 +71,7 @@ fn linear_impl<E: Real, T: Tape<E, Cpu>>(
                         }
                     },
                 );
-                add_into(&mut a.grads[2], &db);
+                a.grads[2].put(db);
             }
         },
     )

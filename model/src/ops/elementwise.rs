@@ -2,7 +2,9 @@
 //! dropout-then-residual add. (The SSM output gate is fused with its read-out in
 //! [`super::ssm_output`].)
 
-use super::{assume_filled, custom_op, dims, par_rows, uninit, Dropout, Var, ROW_BLOCK};
+use super::{
+    assume_filled, custom_op, dims, par_rows, uninit, Dropout, Fill, Sink, Var, ROW_BLOCK,
+};
 use crate::isa::vectorized;
 use crate::real::{gelu_and_grad, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -39,19 +41,7 @@ pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>) -> Var<E, T> {
         },
         |a, ()| {
             let (x, gy) = (a.inputs[0], a.grad_out);
-            a.grads[0]
-                .par_chunks_mut(CHUNK)
-                .zip(x.par_chunks(CHUNK).zip(gy.par_chunks(CHUNK)))
-                .for_each(|(g, (x, gy))| {
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            for ((g, &x), &gy) in g.iter_mut().zip(x).zip(gy) {
-                                *g += gy * gelu_and_grad(x).1;
-                            }
-                        },
-                    )
-                });
+            a.grads[0].fill(GeluGrad { x, gy });
         },
     )
 }
@@ -121,17 +111,12 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>) -> Var<E, T> {
         },
         move |a, sig| {
             let gdt = a.grad_out;
-            par_rows(
-                &mut a.grads[0],
+            a.grads[0].fill(SoftplusMeanGrad {
+                gdt,
+                sig: &sig,
                 di,
-                #[inline(always)]
-                |r, g| {
-                    let s = gdt[r] * inv;
-                    for (g, &sg) in g.iter_mut().zip(&sig[r * di..(r + 1) * di]) {
-                        *g += s * sg;
-                    }
-                },
-            );
+                inv,
+            });
         },
     )
 }
@@ -178,37 +163,106 @@ pub fn add_dropout<E: Real, T: Tape<E, Cpu>>(
         },
         move |a, ()| {
             let gy = a.grad_out;
-            let (gx, gd) = a.grads.split_at_mut(1);
-            par_rows(
-                &mut gx[0],
+            a.grads[0].fill(Residual {
+                gy,
                 d,
-                #[inline(always)]
-                |r, o| {
-                    for (o, &g) in o.iter_mut().zip(&gy[r * d..(r + 1) * d]) {
-                        *o += g;
-                    }
-                },
-            );
-            par_rows(
-                &mut gd[0],
-                d,
-                #[inline(always)]
-                |r, o| {
-                    let (gr, o) = (&gy[r * d..][..d], &mut o[..d]);
-                    match dropout {
-                        None => {
-                            for (o, &g) in o.iter_mut().zip(gr) {
-                                *o += g;
-                            }
-                        }
-                        Some(p) => {
-                            for (j, (o, &g)) in o.iter_mut().zip(gr).enumerate() {
-                                *o += p.scale::<E>(r * d + j) * g;
-                            }
-                        }
-                    }
-                },
-            );
+                dropout: None,
+            });
+            a.grads[1].fill(Residual { gy, d, dropout });
         },
     )
+}
+
+/// The backward of [`add_dropout`] for one input: `gy`, times the dropout multiplier when
+/// `dropout` is given, put row by row.
+struct Residual<'a, E> {
+    gy: &'a [E],
+    d: usize,
+    dropout: Option<Dropout>,
+}
+
+// SAFETY: `par_rows` hands out every row of `out`; each row is cut to `d` and every
+// element is put on either branch.
+unsafe impl<E: Real> Fill<E> for Residual<'_, E> {
+    fn fill<S: Sink<E>>(self, out: &mut [S]) {
+        let Self { gy, d, dropout } = self;
+        assert_eq!(out.len(), gy.len(), "add_dropout: gradient size");
+        par_rows(
+            out,
+            d,
+            #[inline(always)]
+            |r, o| {
+                let (gr, o) = (&gy[r * d..][..d], &mut o[..d]);
+                match dropout {
+                    None => {
+                        for (o, &g) in o.iter_mut().zip(gr) {
+                            o.put(g);
+                        }
+                    }
+                    Some(p) => {
+                        for (j, (o, &g)) in o.iter_mut().zip(gr).enumerate() {
+                            o.put(p.scale::<E>(r * d + j) * g);
+                        }
+                    }
+                }
+            },
+        );
+    }
+}
+
+/// The backward of [`softplus_mean`]: `dz[r, j] = gdt[r] / Di * sigmoid(z[r, j])`.
+struct SoftplusMeanGrad<'a, E> {
+    gdt: &'a [E],
+    sig: &'a [E],
+    di: usize,
+    inv: E,
+}
+
+// SAFETY: `par_rows` hands out every row of `out`; each of its `di` elements is put.
+unsafe impl<E: Real> Fill<E> for SoftplusMeanGrad<'_, E> {
+    fn fill<S: Sink<E>>(self, out: &mut [S]) {
+        let Self { gdt, sig, di, inv } = self;
+        assert_eq!(out.len(), sig.len(), "softplus_mean: gradient size");
+        par_rows(
+            out,
+            di,
+            #[inline(always)]
+            |r, g| {
+                let s = gdt[r] * inv;
+                for (g, &sg) in g[..di].iter_mut().zip(&sig[r * di..][..di]) {
+                    g.put(s * sg);
+                }
+            },
+        );
+    }
+}
+
+/// The backward of [`gelu`]: `dx = gy * GELU'(x)`.
+struct GeluGrad<'a, E> {
+    x: &'a [E],
+    gy: &'a [E],
+}
+
+// SAFETY: `out`, `x` and `gy` have the same length (asserted) and are cut into the same
+// chunks; every element of every chunk is put.
+unsafe impl<E: Real> Fill<E> for GeluGrad<'_, E> {
+    fn fill<S: Sink<E>>(self, out: &mut [S]) {
+        let Self { x, gy } = self;
+        assert!(
+            out.len() == x.len() && gy.len() == x.len(),
+            "gelu: gradient size"
+        );
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(gy.par_chunks(CHUNK)))
+            .for_each(|(g, (x, gy))| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((g, &x), &gy) in g.iter_mut().zip(x).zip(gy) {
+                            g.put(gy * gelu_and_grad(x).1);
+                        }
+                    },
+                )
+            });
+    }
 }

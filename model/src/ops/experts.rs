@@ -145,7 +145,7 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                     true,
                     &ae,
                     false,
-                    &mut a.grads[param(e, 2)],
+                    a.grads[param(e, 2)].acc(),
                     true,
                 );
                 drop(ae);
@@ -202,8 +202,8 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                         }
                     },
                 );
-                add_into(&mut a.grads[param(e, 3)], &sums[..d]);
-                add_into(&mut a.grads[param(e, 1)], &sums[d..]);
+                add_into(a.grads[param(e, 3)].acc(), &sums[..d]);
+                add_into(a.grads[param(e, 1)].acc(), &sums[d..]);
                 let xe = gather(x, d, re);
                 gemm(
                     f,
@@ -213,15 +213,15 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                     true,
                     &xe,
                     false,
-                    &mut a.grads[param(e, 0)],
+                    a.grads[param(e, 0)].acc(),
                     true,
                 );
                 dx_parts.push(gemm_new(n, d, f, &dh, false, up_w, false));
             }
-            add_into(&mut a.grads[1], &dgates);
+            a.grads[1].put(dgates);
             let slot = slots(&rows, m, ne);
             par_rows(
-                &mut a.grads[0],
+                a.grads[0].acc(),
                 d,
                 #[inline(always)]
                 |r, gr| {

@@ -45,10 +45,22 @@ fn project(y: TVar, r: Vec<f64>) -> Var<f64, OwnedTape<f64, Cpu>, ()> {
         (),
         |v| (vec![v[0].iter().zip(&r).map(|(a, b)| a * b).sum()], r),
         |a, r| {
-            for (g, w) in a.grads[0].iter_mut().zip(&r) {
+            for (g, w) in a.grads[0].acc().iter_mut().zip(&r) {
                 *g += w * a.grad_out[0];
             }
         },
+    )
+}
+
+/// `y = x`, whose backward takes the gradient it gets as `x`'s.
+fn identity(x: TVar) -> TVar {
+    let shape = x.shape();
+    custom_op(
+        "identity",
+        vec![x],
+        shape,
+        |v| (v[0].to_vec(), ()),
+        |a, ()| a.grads[0].put(a.grad_out.to_vec()),
     )
 }
 
@@ -76,16 +88,25 @@ pub fn check(
         .iter()
         .map(|i| Var::from_vec(&dev, i.values.clone(), (i.rows, i.cols)))
         .collect();
-    let vars: Vec<TVar> = plain.iter().map(|t| t.retaped()).collect();
-    let y = f(vars);
-    let n_out = y.data().len();
+    let n_out = f(plain.iter().map(|t| t.retaped()).collect()).data().len();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let r: Vec<f64> = (0..n_out).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    let mut grads = project(y, r.clone()).backward();
+    // The analytic gradient twice: with the inputs as leaves (the op adds into their
+    // gradients in dfdx's map) and with each input passed through an identity op first
+    // (the op finds their gradients fresh and writes them, as inside the model). The two
+    // must agree to the bit, and with the central differences.
+    let mut grads = project(f(plain.iter().map(|t| t.retaped()).collect()), r.clone()).backward();
+    let through = plain.iter().map(|t| identity(t.retaped())).collect();
+    let mut grads_fresh = project(f(through), r.clone()).backward();
     let h = 1e-5;
     let mut worst: Option<(f64, Mismatch)> = None;
     for (i, t) in plain.iter().enumerate() {
         let analytic = grad_of(&mut grads, t);
+        let written = grad_of(&mut grads_fresh, t);
+        assert!(
+            analytic.iter().zip(&written).all(|(a, w)| a == w),
+            "input {i}: the gradient written into fresh memory differs from the one added"
+        );
         let len = inputs[i].values.len();
         let step = (len / per_input.max(1)).max(1);
         for idx in (0..len).step_by(step) {

@@ -1,7 +1,7 @@
 //! The ends of the graph: token + position embedding (with dropout), the tied LM head
 //! fused with softmax cross-entropy, and the weighted sum of scalar losses.
 
-use super::matmul::{gemm_new, gemm_scaled};
+use super::matmul::gemm_new;
 use super::{assume_filled, custom_op, dims, par_rows, uninit, Dropout, Var};
 use crate::isa::vectorized;
 use crate::real::{lane_max, lane_sum, Real};
@@ -61,7 +61,7 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
                 dropout.map_or(E::one(), |p| p.scale::<E>(r * d + j)) * gx[r * d + j]
             };
             // Position rows in parallel (each sums over its sequences in order).
-            gp[0][..seq * d]
+            gp[0].acc()[..seq * d]
                 .par_chunks_mut(d)
                 .enumerate()
                 .for_each(|(t, g)| {
@@ -72,7 +72,7 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
                     }
                 });
             // Token rows: columns split in parallel, rows in token order.
-            let ge = &mut ge[0];
+            let ge = ge[0].acc();
             let cols = d.div_ceil(rayon::current_num_threads().max(1)).max(1);
             let mut parts: Vec<(usize, Vec<E>)> = (0..d)
                 .step_by(cols)
@@ -164,8 +164,8 @@ pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
             let go = a.grad_out[0];
             let dl = dlogits;
             let (gh, gw) = a.grads.split_at_mut(1);
-            gemm_scaled(m, d, v, &dl, false, w, false, &mut gh[0], true, go);
-            gemm_scaled(v, d, m, &dl, true, h, false, &mut gw[0], true, go);
+            gh[0].gemm(m, d, v, &dl, false, w, false, go);
+            gw[0].gemm(v, d, m, &dl, true, h, false, go);
         },
     )
 }
@@ -193,7 +193,7 @@ pub fn weighted_sum<E: Real, T: Tape<E, Cpu>>(
         },
         move |a, ()| {
             for (g, &w) in a.grads.iter_mut().zip(&w2) {
-                g[0] += E::of(w) * a.grad_out[0];
+                g.acc()[0] += E::of(w) * a.grad_out[0];
             }
         },
     )

@@ -40,9 +40,24 @@ pub fn gemm_new<E: Real>(
     b: &[E],
     b_t: bool,
 ) -> Vec<E> {
+    gemm_new_scaled(m, n, k, a, a_t, b, b_t, E::one())
+}
+
+/// [`gemm_new`] of `scale op(a) . op(b)`: the same bits as [`gemm_scaled`] into zeros.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_new_scaled<E: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[E],
+    a_t: bool,
+    b: &[E],
+    b_t: bool,
+    scale: E,
+) -> Vec<E> {
     if isa::kernels() == Isa::Portable || m == 0 || n == 0 || k == 0 {
         let mut c = vec![E::zero(); m * n];
-        gemm(m, n, k, a, a_t, b, b_t, &mut c, false);
+        gemm_scaled(m, n, k, a, a_t, b, b_t, &mut c, false, scale);
         return c;
     }
     assert_eq!(a.len(), m * k, "gemm lhs size");
@@ -52,7 +67,7 @@ pub fn gemm_new<E: Real>(
     // reading the destination the product only writes them (every one, since `k > 0`),
     // so all `m * n` are initialised before `set_len`.
     unsafe {
-        crate_gemm(m, n, k, a, a_t, b, b_t, c.as_mut_ptr(), false, E::one());
+        crate_gemm(m, n, k, a, a_t, b, b_t, c.as_mut_ptr(), false, scale);
         c.set_len(m * n);
     }
     c

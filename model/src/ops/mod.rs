@@ -15,6 +15,7 @@ pub mod conv;
 pub mod dense;
 pub mod elementwise;
 pub mod experts;
+pub mod grad;
 pub mod gradcheck;
 pub mod loss;
 pub mod matmul;
@@ -36,6 +37,7 @@ pub use conv::conv_silu;
 pub use dense::{linear, linear_nobias};
 pub use elementwise::{add_dropout, gelu, softplus_mean};
 pub use experts::{moe_experts, Expert};
+pub use grad::{Fill, Grad, Sink};
 pub use loss::{embed, head_cross_entropy, weighted_sum};
 pub use matmul::gemm;
 pub use moe::{balance_loss, router_gates};
@@ -54,6 +56,9 @@ pub struct Var<E: Real, T, S: Shape = (usize, usize)> {
     tensor: Tensor<S, E, Cpu, T>,
     ptr: *const E,
     len: usize,
+    /// For an op's output: where its gradient collects during the backward pass
+    /// ([`grad`]); `None` for a leaf, whose gradient is in dfdx's map.
+    slot: Option<grad::Slot<E>>,
 }
 
 // SAFETY: the view points into the buffer owned by `tensor`; sending or sharing the Var
@@ -68,6 +73,7 @@ impl<E: Real, S: Shape> Clone for Var<E, NoneTape, S> {
             tensor: self.tensor.clone(),
             ptr: self.ptr,
             len: self.len,
+            slot: self.slot.clone(),
         }
     }
 }
@@ -91,16 +97,19 @@ impl<E: Real, S: Shape> Var<E, NoneTape, S> {
             tensor: dev.tensor_from_vec(values, shape),
             ptr,
             len,
+            slot: None,
         }
     }
 
     /// The same tensor (same identity) with an empty tape of type `New`, to be used in a
-    /// taped graph; gradients of all its uses accumulate under one key.
+    /// taped graph as a leaf; gradients of all its uses accumulate under one key of
+    /// dfdx's map.
     pub fn retaped<New: Tape<E, Cpu>>(&self) -> Var<E, New, S> {
         Var {
             tensor: self.tensor.retaped(),
             ptr: self.ptr,
             len: self.len,
+            slot: None,
         }
     }
 }
@@ -134,6 +143,7 @@ impl<E: Real, T, S: Shape> Var<E, T, S> {
                 tensor,
                 ptr: self.ptr,
                 len: self.len,
+                slot: self.slot,
             },
             tape,
         )
@@ -148,6 +158,7 @@ impl<E: Real, T, S: Shape> Var<E, T, S> {
             tensor: self.tensor.with_empty_tape(),
             ptr: self.ptr,
             len: self.len,
+            slot: self.slot.clone(),
         }
     }
 }
@@ -180,12 +191,38 @@ fn put_grad<S: Shape, E: Real>(
     **grads.get_or_alloc_mut(t).expect("gradient allocation") = g;
 }
 
+/// The gradient an input of an op gets in the backward pass: from its slot (an op's
+/// output: fresh when no later op wrote it) or from dfdx's map (a leaf).
+fn input_grad<E: Real>(grads: &mut Gradients<E, Cpu>, t: &Var<E, NoneTape>) -> Grad<E> {
+    match &t.slot {
+        // Invariant: slots are only locked here and in `return_grad`, never across a
+        // panic that is caught.
+        Some(slot) => match slot.lock().expect("gradient slot").take() {
+            Some(g) => Grad::existing(g),
+            None => Grad::fresh(t.len),
+        },
+        None => Grad::existing(take_grad(grads, &t.tensor)),
+    }
+}
+
+/// Puts an input's gradient back where [`input_grad`] found it.
+fn return_grad<E: Real>(grads: &mut Gradients<E, Cpu>, t: &Var<E, NoneTape>, g: Grad<E>) {
+    match &t.slot {
+        Some(slot) => {
+            if let Some(g) = g.into_written() {
+                *slot.lock().expect("gradient slot") = Some(g);
+            }
+        }
+        None => put_grad(grads, &t.tensor, g.into_written().unwrap_or_default()),
+    }
+}
+
 /// What a backward closure receives: the inputs' data, the output's gradient and the
-/// inputs' gradients to accumulate into (same order as the inputs).
+/// inputs' gradients to write or add to (same order as the inputs; see [`Grad`]).
 pub struct BackwardArgs<'a, E> {
     pub inputs: &'a [&'a [E]],
     pub grad_out: &'a [E],
-    pub grads: &'a mut [Vec<E>],
+    pub grads: &'a mut [Grad<E>],
 }
 
 /// Registers one custom operation on the tape of its inputs.
@@ -193,8 +230,9 @@ pub struct BackwardArgs<'a, E> {
 /// `name` labels the op in [`profile`] reports.
 /// `forward` gets the inputs' data and returns the output's data (row-major,
 /// `out_shape`) plus whatever the backward needs (`saved`). `backward` must ADD the
-/// chain-rule contribution to each input's gradient. Inputs must be distinct tensors
-/// (pass a tensor at most once per op). With a `NoneTape` no backward is recorded.
+/// chain-rule contribution to each input's gradient, or write it where the gradient is
+/// still fresh ([`Grad`]). Inputs must be distinct tensors (pass a tensor at most once
+/// per op). With a `NoneTape` no backward is recorded.
 pub fn custom_op<E: Real, T: Tape<E, Cpu>, S: Shape, Saved: 'static>(
     name: &'static str,
     inputs: Vec<Var<E, T>>,
@@ -218,7 +256,7 @@ pub fn custom_op<E: Real, T: Tape<E, Cpu>, S: Shape, Saved: 'static>(
         forward(&views)
     };
     profile::stop(timer, name, profile::Pass::Forward);
-    let out = Var::from_vec(&dev, out, out_shape);
+    let mut out = Var::from_vec(&dev, out, out_shape);
     if T::OWNS_TAPE {
         for (i, a) in plain.iter().enumerate() {
             assert!(
@@ -226,11 +264,17 @@ pub fn custom_op<E: Real, T: Tape<E, Cpu>, S: Shape, Saved: 'static>(
                 "custom op inputs must be distinct tensors"
             );
         }
+        let slot: grad::Slot<E> = Default::default();
+        out.slot = Some(slot.clone());
         let key = out.tensor.clone();
         tape.add_backward_op(move |grads| {
             let timer = profile::start();
-            let grad_out = take_grad(grads, &key);
-            let mut gin: Vec<Vec<E>> = plain.iter().map(|t| take_grad(grads, &t.tensor)).collect();
+            // Invariant: as in `input_grad`.
+            let written = slot.lock().expect("gradient slot").take();
+            // Nothing wrote the slot: the loss (dfdx puts its 1 in the map), or an
+            // output no op used (zeros).
+            let grad_out = written.unwrap_or_else(|| take_grad(grads, &key));
+            let mut gin: Vec<Grad<E>> = plain.iter().map(|t| input_grad(grads, t)).collect();
             {
                 let views: Vec<&[E]> = plain.iter().map(|t| t.data()).collect();
                 backward(
@@ -243,17 +287,23 @@ pub fn custom_op<E: Real, T: Tape<E, Cpu>, S: Shape, Saved: 'static>(
                 );
             }
             for (t, g) in plain.iter().zip(gin) {
-                put_grad(grads, &t.tensor, g);
+                return_grad(grads, t, g);
             }
             profile::stop(timer, name, profile::Pass::Backward);
             Ok(())
         });
     }
-    let Var { tensor, ptr, len } = out;
+    let Var {
+        tensor,
+        ptr,
+        len,
+        slot,
+    } = out;
     Var {
         tensor: tensor.put_tape(tape),
         ptr,
         len,
+        slot,
     }
 }
 

@@ -69,7 +69,7 @@ pub fn router_gates<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
             let go = a.grad_out;
             // Softmax backward restricted to the selected set (g is zero elsewhere).
             par_rows(
-                &mut a.grads[0],
+                a.grads[0].acc(),
                 x,
                 #[inline(always)]
                 |r, out| {
@@ -129,7 +129,7 @@ pub fn balance_loss<E: Real, T: Tape<E, Cpu>>(logits: Var<E, T>, k: usize) -> Va
         move |a, (p, f)| {
             let s = a.grad_out[0] * E::of(x as f64 / m as f64);
             par_rows(
-                &mut a.grads[0],
+                a.grads[0].acc(),
                 x,
                 #[inline(always)]
                 |r, out| {

@@ -1,7 +1,7 @@
 //! Fused LayerNorm over the last dimension (Ba, Kiros & Hinton 2016):
 //! `y = (x - mean) / sqrt(var + eps) * w + b`, with the biased variance.
 
-use super::{assume_filled, custom_op, dims, uninit, Var, ROW_BLOCK};
+use super::{add_into, assume_filled, custom_op, dims, uninit, Var, ROW_BLOCK};
 use crate::isa::vectorized;
 use crate::real::{lane_dot, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -69,6 +69,7 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
             // One pass per block of rows: the input gradient, and the block's partial sums
             // of the weight and bias gradients (added in block order below).
             let partials: Vec<Vec<E>> = gx[0]
+                .acc()
                 .par_chunks_mut(ROW_BLOCK * d)
                 .enumerate()
                 .map(|(blk, gxb)| {
@@ -112,10 +113,8 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
                     *t += v;
                 }
             }
-            for j in 0..d {
-                rest[0][j] += wb[j];
-                rest[1][j] += wb[d + j];
-            }
+            add_into(rest[0].acc(), &wb[..d]);
+            add_into(rest[1].acc(), &wb[d..]);
         },
     )
 }

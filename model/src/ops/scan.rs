@@ -56,8 +56,9 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
             let (g_dt, rest) = args.grads.split_at_mut(1);
             let (g_alog, g_bu) = rest.split_at_mut(1);
             let partials: Vec<Vec<E>> = g_dt[0]
+                .acc()
                 .par_chunks_mut(seq)
-                .zip(g_bu[0].par_chunks_mut(seq * n))
+                .zip(g_bu[0].acc().par_chunks_mut(seq * n))
                 .enumerate()
                 .map(|(s, (gdt, gbu))| {
                     let mut galog = vec![E::zero(); n];
@@ -81,7 +82,7 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
                 })
                 .collect();
             for p in partials {
-                for (g, v) in g_alog[0].iter_mut().zip(p) {
+                for (g, v) in g_alog[0].acc().iter_mut().zip(p) {
                     *g += v;
                 }
             }

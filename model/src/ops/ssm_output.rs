@@ -9,7 +9,7 @@
 //! Sums run in fixed orders (state index, then blocks of rows), so the result does not
 //! depend on the thread count.
 
-use super::{assume_filled, custom_op, dims, transpose, uninit, Var, ROW_BLOCK};
+use super::{assume_filled, custom_op, dims, transpose, uninit, Sink, Var, ROW_BLOCK};
 use crate::isa::vectorized;
 use crate::real::{lane_dot, sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -26,6 +26,101 @@ fn read_out<E: Real>(h: &[E], ct: &[E], hc: &mut [E]) {
             *o += hs * c;
         }
     }
+}
+
+/// Sizes of one `ssm_output`: rows, states, inner width.
+#[derive(Clone, Copy)]
+struct Dims {
+    m: usize,
+    n: usize,
+    di: usize,
+}
+
+/// What the backward pass reads.
+struct Inputs<'a, E> {
+    h: &'a [E],
+    dv: &'a [E],
+    u: &'a [E],
+    xg: &'a [E],
+    gz: &'a [E],
+    ct: &'a [E],
+}
+
+/// The gradients of `h`, `u` and `xg` put into the sinks, row by row, with s = sigmoid(g),
+/// y = C h + D u: d(Ch) = gz SiLU(g);  d u = d(Ch) D;  d g = gz y s (1 + g (1 - s));
+/// d h[s] = d(Ch) . C[:, s]. Returns per-block partial sums of d D = sum_rows d(Ch) u
+/// (`di`) then d C^T[s, :] = sum_rows h[s] d(Ch) (`n` rows of `di`), in block order.
+/// With writing sinks every element is put once (the first `di` columns of `xg`'s,
+/// which belong to the convolution, get zeros); with adding sinks those are left alone.
+fn backward_rows<E: Real, S: Sink<E>>(
+    Dims { m, n, di }: Dims,
+    x: &Inputs<'_, E>,
+    g_h: &mut [S],
+    g_u: &mut [S],
+    g_xg: &mut [S],
+) -> Vec<Vec<E>> {
+    assert_eq!(g_h.len(), m * n, "ssm_output: h gradient size");
+    assert_eq!(g_u.len(), m * di, "ssm_output: u gradient size");
+    assert_eq!(g_xg.len(), m * 2 * di, "ssm_output: xg gradient size");
+    let (h, dv, u, xg, gz, ct) = (x.h, x.dv, x.u, x.xg, x.gz, x.ct);
+    g_h.par_chunks_mut(ROW_BLOCK * n)
+        .zip(g_u.par_chunks_mut(ROW_BLOCK * di))
+        .zip(g_xg.par_chunks_mut(ROW_BLOCK * 2 * di))
+        .enumerate()
+        .map(|(b, ((ghb, gub), gxb))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let mut hc = vec![E::zero(); di];
+                    let mut dhc = vec![E::zero(); di];
+                    // d D (di), then d C^T (n rows of di).
+                    let mut acc = vec![E::zero(); di + n * di];
+                    for (i, ((ghr, gur), gxr)) in ghb
+                        .chunks_mut(n)
+                        .zip(gub.chunks_mut(di))
+                        .zip(gxb.chunks_mut(2 * di))
+                        .enumerate()
+                    {
+                        let r = b * ROW_BLOCK + i;
+                        let hr = &h[r * n..(r + 1) * n];
+                        read_out(hr, ct, &mut hc);
+                        let (gconv, gx) = gxr.split_at_mut(di);
+                        if S::WRITES {
+                            for o in gconv.iter_mut() {
+                                o.put(E::zero());
+                            }
+                        }
+                        let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
+                        let (ur, gzr) = (&u[r * di..][..di], &gz[r * di..][..di]);
+                        // Every slice cut to `di`: no bounds checks, vectorised.
+                        let (g, hc, dv, dhc) = (&g[..di], &hc[..di], &dv[..di], &mut dhc[..di]);
+                        let (gur, gx) = (&mut gur[..di], &mut gx[..di]);
+                        let (gd, gct) = acc.split_at_mut(di);
+                        let gd = &mut gd[..di];
+                        for j in 0..di {
+                            let (gj, uu) = (g[j], ur[j]);
+                            let s = sigmoid(gj);
+                            let y = hc[j] + dv[j] * uu;
+                            let dy = gzr[j] * gj * s;
+                            dhc[j] = dy;
+                            gur[j].put(dy * dv[j]);
+                            gd[j] += dy * uu;
+                            gx[j].put(gzr[j] * y * s * (E::one() + gj * (E::one() - s)));
+                        }
+                        for (st, gh) in ghr.iter_mut().enumerate() {
+                            let cs = &ct[st * di..(st + 1) * di];
+                            gh.put(lane_dot(dhc, cs));
+                            let hs = hr[st];
+                            for (o, &d) in gct[st * di..(st + 1) * di].iter_mut().zip(&*dhc) {
+                                *o += hs * d;
+                            }
+                        }
+                    }
+                    acc
+                },
+            )
+        })
+        .collect()
 }
 
 /// `y = (h C^T + D * u) * SiLU(g)` (module docs). Returns `(M, Di)`.
@@ -88,74 +183,42 @@ pub fn ssm_output<E: Real, T: Tape<E, Cpu>>(
             let [g_h, g_c, g_d, g_u, g_xg] = a.grads else {
                 unreachable!("five inputs")
             };
-            // One pass per block of rows, with s = sigmoid(g), y = C h + D u:
-            // d(Ch) = gz SiLU(g);  d u = d(Ch) D;  d g = gz y s (1 + g (1 - s));
-            // d h[s] = d(Ch) . C[:, s];  and per-block partial sums of
-            // d D = sum_rows d(Ch) u  and  d C[:, s] = sum_rows h[s] d(Ch).
-            let partials: Vec<Vec<E>> = g_h
-                .par_chunks_mut(ROW_BLOCK * n)
-                .zip(g_u.par_chunks_mut(ROW_BLOCK * di))
-                .zip(g_xg.par_chunks_mut(ROW_BLOCK * 2 * di))
-                .enumerate()
-                .map(|(b, ((ghb, gub), gxb))| {
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            let mut hc = vec![E::zero(); di];
-                            let mut dhc = vec![E::zero(); di];
-                            // d D (di), then d C^T (n rows of di).
-                            let mut acc = vec![E::zero(); di + n * di];
-                            for (i, (ghr, gur)) in
-                                ghb.chunks_mut(n).zip(gub.chunks_mut(di)).enumerate()
-                            {
-                                let r = b * ROW_BLOCK + i;
-                                let hr = &h[r * n..(r + 1) * n];
-                                read_out(hr, &ct, &mut hc);
-                                let gx = &mut gxb[i * 2 * di + di..(i + 1) * 2 * di];
-                                let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
-                                let (ur, gzr) = (&u[r * di..][..di], &gz[r * di..][..di]);
-                                // Every slice cut to `di`: no bounds checks, vectorised.
-                                let (g, hc, dv, dhc) =
-                                    (&g[..di], &hc[..di], &dv[..di], &mut dhc[..di]);
-                                let (gur, gx) = (&mut gur[..di], &mut gx[..di]);
-                                let (gd, gct) = acc.split_at_mut(di);
-                                let gd = &mut gd[..di];
-                                for j in 0..di {
-                                    let (gj, uu) = (g[j], ur[j]);
-                                    let s = sigmoid(gj);
-                                    let y = hc[j] + dv[j] * uu;
-                                    let dy = gzr[j] * gj * s;
-                                    dhc[j] = dy;
-                                    gur[j] += dy * dv[j];
-                                    gd[j] += dy * uu;
-                                    gx[j] += gzr[j] * y * s * (E::one() + gj * (E::one() - s));
-                                }
-                                for (st, gh) in ghr.iter_mut().enumerate() {
-                                    let cs = &ct[st * di..(st + 1) * di];
-                                    *gh += lane_dot(dhc, cs);
-                                    let hs = hr[st];
-                                    for (o, &d) in gct[st * di..(st + 1) * di].iter_mut().zip(&*dhc)
-                                    {
-                                        *o += hs * d;
-                                    }
-                                }
-                            }
-                            acc
-                        },
-                    )
-                })
-                .collect();
+            let dims = Dims { m, n, di };
+            let ins = Inputs {
+                h,
+                dv,
+                u,
+                xg,
+                gz,
+                ct: &ct,
+            };
+            // In the model this op is the last user of h, u and xg, so their gradients
+            // are fresh and written whole; otherwise they are added to.
+            let partials = if g_h.is_fresh() && g_u.is_fresh() && g_xg.is_fresh() {
+                let (mut gh, mut gu, mut gx) = (uninit(m * n), uninit(m * di), uninit(m * 2 * di));
+                let p = backward_rows(dims, &ins, &mut gh, &mut gu, &mut gx);
+                // SAFETY: `backward_rows` puts every element of a writing sink (its docs).
+                unsafe {
+                    g_h.set_written(gh);
+                    g_u.set_written(gu);
+                    g_xg.set_written(gx);
+                }
+                p
+            } else {
+                backward_rows(dims, &ins, g_h.acc(), g_u.acc(), g_xg.acc())
+            };
             let mut total = vec![E::zero(); di + n * di];
             for p in partials {
                 for (t, v) in total.iter_mut().zip(p) {
                     *t += v;
                 }
             }
-            for (o, v) in g_d.iter_mut().zip(&total[..di]) {
+            for (o, v) in g_d.acc().iter_mut().zip(&total[..di]) {
                 *o += *v;
             }
             // d C^T (n, di) added into d C (di, n).
             let gct = &total[di..];
+            let g_c = g_c.acc();
             for j in 0..di {
                 for st in 0..n {
                     g_c[j * n + st] += gct[st * di + j];
