@@ -59,21 +59,28 @@ fn main() {
         let lb = var(&dev, 1, 128, 9);
         let e = var(&dev, 2000, 128, 10);
         time("conv_silu", m * di, || {
-            let _ = ops::conv_silu(xg.clone(), w.clone(), b.clone(), 128);
+            let _ = ops::conv_silu(xg.clone(), w.clone(), b.clone(), None, 128);
         });
         time("softplus_mean", m * di, || {
-            let _ = ops::softplus_mean(hc.clone());
+            let _ = ops::softplus_mean(hc.clone(), None);
         });
         let state = var(&dev, m, 8, 11);
         let c = var(&dev, di, 8, 12);
         time("ssm_output", m * di, || {
-            let _ = ops::ssm_output(state.clone(), c.clone(), dv.clone(), u.clone(), xg.clone());
+            let _ = ops::ssm_output(
+                state.clone(),
+                c.clone(),
+                dv.clone(),
+                u.clone(),
+                xg.clone(),
+                None,
+            );
         });
         time("gelu", m * di, || {
-            let _ = ops::gelu(hc.clone());
+            let _ = ops::gelu(hc.clone(), None);
         });
         time("add_dropout", m * 128, || {
-            let _ = ops::add_dropout(h.clone(), h.clone(), None);
+            let _ = ops::add_dropout(h.clone(), h.clone(), None, None);
         });
         time("layer_norm", m * 128, || {
             let _ = ops::layer_norm(h.clone(), lb.clone(), lb.clone(), 1e-5);

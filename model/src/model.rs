@@ -84,24 +84,30 @@ pub fn forward_scaled<E: Real, T: Tape<E, Cpu>>(
             q("ssm_norm.bias"),
             eps,
         );
-        let xg = ops::linear(a, q("ssm.in_proj.weight"), q("ssm.in_proj.bias"));
+        // Each projection's bias is added by the op that reads its output (the
+        // projection writes only the product: no pass of bias rows through memory).
+        let xg = ops::linear_nobias(a, q("ssm.in_proj.weight"));
         let u = ops::conv_silu(
             xg.with_empty_tape(),
             q("ssm.conv.weight"),
             q("ssm.conv.bias"),
+            Some(q("ssm.in_proj.bias")),
             seq,
         );
-        let z = ops::linear(
-            u.with_empty_tape(),
-            q("ssm.dt_proj.weight"),
-            q("ssm.dt_proj.bias"),
-        );
-        let dt = ops::softplus_mean(z);
+        let z = ops::linear_nobias(u.with_empty_tape(), q("ssm.dt_proj.weight"));
+        let dt = ops::softplus_mean(z, Some(q("ssm.dt_proj.bias")));
         let bu = ops::linear_nobias(u.with_empty_tape(), q("ssm.B"));
         let h = ops::selective_scan(dt, q("ssm.A_log"), bu, seq);
-        let y = ops::ssm_output(h, q("ssm.C"), q("ssm.D"), u, xg);
-        let o = ops::linear(y, q("ssm.out_proj.weight"), q("ssm.out_proj.bias"));
-        x = ops::add_dropout(x, o, drop(1 + 2 * l as u64));
+        let y = ops::ssm_output(
+            h,
+            q("ssm.C"),
+            q("ssm.D"),
+            u,
+            xg,
+            Some(q("ssm.in_proj.bias")),
+        );
+        let o = ops::linear_nobias(y, q("ssm.out_proj.weight"));
+        x = ops::add_dropout(x, o, Some(q("ssm.out_proj.bias")), drop(1 + 2 * l as u64));
         // Feed-forward sub-block.
         let b = ops::layer_norm(
             x.with_empty_tape(),
@@ -109,7 +115,7 @@ pub fn forward_scaled<E: Real, T: Tape<E, Cpu>>(
             q("ffn_norm.bias"),
             eps,
         );
-        let f = if cfg.is_moe_layer(l) {
+        let (f, f_bias) = if cfg.is_moe_layer(l) {
             let k = cfg.top_k_experts;
             let logits = ops::linear_nobias(b.with_empty_tape(), q("moe.router.weight"));
             expert_counts.push(ops::moe::expert_counts(logits.data(), cfg.num_experts, k));
@@ -124,12 +130,14 @@ pub fn forward_scaled<E: Real, T: Tape<E, Cpu>>(
                     down_b: ex(e, "down.bias"),
                 })
                 .collect();
-            ops::moe_experts(b, gates, experts)
+            (ops::moe_experts(b, gates, experts), None)
         } else {
-            let hidden = ops::gelu(ops::linear(b, q("ffn.up.weight"), q("ffn.up.bias")));
-            ops::linear(hidden, q("ffn.down.weight"), q("ffn.down.bias"))
+            let up = ops::linear_nobias(b, q("ffn.up.weight"));
+            let hidden = ops::gelu(up, Some(q("ffn.up.bias")));
+            let down = ops::linear_nobias(hidden, q("ffn.down.weight"));
+            (down, Some(q("ffn.down.bias")))
         };
-        x = ops::add_dropout(x, f, drop(2 + 2 * l as u64));
+        x = ops::add_dropout(x, f, f_bias, drop(2 + 2 * l as u64));
     }
     let hf = ops::layer_norm(x, p("final_norm.weight"), p("final_norm.bias"), eps);
     let head = if cfg.tie_embeddings {

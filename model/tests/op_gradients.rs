@@ -46,15 +46,23 @@ fn layer_norm() {
 
 #[test]
 fn causal_conv_silu() {
-    // 2 sequences of 5 tokens, Di = 3 channels read from a (10, 6) in_proj output.
+    // 9 sequences of 5 tokens (three blocks of the backward's 4 sequences), Di = 3
+    // channels read from a (45, 6) in_proj output, with and without its bias.
     let inputs = [
-        Input::uniform(10, 6, -1.0, 1.0, 1),
+        Input::uniform(45, 6, -1.0, 1.0, 1),
         Input::uniform(3, 4, -1.0, 1.0, 2),
         Input::uniform(1, 3, -0.5, 0.5, 3),
+        Input::uniform(1, 6, -0.5, 0.5, 4),
     ];
-    assert_ok("conv_silu", &inputs, &|v| {
+    assert_ok("conv_silu", &inputs[..3], &|v| {
         let (x, w, b) = take3(v);
-        ops::conv_silu(x, w, b, 5)
+        ops::conv_silu(x, w, b, None, 5)
+    });
+    assert_ok("conv_silu with the input bias", &inputs, &|v| {
+        let mut it = v.into_iter();
+        let mut next = || it.next().unwrap();
+        let (x, w, b, ib) = (next(), next(), next(), next());
+        ops::conv_silu(x, w, b, Some(ib), 5)
     });
 }
 
@@ -73,14 +81,25 @@ fn selective_scan() {
 
 #[test]
 fn gelu_softplus_mean_gate() {
-    assert_ok("gelu", &[Input::uniform(4, 9, -3.0, 3.0, 1)], &|v| {
-        ops::gelu(v.into_iter().next().unwrap())
-    });
-    assert_ok(
-        "softplus_mean",
-        &[Input::uniform(4, 9, -3.0, 3.0, 2)],
-        &|v| ops::softplus_mean(v.into_iter().next().unwrap()),
-    );
+    let two = |v: Vec<TVar>| {
+        let mut it = v.into_iter();
+        (it.next().unwrap(), it.next())
+    };
+    // 70 rows: two blocks of 64 for the bias gradients' partial sums.
+    let x = [
+        Input::uniform(70, 9, -3.0, 3.0, 1),
+        Input::uniform(1, 9, -1.0, 1.0, 6),
+    ];
+    for inputs in [&x[..1], &x[..]] {
+        assert_ok("gelu", inputs, &|v| {
+            let (x, b) = two(v);
+            ops::gelu(x, b)
+        });
+        assert_ok("softplus_mean", inputs, &|v| {
+            let (z, b) = two(v);
+            ops::softplus_mean(z, b)
+        });
+    }
     // 70 rows: two blocks of the kernel's 64, so the partial sums are combined too.
     let (m, n, di) = (70, 3, 5);
     let inputs = [
@@ -89,26 +108,34 @@ fn gelu_softplus_mean_gate() {
         Input::uniform(1, di, 0.5, 1.5, 2),
         Input::uniform(m, di, -1.0, 1.0, 3),
         Input::uniform(m, 2 * di, -2.0, 2.0, 4),
+        Input::uniform(1, 2 * di, -0.5, 0.5, 6),
     ];
-    assert_ok("ssm_output", &inputs, &|v| {
-        let mut it = v.into_iter();
-        let mut next = || it.next().unwrap();
-        let (h, c, d, u, xg) = (next(), next(), next(), next(), next());
-        ops::ssm_output(h, c, d, u, xg)
-    });
+    for inputs in [&inputs[..5], &inputs[..]] {
+        assert_ok("ssm_output", inputs, &|v| {
+            let mut it = v.into_iter();
+            let mut next = || it.next().unwrap();
+            let (h, c, d, u, xg) = (next(), next(), next(), next(), next());
+            ops::ssm_output(h, c, d, u, xg, it.next())
+        });
+    }
 }
 
 #[test]
 fn residual_dropout() {
     let inputs = [
-        Input::uniform(6, 8, -1.0, 1.0, 1),
-        Input::uniform(6, 8, -1.0, 1.0, 2),
+        Input::uniform(70, 8, -1.0, 1.0, 1),
+        Input::uniform(70, 8, -1.0, 1.0, 2),
+        Input::uniform(1, 8, -1.0, 1.0, 3),
     ];
-    let dropout = Some(Dropout { p: 0.3, key: 99 });
-    assert_ok("add_dropout", &inputs, &|v| {
-        let mut it = v.into_iter();
-        ops::add_dropout(it.next().unwrap(), it.next().unwrap(), dropout)
-    });
+    for dropout in [None, Some(Dropout { p: 0.3, key: 99 })] {
+        for inputs in [&inputs[..2], &inputs[..]] {
+            assert_ok("add_dropout", inputs, &|v| {
+                let mut it = v.into_iter();
+                let (x, d) = (it.next().unwrap(), it.next().unwrap());
+                ops::add_dropout(x, d, it.next(), dropout)
+            });
+        }
+    }
 }
 
 #[test]

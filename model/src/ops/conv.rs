@@ -2,19 +2,22 @@
 //! Gu & Dao 2023, Mamba §3.4): `c_t = bias + sum_{j<K} w[:, j] * x_{t-K+1+j}` with zero
 //! padding before the sequence start, then `u_t = SiLU(c_t) = c_t * sigmoid(c_t)`.
 
-use super::{assume_filled, custom_op, dims, par_reduce, transpose, uninit, Var, ROW_BLOCK};
+use super::{add_into, assume_filled, custom_op, dims, transpose, uninit, Var};
 use crate::isa::vectorized;
 use crate::real::{sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-/// `u = SiLU(causal_conv(x))` where `x` is the first `Di` columns of `xg: (B*T, W)`
-/// (sequences of `seq` rows each), `w: (Di, K)`, `bias: (1, Di)`. Returns `(B*T, Di)`.
+/// `u = SiLU(causal_conv(x))` where `x` is the first `Di` columns of `xg + in_bias`
+/// (`xg: (B*T, W)` in sequences of `seq` rows each; `in_bias: (1, W)`, the bias of the
+/// input projection, added here so the projection never writes it), `w: (Di, K)`,
+/// `bias: (1, Di)`. Returns `(B*T, Di)`.
 pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
     xg: Var<E, T>,
     w: Var<E, T>,
     bias: Var<E, T>,
+    in_bias: Option<Var<E, T>>,
     seq: usize,
 ) -> Var<E, T> {
     let (m, width) = dims(&xg);
@@ -28,12 +31,19 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
         seq > 0 && m % seq == 0,
         "conv_silu: {m} rows are not whole sequences of {seq}"
     );
+    let mut inputs = vec![xg, w, bias];
+    if let Some(ib) = in_bias {
+        assert_eq!(dims(&ib), (1, width), "conv_silu: input bias shape");
+        inputs.push(ib);
+    }
     custom_op(
         "conv_silu",
-        vec![xg, w, bias],
+        inputs,
         (m, di),
         |v| {
             let (x, w, b) = (v[0], v[1], v[2]);
+            let zero = vec![E::zero(); di];
+            let xb = v.get(3).map_or(&zero[..], |ib| &ib[..di]);
             let wt = transpose(w, di, k);
             // Per output row: the convolution into `u`, then in place u = c s with
             // s = sigmoid(c), saving SiLU'(c) = s (1 + c (1 - s)) in `ds`: one pass, no
@@ -59,10 +69,13 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                                     continue;
                                 };
                                 let xr = &x[(s * seq + src_t) * width..][..di];
-                                for ((o, &xv), &wv) in
-                                    c.iter_mut().zip(xr).zip(&wt[j * di..(j + 1) * di])
+                                for (((o, &xv), &bv), &wv) in c
+                                    .iter_mut()
+                                    .zip(xr)
+                                    .zip(&xb[..di])
+                                    .zip(&wt[j * di..(j + 1) * di])
                                 {
-                                    *o += wv * xv;
+                                    *o += wv * (xv + bv);
                                 }
                             }
                             let out = &mut us[t * di..][..di];
@@ -102,78 +115,81 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
         },
         move |a, dsilu| {
             let (x, w) = (a.inputs[0], a.inputs[1]);
+            let zero = vec![E::zero(); di];
+            let xb = a.inputs.get(3).map_or(&zero[..], |ib| &ib[..di]);
             let wt = transpose(w, di, k);
-            // gc = gu * SiLU'(c), written in one pass.
             let gu = a.grad_out;
-            let mut gc = dsilu;
-            gc.par_chunks_mut(ROW_BLOCK * di)
-                .zip(gu.par_chunks(ROW_BLOCK * di))
-                .for_each(|(g, gu)| {
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            for (g, &gu) in g.iter_mut().zip(gu) {
-                                *g = gu * *g;
-                            }
-                        },
-                    )
-                });
-            // dx[t'] += sum_j w[:, j] * gc[t' + K - 1 - j]
-            a.grads[0]
+            // One pass per block of SEQS sequences, a row at a time in order:
+            // gc_t = gu_t * SiLU'(c_t) (kept for the K rows that use it, never stored);
+            // dx[t - K + 1 + j] += w[:, j] * gc_t;  and the block's partial sums of
+            // dw[d, j] = sum_t (x + in_bias)[t - K + 1 + j, d] gc_t[d] (transposed, [j, d]),
+            // db = sum_t gc_t and d in_bias = the sum of the dx terms, added in block
+            // order below.
+            const SEQS: usize = 4;
+            let partials: Vec<Vec<E>> = a.grads[0]
                 .acc()
-                .par_chunks_mut(seq * width)
+                .par_chunks_mut(SEQS * seq * width)
                 .enumerate()
-                .for_each(|(s, gx)| {
+                .map(|(blk, gxb)| {
                     vectorized(
                         #[inline(always)]
                         || {
-                            for t in 0..seq {
-                                for j in 0..k {
-                                    let Some(src_t) = (t + j + 1).checked_sub(k) else {
-                                        continue;
-                                    };
-                                    let gcr = &gc[(s * seq + t) * di..][..di];
-                                    let gxr = &mut gx[src_t * width..][..di];
-                                    for ((g, &c), &wv) in
-                                        gxr.iter_mut().zip(gcr).zip(&wt[j * di..(j + 1) * di])
+                            let mut acc = vec![E::zero(); di * k + 2 * di];
+                            let mut gc = vec![E::zero(); di];
+                            for (i, gx) in gxb.chunks_mut(seq * width).enumerate() {
+                                let s = blk * SEQS + i;
+                                for t in 0..seq {
+                                    let r = s * seq + t;
+                                    let gc = &mut gc[..di];
+                                    for ((g, &gu), &d) in gc
+                                        .iter_mut()
+                                        .zip(&gu[r * di..][..di])
+                                        .zip(&dsilu[r * di..][..di])
                                     {
-                                        *g += wv * c;
+                                        *g = gu * d;
+                                    }
+                                    let (gw, gbs) = acc.split_at_mut(di * k);
+                                    let (gb, gib) = gbs.split_at_mut(di);
+                                    for (a, &c) in gb[..di].iter_mut().zip(&*gc) {
+                                        *a += c;
+                                    }
+                                    for j in 0..k {
+                                        let Some(src_t) = (t + j + 1).checked_sub(k) else {
+                                            continue;
+                                        };
+                                        let gxr = &mut gx[src_t * width..][..di];
+                                        for (((g, ib), &c), &wv) in gxr
+                                            .iter_mut()
+                                            .zip(gib[..di].iter_mut())
+                                            .zip(&*gc)
+                                            .zip(&wt[j * di..(j + 1) * di])
+                                        {
+                                            *g += wv * c;
+                                            *ib += wv * c;
+                                        }
+                                        let xr = &x[(s * seq + src_t) * width..][..di];
+                                        for (((a, &xv), &bv), &c) in gw[j * di..(j + 1) * di]
+                                            .iter_mut()
+                                            .zip(xr)
+                                            .zip(&xb[..di])
+                                            .zip(&*gc)
+                                        {
+                                            *a += (xv + bv) * c;
+                                        }
                                     }
                                 }
                             }
+                            acc
                         },
                     )
-                });
-            // dw[d, j] += sum_t x[t-K+1+j, d] gc[t, d] (accumulated transposed, [j, d]);
-            // db[d] += sum_t gc[t, d]
-            let nseq = m / seq;
-            let wb = par_reduce(
-                nseq,
-                4,
-                di * k + di,
-                #[inline(always)]
-                |seqs, acc| {
-                    for s in seqs {
-                        for t in 0..seq {
-                            let gcr = &gc[(s * seq + t) * di..][..di];
-                            for (a, &c) in acc[di * k..].iter_mut().zip(gcr) {
-                                *a += c;
-                            }
-                            for j in 0..k {
-                                let Some(src_t) = (t + j + 1).checked_sub(k) else {
-                                    continue;
-                                };
-                                let xr = &x[(s * seq + src_t) * width..][..di];
-                                for ((a, &xv), &c) in
-                                    acc[j * di..(j + 1) * di].iter_mut().zip(xr).zip(gcr)
-                                {
-                                    *a += xv * c;
-                                }
-                            }
-                        }
-                    }
-                },
-            );
+                })
+                .collect();
+            let mut wb = vec![E::zero(); di * k + 2 * di];
+            for p in partials {
+                for (t, v) in wb.iter_mut().zip(p) {
+                    *t += v;
+                }
+            }
             let (gw, gb) = a.grads[1..].split_at_mut(1);
             let (gw, gb) = (gw[0].acc(), gb[0].acc());
             for d in 0..di {
@@ -181,8 +197,11 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                     gw[d * k + j] += wb[j * di + d];
                 }
             }
-            for (g, v) in gb.iter_mut().zip(&wb[di * k..]) {
+            for (g, v) in gb.iter_mut().zip(&wb[di * k..di * k + di]) {
                 *g += *v;
+            }
+            if let [_, _, _, gib] = a.grads {
+                add_into(&mut gib.acc()[..di], &wb[di * k + di..]);
             }
         },
     )

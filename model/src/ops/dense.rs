@@ -2,7 +2,7 @@
 //! (`y = x W^T + b`, PyTorch `nn.Linear` layout `W: [out, in]`) and `linear_nobias`.
 
 use super::matmul::gemm_new;
-use super::{add_into, custom_op, dims, gemm, par_reduce, Var, ROW_BLOCK};
+use super::{col_sums, custom_op, dims, gemm, Var};
 use crate::real::Real;
 use dfdx::prelude::{Cpu, Tape};
 
@@ -60,18 +60,7 @@ fn linear_impl<E: Real, T: Tape<E, Cpu>>(
             a.grads[0].gemm(m, k, n, gy, false, w, false, E::one());
             a.grads[1].gemm(n, k, m, gy, true, x, false, E::one());
             if has_bias {
-                let db = par_reduce(
-                    m,
-                    ROW_BLOCK,
-                    n,
-                    #[inline(always)]
-                    |rows, acc| {
-                        for r in rows {
-                            add_into(acc, &gy[r * n..(r + 1) * n]);
-                        }
-                    },
-                );
-                a.grads[2].put(db);
+                a.grads[2].put(col_sums(gy, n));
             }
         },
     )

@@ -10,52 +10,78 @@ use crate::real::{gelu_and_grad, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
 
-/// Elements per parallel task of the purely elementwise kernels.
-const CHUNK: usize = 16 * 1024;
-
-/// Exact (erf) GELU, elementwise.
-pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>) -> Var<E, T> {
+/// Exact (erf) GELU of `x + bias` (`bias: (1, N)` added to every row of `x: (M, N)`;
+/// the bias of the linear layer before, added here so that layer never writes it).
+pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>, bias: Option<Var<E, T>>) -> Var<E, T> {
     let shape = dims(&x);
+    let n = shape.1;
+    let mut inputs = vec![x];
+    if let Some(b) = bias {
+        assert_eq!(dims(&b), (1, n), "gelu: bias shape");
+        inputs.push(b);
+    }
     custom_op(
         "gelu",
-        vec![x],
+        inputs,
         shape,
         |v| {
-            let x = v[0];
+            let (x, b) = (v[0], v.get(1).copied());
             let mut y = uninit(x.len());
-            y.par_chunks_mut(CHUNK)
-                .zip(x.par_chunks(CHUNK))
-                .for_each(|(y, x)| {
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            for (y, &x) in y.iter_mut().zip(x) {
+            par_rows(
+                &mut y,
+                n,
+                #[inline(always)]
+                |r, yr| {
+                    let (xr, yr) = (&x[r * n..][..n], &mut yr[..n]);
+                    match b {
+                        Some(b) => {
+                            for ((y, &x), &b) in yr.iter_mut().zip(xr).zip(&b[..n]) {
+                                y.write(gelu_and_grad(x + b).0);
+                            }
+                        }
+                        None => {
+                            for (y, &x) in yr.iter_mut().zip(xr) {
                                 y.write(gelu_and_grad(x).0);
                             }
-                        },
-                    )
-                });
-            // SAFETY: `y` and `x` have the same length and are cut into the same chunks,
-            // and every element of every chunk is written.
+                        }
+                    }
+                },
+            );
+            // SAFETY: every row is cut to `n` elements and each is written on either branch.
             (unsafe { assume_filled(y) }, ())
         },
-        |a, ()| {
+        move |a, ()| {
             let (x, gy) = (a.inputs[0], a.grad_out);
-            a.grads[0].fill(GeluGrad { x, gy });
+            let b = a.inputs.get(1).copied();
+            let kernel = GeluGrad { x, b, gy, n };
+            match a.grads {
+                [gx, gb] => gx.fill_and_sum(kernel, n, gb),
+                [gx] => gx.fill(kernel),
+                _ => unreachable!("one or two inputs"),
+            }
         },
     )
 }
 
-/// `dt_r = mean_j softplus(z[r, j])`: one step size per row of `z: (M, Di)`, shape `(M, 1)`.
-pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>) -> Var<E, T> {
+/// `dt_r = mean_j softplus(z[r, j] + bias[j])`: one step size per row of `z: (M, Di)`,
+/// shape `(M, 1)`; `bias: (1, Di)` is the bias of the linear layer before, added here so
+/// that layer never writes it.
+pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>, bias: Option<Var<E, T>>) -> Var<E, T> {
     let (m, di) = dims(&z);
     let inv = E::one() / E::of(di as f64);
+    let mut inputs = vec![z];
+    if let Some(b) = bias {
+        assert_eq!(dims(&b), (1, di), "softplus_mean: bias shape");
+        inputs.push(b);
+    }
     custom_op(
         "softplus_mean",
-        vec![z],
+        inputs,
         (m, 1),
         |v| {
             let z = v[0];
+            let zero = vec![E::zero(); di];
+            let b = v.get(1).copied().unwrap_or(&zero);
             let mut dt = vec![E::zero(); m];
             if !T::OWNS_TAPE {
                 // No backward: the step sizes alone. A separate loop on purpose: one
@@ -63,14 +89,15 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>) -> Var<E, T> {
                 // measured).
                 dt.par_chunks_mut(ROW_BLOCK)
                     .enumerate()
-                    .for_each(|(b, db)| {
+                    .for_each(|(blk, db)| {
                         vectorized(
                             #[inline(always)]
                             || {
                                 let mut sp = vec![E::zero(); di];
                                 for (i, d) in db.iter_mut().enumerate() {
-                                    let zr = &z[(b * ROW_BLOCK + i) * di..][..di];
-                                    for (p, &x) in sp.iter_mut().zip(zr) {
+                                    let zr = &z[(blk * ROW_BLOCK + i) * di..][..di];
+                                    for ((p, &x), &bj) in sp.iter_mut().zip(zr).zip(&b[..di]) {
+                                        let x = x + bj;
                                         let e = (-x.abs()).fast_exp();
                                         *p = x.max(E::zero()) + e.fast_ln_1p_unit();
                                     }
@@ -86,15 +113,18 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>) -> Var<E, T> {
             sig.par_chunks_mut(ROW_BLOCK * di)
                 .zip(dt.par_chunks_mut(ROW_BLOCK))
                 .enumerate()
-                .for_each(|(b, (sb, db))| {
+                .for_each(|(blk, (sb, db))| {
                     vectorized(
                         #[inline(always)]
                         || {
                             let mut sp = vec![E::zero(); di];
                             for (i, (srow, d)) in sb.chunks_mut(di).zip(db.iter_mut()).enumerate() {
-                                let zr = &z[(b * ROW_BLOCK + i) * di..][..di];
+                                let zr = &z[(blk * ROW_BLOCK + i) * di..][..di];
                                 let (srow, sp) = (&mut srow[..di], &mut sp[..di]);
-                                for ((s, p), &x) in srow.iter_mut().zip(sp.iter_mut()).zip(zr) {
+                                for (((s, p), &x), &bj) in
+                                    srow.iter_mut().zip(sp.iter_mut()).zip(zr).zip(&b[..di])
+                                {
+                                    let x = x + bj;
                                     let e = (-x.abs()).fast_exp();
                                     *p = x.max(E::zero()) + e.fast_ln_1p_unit();
                                     let r = E::one() / (E::one() + e);
@@ -111,30 +141,45 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>) -> Var<E, T> {
         },
         move |a, sig| {
             let gdt = a.grad_out;
-            a.grads[0].fill(SoftplusMeanGrad {
+            let kernel = SoftplusMeanGrad {
                 gdt,
                 sig: &sig,
                 di,
                 inv,
-            });
+            };
+            match a.grads {
+                [gz, gb] => gz.fill_and_sum(kernel, di, gb),
+                [gz] => gz.fill(kernel),
+                _ => unreachable!("one or two inputs"),
+            }
         },
     )
 }
 
-/// Residual add with dropout on the branch: `x + dropout(delta)`.
+/// Residual add with dropout on the branch: `x + dropout(delta + bias)`, where `bias:
+/// (1, D)` is the bias of the linear layer that made `delta`, added here so that layer
+/// never writes it.
 pub fn add_dropout<E: Real, T: Tape<E, Cpu>>(
     x: Var<E, T>,
     delta: Var<E, T>,
+    bias: Option<Var<E, T>>,
     dropout: Option<Dropout>,
 ) -> Var<E, T> {
     let (m, d) = dims(&x);
     assert_eq!(dims(&delta), (m, d), "add_dropout: shapes");
+    let mut inputs = vec![x, delta];
+    if let Some(b) = bias {
+        assert_eq!(dims(&b), (1, d), "add_dropout: bias shape");
+        inputs.push(b);
+    }
     custom_op(
         "add_dropout",
-        vec![x, delta],
+        inputs,
         (m, d),
         |v| {
             let (x, dl) = (v[0], v[1]);
+            let zero = vec![E::zero(); d];
+            let b = v.get(2).copied().unwrap_or(&zero);
             let mut y = uninit(m * d);
             par_rows(
                 &mut y,
@@ -143,15 +188,18 @@ pub fn add_dropout<E: Real, T: Tape<E, Cpu>>(
                 |r, yr| {
                     // Rows cut to `d`, so the loops have no bounds checks and vectorise.
                     let (xr, dr, yr) = (&x[r * d..][..d], &dl[r * d..][..d], &mut yr[..d]);
+                    let b = &b[..d];
                     match dropout {
                         None => {
-                            for ((y, &x), &dv) in yr.iter_mut().zip(xr).zip(dr) {
-                                y.write(x + dv);
+                            for (((y, &x), &dv), &bj) in yr.iter_mut().zip(xr).zip(dr).zip(b) {
+                                y.write(x + (dv + bj));
                             }
                         }
                         Some(p) => {
-                            for (j, ((y, &x), &dv)) in yr.iter_mut().zip(xr).zip(dr).enumerate() {
-                                y.write(x + p.scale::<E>(r * d + j) * dv);
+                            for (j, (((y, &x), &dv), &bj)) in
+                                yr.iter_mut().zip(xr).zip(dr).zip(b).enumerate()
+                            {
+                                y.write(x + p.scale::<E>(r * d + j) * (dv + bj));
                             }
                         }
                     }
@@ -163,12 +211,19 @@ pub fn add_dropout<E: Real, T: Tape<E, Cpu>>(
         },
         move |a, ()| {
             let gy = a.grad_out;
-            a.grads[0].fill(Residual {
+            let [gx, gd, gb @ ..] = a.grads else {
+                unreachable!("two or three inputs")
+            };
+            gx.fill(Residual {
                 gy,
                 d,
                 dropout: None,
             });
-            a.grads[1].fill(Residual { gy, d, dropout });
+            let kernel = Residual { gy, d, dropout };
+            match gb {
+                [gb] => gd.fill_and_sum(kernel, d, gb),
+                _ => gd.fill(kernel),
+            }
         },
     )
 }
@@ -237,32 +292,42 @@ unsafe impl<E: Real> Fill<E> for SoftplusMeanGrad<'_, E> {
     }
 }
 
-/// The backward of [`gelu`]: `dx = gy * GELU'(x)`.
+/// The backward of [`gelu`]: `dx = gy * GELU'(x + b)`, row by row (`n` columns).
 struct GeluGrad<'a, E> {
     x: &'a [E],
+    b: Option<&'a [E]>,
     gy: &'a [E],
+    n: usize,
 }
 
-// SAFETY: `out`, `x` and `gy` have the same length (asserted) and are cut into the same
-// chunks; every element of every chunk is put.
+// SAFETY: `par_rows` hands out every row of `out`; each is cut to `n` elements and every
+// one is put on either branch.
 unsafe impl<E: Real> Fill<E> for GeluGrad<'_, E> {
     fn fill<S: Sink<E>>(self, out: &mut [S]) {
-        let Self { x, gy } = self;
+        let Self { x, b, gy, n } = self;
         assert!(
             out.len() == x.len() && gy.len() == x.len(),
             "gelu: gradient size"
         );
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(gy.par_chunks(CHUNK)))
-            .for_each(|(g, (x, gy))| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for ((g, &x), &gy) in g.iter_mut().zip(x).zip(gy) {
+        par_rows(
+            out,
+            n,
+            #[inline(always)]
+            |r, g| {
+                let (g, xr, gr) = (&mut g[..n], &x[r * n..][..n], &gy[r * n..][..n]);
+                match b {
+                    Some(b) => {
+                        for (((g, &x), &gy), &b) in g.iter_mut().zip(xr).zip(gr).zip(&b[..n]) {
+                            g.put(gy * gelu_and_grad(x + b).1);
+                        }
+                    }
+                    None => {
+                        for ((g, &x), &gy) in g.iter_mut().zip(xr).zip(gr) {
                             g.put(gy * gelu_and_grad(x).1);
                         }
-                    },
-                )
-            });
+                    }
+                }
+            },
+        );
     }
 }

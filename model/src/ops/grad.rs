@@ -86,6 +86,18 @@ impl<E: Real> Grad<E> {
         }
     }
 
+    /// Runs `kernel` as [`Grad::fill`] and adds the column sums of the values it puts
+    /// (rows of `n`) to `bias`: the gradient of a bias added to every row of this input
+    /// (see [`super::col_sums`]).
+    pub fn fill_and_sum(&mut self, kernel: impl Fill<E>, n: usize, bias: &mut Grad<E>) {
+        let mut own = Grad::fresh(self.len);
+        own.fill(kernel);
+        // Invariant: `fill` on a fresh gradient writes it.
+        let g = own.into_written().expect("filled gradient");
+        bias.put(super::col_sums(&g, n));
+        self.put(g);
+    }
+
     /// A gradient of `len` elements that nothing has written yet.
     pub(crate) fn fresh(len: usize) -> Self {
         Self {

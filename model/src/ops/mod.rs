@@ -389,6 +389,22 @@ pub fn par_reduce<E: Real>(
     total
 }
 
+/// Column sums of a row-major matrix of `n` columns: the gradient of a bias added to
+/// every row. Blocks of [`ROW_BLOCK`] rows, added in block order.
+pub fn col_sums<E: Real>(g: &[E], n: usize) -> Vec<E> {
+    par_reduce(
+        g.len() / n.max(1),
+        ROW_BLOCK,
+        n,
+        #[inline(always)]
+        |rows, acc| {
+            for r in rows {
+                add_into(acc, &g[r * n..(r + 1) * n]);
+            }
+        },
+    )
+}
+
 /// `(rows, cols)` row-major -> `(cols, rows)` row-major.
 pub(crate) fn transpose<E: Real>(w: &[E], rows: usize, cols: usize) -> Vec<E> {
     let mut t = vec![E::zero(); rows * cols];

@@ -9,7 +9,7 @@
 //! Sums run in fixed orders (state index, then blocks of rows), so the result does not
 //! depend on the thread count.
 
-use super::{assume_filled, custom_op, dims, transpose, uninit, Sink, Var, ROW_BLOCK};
+use super::{add_into, assume_filled, custom_op, dims, transpose, uninit, Sink, Var, ROW_BLOCK};
 use crate::isa::vectorized;
 use crate::real::{lane_dot, sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -42,6 +42,8 @@ struct Inputs<'a, E> {
     dv: &'a [E],
     u: &'a [E],
     xg: &'a [E],
+    /// The gate's share of the input projection's bias (`di`).
+    bz: &'a [E],
     gz: &'a [E],
     ct: &'a [E],
 }
@@ -49,7 +51,8 @@ struct Inputs<'a, E> {
 /// The gradients of `h`, `u` and `xg` put into the sinks, row by row, with s = sigmoid(g),
 /// y = C h + D u: d(Ch) = gz SiLU(g);  d u = d(Ch) D;  d g = gz y s (1 + g (1 - s));
 /// d h[s] = d(Ch) . C[:, s]. Returns per-block partial sums of d D = sum_rows d(Ch) u
-/// (`di`) then d C^T[s, :] = sum_rows h[s] d(Ch) (`n` rows of `di`), in block order.
+/// (`di`), d C^T[s, :] = sum_rows h[s] d(Ch) (`n` rows of `di`) and the gate bias's
+/// sum_rows d g (`di`), in block order.
 /// With writing sinks every element is put once (the first `di` columns of `xg`'s,
 /// which belong to the convolution, get zeros); with adding sinks those are left alone.
 fn backward_rows<E: Real, S: Sink<E>>(
@@ -62,7 +65,7 @@ fn backward_rows<E: Real, S: Sink<E>>(
     assert_eq!(g_h.len(), m * n, "ssm_output: h gradient size");
     assert_eq!(g_u.len(), m * di, "ssm_output: u gradient size");
     assert_eq!(g_xg.len(), m * 2 * di, "ssm_output: xg gradient size");
-    let (h, dv, u, xg, gz, ct) = (x.h, x.dv, x.u, x.xg, x.gz, x.ct);
+    let (h, dv, u, xg, gz, ct, bz) = (x.h, x.dv, x.u, x.xg, x.gz, x.ct, x.bz);
     g_h.par_chunks_mut(ROW_BLOCK * n)
         .zip(g_u.par_chunks_mut(ROW_BLOCK * di))
         .zip(g_xg.par_chunks_mut(ROW_BLOCK * 2 * di))
@@ -73,8 +76,8 @@ fn backward_rows<E: Real, S: Sink<E>>(
                 || {
                     let mut hc = vec![E::zero(); di];
                     let mut dhc = vec![E::zero(); di];
-                    // d D (di), then d C^T (n rows of di).
-                    let mut acc = vec![E::zero(); di + n * di];
+                    // d D (di), d C^T (n rows of di), d gate bias (di).
+                    let mut acc = vec![E::zero(); 2 * di + n * di];
                     for (i, ((ghr, gur), gxr)) in ghb
                         .chunks_mut(n)
                         .zip(gub.chunks_mut(di))
@@ -94,18 +97,21 @@ fn backward_rows<E: Real, S: Sink<E>>(
                         let (ur, gzr) = (&u[r * di..][..di], &gz[r * di..][..di]);
                         // Every slice cut to `di`: no bounds checks, vectorised.
                         let (g, hc, dv, dhc) = (&g[..di], &hc[..di], &dv[..di], &mut dhc[..di]);
-                        let (gur, gx) = (&mut gur[..di], &mut gx[..di]);
-                        let (gd, gct) = acc.split_at_mut(di);
-                        let gd = &mut gd[..di];
+                        let (gur, gx, bz) = (&mut gur[..di], &mut gx[..di], &bz[..di]);
+                        let (gd, rest) = acc.split_at_mut(di);
+                        let (gct, gbz) = rest.split_at_mut(n * di);
+                        let (gd, gbz) = (&mut gd[..di], &mut gbz[..di]);
                         for j in 0..di {
-                            let (gj, uu) = (g[j], ur[j]);
+                            let (gj, uu) = (g[j] + bz[j], ur[j]);
                             let s = sigmoid(gj);
                             let y = hc[j] + dv[j] * uu;
                             let dy = gzr[j] * gj * s;
                             dhc[j] = dy;
                             gur[j].put(dy * dv[j]);
                             gd[j] += dy * uu;
-                            gx[j].put(gzr[j] * y * s * (E::one() + gj * (E::one() - s)));
+                            let dg = gzr[j] * y * s * (E::one() + gj * (E::one() - s));
+                            gx[j].put(dg);
+                            gbz[j] += dg;
                         }
                         for (st, gh) in ghr.iter_mut().enumerate() {
                             let cs = &ct[st * di..(st + 1) * di];
@@ -130,6 +136,7 @@ pub fn ssm_output<E: Real, T: Tape<E, Cpu>>(
     dvec: Var<E, T>,
     u: Var<E, T>,
     xg: Var<E, T>,
+    in_bias: Option<Var<E, T>>,
 ) -> Var<E, T> {
     let (m, n) = dims(&h);
     let (di, n2) = dims(&c);
@@ -137,12 +144,19 @@ pub fn ssm_output<E: Real, T: Tape<E, Cpu>>(
     assert_eq!(dims(&dvec), (1, di), "ssm_output: D shape");
     assert_eq!(dims(&u), (m, di), "ssm_output: u shape");
     assert_eq!(dims(&xg), (m, 2 * di), "ssm_output: in_proj output shape");
+    let mut inputs = vec![h, c, dvec, u, xg];
+    if let Some(ib) = in_bias {
+        assert_eq!(dims(&ib), (1, 2 * di), "ssm_output: input bias shape");
+        inputs.push(ib);
+    }
+    let zero = vec![E::zero(); di];
     custom_op(
         "ssm_output",
-        vec![h, c, dvec, u, xg],
+        inputs,
         (m, di),
         move |v| {
             let (h, c, dv, u, xg) = (v[0], v[1], v[2], v[3], v[4]);
+            let bz = v.get(5).map_or(&zero[..], |ib| &ib[di..]);
             let ct = transpose(c, di, n);
             let mut y = uninit(m * di);
             y.par_chunks_mut(ROW_BLOCK * di)
@@ -157,9 +171,10 @@ pub fn ssm_output<E: Real, T: Tape<E, Cpu>>(
                                 read_out(&h[r * n..(r + 1) * n], &ct, &mut hc);
                                 let g = &xg[r * 2 * di + di..(r + 1) * 2 * di];
                                 let ur = &u[r * di..(r + 1) * di];
-                                let (yr, hc, dv) = (&mut yr[..di], &hc[..di], &dv[..di]);
+                                let (yr, hc, dv, bz) =
+                                    (&mut yr[..di], &hc[..di], &dv[..di], &bz[..di]);
                                 for j in 0..di {
-                                    let gj = g[j];
+                                    let gj = g[j] + bz[j];
                                     yr[j].write((hc[j] + dv[j] * ur[j]) * gj * sigmoid(gj));
                                 }
                             }
@@ -180,8 +195,10 @@ pub fn ssm_output<E: Real, T: Tape<E, Cpu>>(
             );
             let gz = a.grad_out;
             let ct = transpose(c, di, n);
-            let [g_h, g_c, g_d, g_u, g_xg] = a.grads else {
-                unreachable!("five inputs")
+            let zero = vec![E::zero(); di];
+            let bz = a.inputs.get(5).map_or(&zero[..], |ib| &ib[di..]);
+            let [g_h, g_c, g_d, g_u, g_xg, g_ib @ ..] = a.grads else {
+                unreachable!("five or six inputs")
             };
             let dims = Dims { m, n, di };
             let ins = Inputs {
@@ -189,6 +206,7 @@ pub fn ssm_output<E: Real, T: Tape<E, Cpu>>(
                 dv,
                 u,
                 xg,
+                bz,
                 gz,
                 ct: &ct,
             };
@@ -207,7 +225,7 @@ pub fn ssm_output<E: Real, T: Tape<E, Cpu>>(
             } else {
                 backward_rows(dims, &ins, g_h.acc(), g_u.acc(), g_xg.acc())
             };
-            let mut total = vec![E::zero(); di + n * di];
+            let mut total = vec![E::zero(); 2 * di + n * di];
             for p in partials {
                 for (t, v) in total.iter_mut().zip(p) {
                     *t += v;
@@ -216,8 +234,11 @@ pub fn ssm_output<E: Real, T: Tape<E, Cpu>>(
             for (o, v) in g_d.acc().iter_mut().zip(&total[..di]) {
                 *o += *v;
             }
+            if let [g_ib] = g_ib {
+                add_into(&mut g_ib.acc()[di..], &total[di + n * di..]);
+            }
             // d C^T (n, di) added into d C (di, n).
-            let gct = &total[di..];
+            let gct = &total[di..di + n * di];
             let g_c = g_c.acc();
             for j in 0..di {
                 for st in 0..n {
