@@ -165,7 +165,7 @@ pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
             let dl = dlogits;
             let (gh, gw) = a.grads.split_at_mut(1);
             gh[0].gemm(m, d, v, &dl, false, w, false, go);
-            gw[0].gemm(v, d, m, &dl, true, h, false, go);
+            gw[0].gemm_tn(v, d, m, &dl, h, go);
         },
     )
 }

@@ -3,10 +3,13 @@
 //! dfdx 0.13 records a backward closure per operation on a tape. Every op of this model is
 //! one such closure registered through [`custom_op`]: the forward runs on host slices
 //! (multi-threaded with rayon where the work is large), the backward reads the output's
-//! gradient and ACCUMULATES into the inputs' gradients. This sidesteps the dfdx bugs listed
+//! gradient and adds into the inputs' gradients, or writes them whole where no other op
+//! has yet ([`grad`]: gradients of op outputs live beside the graph, not in dfdx's map).
+//! This sidesteps the dfdx bugs listed
 //! in `shared/design/DFDX-NOTES.md` (slice backward assigns, wrong `accurate_gelu`
 //! derivative, aliasing views) and fuses elementwise work. Each op is checked against
-//! finite differences in f64 (`ops::tests`, `tests/gradients.rs`).
+//! finite differences in f64 ([`gradcheck`]; `tests/op_gradients.rs`,
+//! `tests/model_gradients.rs`).
 //!
 //! All graph tensors are 2-D `(rows, cols)` with runtime sizes ([`Var`]); a 1-D parameter
 //! of length `n` is `(1, n)`; a loss is 0-D.
