@@ -6,7 +6,7 @@
 //! tensor's gradient (measured: the zeroing alone was 3% of a training step).
 //!
 //! Here the gradient of an op's OUTPUT lives beside the graph instead, in a slot shared
-//! by every handle to that tensor ([`Slot`]). The backward pass runs ops in reverse
+//! by every handle to that tensor (`Slot`). The backward pass runs ops in reverse
 //! order, so the first op to reach a slot finds it empty: its input gradient is
 //! [`Grad::is_fresh`], and the op may WRITE it whole ([`Grad::gemm`], [`Grad::put`],
 //! [`Grad::write_or_add`]) instead of adding into zeros. Later consumers find the
