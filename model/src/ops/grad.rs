@@ -9,7 +9,7 @@
 //! by every handle to that tensor (`Slot`). The backward pass runs ops in reverse
 //! order, so the first op to reach a slot finds it empty: its input gradient is
 //! [`Grad::is_fresh`], and the op may WRITE it whole ([`Grad::gemm`], [`Grad::put`],
-//! [`Grad::write_or_add`]) instead of adding into zeros. Later consumers find the
+//! [`Grad::fill`]) instead of adding into zeros. Later consumers find the
 //! written gradient and add to it. Writing `v` gives the same bits as `0 + v` (up to
 //! the sign of a zero), so results do not change. Leaf tensors (parameters, inputs
 //! made with `Var::from_vec`) keep their gradients in dfdx's map, as before: they are
@@ -126,16 +126,6 @@ impl<E: Real> Grad<E> {
         self.fresh
     }
 
-    /// Elements.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether it has no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The gradient to add into (zeroed first if it was fresh).
     pub fn acc(&mut self) -> &mut [E] {
         if self.fresh {
@@ -213,27 +203,6 @@ impl<E: Real> Grad<E> {
             add_transposed(&mut self.buf, &t, k, n);
         }
     }
-
-    /// Runs `write` on fresh memory when the gradient is fresh, else `add` on the
-    /// gradient to add into. Kernels generic over [`Sink`] serve both.
-    ///
-    /// # Safety
-    /// `write` must write every element of the slice it gets.
-    pub unsafe fn write_or_add(
-        &mut self,
-        write: impl FnOnce(&mut [MaybeUninit<E>]),
-        add: impl FnOnce(&mut [E]),
-    ) {
-        if self.fresh {
-            let mut v = super::uninit(self.len);
-            write(&mut v);
-            // SAFETY: the caller guarantees `write` wrote every element.
-            self.buf = unsafe { super::assume_filled(v) };
-            self.fresh = false;
-        } else {
-            add(&mut self.buf);
-        }
-    }
 }
 
 /// The size above which [`Grad::gemm_tn`] makes a weight gradient transposed: 1 MiB.
@@ -257,6 +226,16 @@ fn add_transposed<E: Real>(dst: &mut [E], t: &[E], rows: usize, cols: usize) {
 mod tests {
     use super::*;
 
+    /// Puts 0.5 into every element.
+    struct Halves;
+
+    // SAFETY: every element of `out` is put.
+    unsafe impl Fill<f64> for Halves {
+        fn fill<S: Sink<f64>>(self, out: &mut [S]) {
+            out.iter_mut().for_each(|x| x.put(0.5));
+        }
+    }
+
     #[test]
     fn a_fresh_gradient_is_written_then_added_to() {
         let mut g = Grad::<f64>::fresh(3);
@@ -264,14 +243,11 @@ mod tests {
         g.put(vec![1.0, 2.0, 3.0]);
         assert!(!g.is_fresh());
         g.put(vec![1.0, 1.0, 1.0]);
-        // SAFETY: the write closure writes all three elements.
-        unsafe {
-            g.write_or_add(
-                |w| w.iter_mut().for_each(|x| x.put(9.0)),
-                |a| a.iter_mut().for_each(|x| x.put(0.5)),
-            )
-        };
+        g.fill(Halves);
         assert_eq!(g.into_written(), Some(vec![2.5, 3.5, 4.5]));
+        let mut h = Grad::<f64>::fresh(2);
+        h.fill(Halves);
+        assert_eq!(h.into_written(), Some(vec![0.5, 0.5]));
         let mut z = Grad::<f64>::fresh(2);
         assert_eq!(z.acc(), &[0.0, 0.0]);
         assert_eq!(Grad::<f64>::fresh(2).into_written(), None);
