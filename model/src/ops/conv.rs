@@ -2,7 +2,7 @@
 //! Gu & Dao 2023, Mamba §3.4): `c_t = bias + sum_{j<K} w[:, j] * x_{t-K+1+j}` with zero
 //! padding before the sequence start, then `u_t = SiLU(c_t) = c_t * sigmoid(c_t)`.
 
-use super::{add_into, assume_filled, custom_op, dims, transpose, uninit, Var};
+use super::{add_into, assume_filled, custom_op, dims, sum_in_order, transpose, uninit, Var};
 use crate::isa::vectorized;
 use crate::real::{sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -184,12 +184,7 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                     )
                 })
                 .collect();
-            let mut wb = vec![E::zero(); di * k + 2 * di];
-            for p in partials {
-                for (t, v) in wb.iter_mut().zip(p) {
-                    *t += v;
-                }
-            }
+            let wb = sum_in_order(partials, di * k + 2 * di);
             let (gw, gb) = a.grads[1..].split_at_mut(1);
             let (gw, gb) = (gw[0].acc(), gb[0].acc());
             for d in 0..di {

@@ -12,7 +12,7 @@
 //! thread count.
 
 use super::dense::affine;
-use super::matmul::{gemm, gemm_new};
+use super::matmul::gemm_new;
 use super::{
     add_into, assume_filled, custom_op, dims, par_reduce, par_rows, uninit, Var, ROW_BLOCK,
 };
@@ -137,17 +137,7 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                 let dye = gather(go, d, re);
                 // Gated activations, for the down weights' gradient.
                 let ae = gated_gelu(he, n, f, gate);
-                gemm(
-                    d,
-                    f,
-                    n,
-                    &dye,
-                    true,
-                    &ae,
-                    false,
-                    a.grads[param(e, 2)].acc(),
-                    true,
-                );
+                a.grads[param(e, 2)].gemm(d, f, n, &dye, true, &ae, false, E::one());
                 drop(ae);
                 // d(gated activation), turned in place into d(pre-activation). The gate's
                 // gradient: that row's dot product with the activation, plus the bias term.
@@ -205,17 +195,7 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                 add_into(a.grads[param(e, 3)].acc(), &sums[..d]);
                 add_into(a.grads[param(e, 1)].acc(), &sums[d..]);
                 let xe = gather(x, d, re);
-                gemm(
-                    f,
-                    d,
-                    n,
-                    &dh,
-                    true,
-                    &xe,
-                    false,
-                    a.grads[param(e, 0)].acc(),
-                    true,
-                );
+                a.grads[param(e, 0)].gemm(f, d, n, &dh, true, &xe, false, E::one());
                 dx_parts.push(gemm_new(n, d, f, &dh, false, up_w, false));
             }
             a.grads[1].put(dgates);

@@ -77,7 +77,9 @@ fn scalar(inputs: &[Input], f: &dyn Fn(Vec<TVar>) -> TVar, r: &[f64]) -> f64 {
 /// Compares the analytic gradient of `L = sum(r * f(inputs))` (random fixed `r`) with
 /// central differences (step `1e-5`) on up to `per_input` elements of each input (spread
 /// evenly). Fails when `|a - n| > atol + rtol * max(|a|, |n|)` with `rtol = 1e-5`,
-/// `atol = 1e-8`, reporting the worst element.
+/// `atol = 1e-8`, reporting the worst element. The analytic gradient is taken both with
+/// the inputs as leaves (the op adds into their gradients) and through an identity op
+/// (the op writes them fresh, as inside the model); panics if the two differ in any bit.
 pub fn check(
     inputs: &[Input],
     f: &dyn Fn(Vec<TVar>) -> TVar,

@@ -383,11 +383,15 @@ pub fn par_reduce<E: Real>(
             p
         })
         .collect();
+    sum_in_order(partials, len)
+}
+
+/// Per-block partial sums (each of `len`) added in block order onto zeros: how every
+/// blocked reduction of the ops ends, so its result never depends on the thread count.
+pub fn sum_in_order<E: Real>(partials: Vec<Vec<E>>, len: usize) -> Vec<E> {
     let mut total = vec![E::zero(); len];
     for p in partials {
-        for (t, x) in total.iter_mut().zip(p) {
-            *t += x;
-        }
+        add_into(&mut total, &p);
     }
     total
 }

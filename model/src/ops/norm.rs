@@ -1,7 +1,7 @@
 //! Fused LayerNorm over the last dimension (Ba, Kiros & Hinton 2016):
 //! `y = (x - mean) / sqrt(var + eps) * w + b`, with the biased variance.
 
-use super::{add_into, assume_filled, custom_op, dims, uninit, Var, ROW_BLOCK};
+use super::{add_into, assume_filled, custom_op, dims, sum_in_order, uninit, Var, ROW_BLOCK};
 use crate::isa::vectorized;
 use crate::real::{lane_dot, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -107,12 +107,7 @@ pub fn layer_norm<E: Real, T: Tape<E, Cpu>>(
                     )
                 })
                 .collect();
-            let mut wb = vec![E::zero(); 2 * d];
-            for p in partials {
-                for (t, v) in wb.iter_mut().zip(p) {
-                    *t += v;
-                }
-            }
+            let wb = sum_in_order(partials, 2 * d);
             add_into(rest[0].acc(), &wb[..d]);
             add_into(rest[1].acc(), &wb[d..]);
         },

@@ -8,7 +8,7 @@
 //! read-out `C h` is fused into [`super::ssm_output`]. Sequences are independent and run
 //! in parallel.
 
-use super::{custom_op, dims, Var};
+use super::{add_into, custom_op, dims, Var};
 use crate::real::Real;
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
@@ -81,10 +81,9 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
                     galog
                 })
                 .collect();
+            let g_alog = g_alog[0].acc();
             for p in partials {
-                for (g, v) in g_alog[0].acc().iter_mut().zip(p) {
-                    *g += v;
-                }
+                add_into(g_alog, &p);
             }
         },
     )

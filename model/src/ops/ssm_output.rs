@@ -9,7 +9,9 @@
 //! Sums run in fixed orders (state index, then blocks of rows), so the result does not
 //! depend on the thread count.
 
-use super::{add_into, assume_filled, custom_op, dims, transpose, uninit, Sink, Var, ROW_BLOCK};
+use super::{
+    add_into, assume_filled, custom_op, dims, sum_in_order, transpose, uninit, Sink, Var, ROW_BLOCK,
+};
 use crate::isa::vectorized;
 use crate::real::{lane_dot, sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
@@ -225,12 +227,7 @@ pub fn ssm_output<E: Real, T: Tape<E, Cpu>>(
             } else {
                 backward_rows(dims, &ins, g_h.acc(), g_u.acc(), g_xg.acc())
             };
-            let mut total = vec![E::zero(); 2 * di + n * di];
-            for p in partials {
-                for (t, v) in total.iter_mut().zip(p) {
-                    *t += v;
-                }
-            }
+            let total = sum_in_order(partials, 2 * di + n * di);
             for (o, v) in g_d.acc().iter_mut().zip(&total[..di]) {
                 *o += *v;
             }
