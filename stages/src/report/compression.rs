@@ -9,12 +9,12 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::findings::{fmt_bytes, fmt_rate};
-use super::study::Study;
+use super::study::{loops, Study};
 use super::tables::cell;
 use crate::records::{ModelEval, WeightsFormat};
 
 /// How the recommendations are derived, as printed in the report.
-pub const RULE: &str = "a format qualifies when its validation loss is at most 1% above the F32 reference; among those, *smallest* is the one with the smallest weights file, *fastest* the one with the highest batch-1 generation speed, and *most accurate* the one with the lowest bits per byte (ties to the smaller file)";
+pub const RULE: &str = "a format qualifies when its validation loss is at most 1% above the F32 reference and its continuations do not loop (the report's repeated-4-gram flag; not asked when the reference's own continuations loop); among those, *smallest* is the one with the smallest weights file, *fastest* the one with the highest batch-1 generation speed, and *most accurate* the one with the lowest bits per byte (ties to the smaller file)";
 
 /// The quality bar of [`RULE`], in percent of the reference's validation loss.
 pub const MAX_LOSS_INCREASE_PCT: f64 = 1.0;
@@ -32,6 +32,13 @@ pub struct CompressionRow {
     /// The fastest of the model's measured generation precisions, tokens per second.
     pub generation_tokens_per_s: f64,
     pub within_quality_bar: bool,
+    /// Whether the report flags this model's continuations as looping.
+    #[serde(default)]
+    pub loops: bool,
+    /// Within the quality bar and, unless the reference loops, not looping: a candidate
+    /// for the recommendations.
+    #[serde(default)]
+    pub qualifies: bool,
     /// The use cases this format is recommended for (`smallest`, `fastest`, `most accurate`).
     pub recommended_for: Vec<String>,
 }
@@ -44,15 +51,21 @@ pub fn rows(study: &Study) -> Vec<CompressionRow> {
     if !study.models.iter().any(|m| m.dtype != WeightsFormat::F32) {
         return Vec::new();
     }
+    // A looping format is not recommended unless the reference loops too (then the
+    // flag says nothing about the format).
+    let judge_loops = !loops(reference);
     let mut rows: Vec<CompressionRow> = study
         .models
         .iter()
         .filter(|m| m.dtype != WeightsFormat::F32 || std::ptr::eq(*m, reference))
-        .map(|m| row(m, reference))
+        .map(|m| {
+            let mut r = row(m, reference);
+            r.loops = loops(m);
+            r.qualifies = r.within_quality_bar && !(judge_loops && r.loops);
+            r
+        })
         .collect();
-    let qualified: Vec<usize> = (0..rows.len())
-        .filter(|&i| rows[i].within_quality_bar)
-        .collect();
+    let qualified: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].qualifies).collect();
     let pick = |better: &dyn Fn(&CompressionRow, &CompressionRow) -> bool| {
         qualified
             .iter()
@@ -91,6 +104,8 @@ fn row(m: &ModelEval, reference: &ModelEval) -> CompressionRow {
             .map(|s| s.tokens_per_s)
             .fold(0.0, f64::max),
         within_quality_bar: loss_pct <= MAX_LOSS_INCREASE_PCT,
+        loops: false,
+        qualifies: false,
         recommended_for: Vec::new(),
     }
 }
@@ -126,10 +141,12 @@ pub fn section(md: &mut String, study: &Study) {
             r.perplexity_change_pct,
             r.bits_per_byte,
             fmt_rate(r.generation_tokens_per_s),
-            if r.recommended_for.is_empty() {
-                "—".to_owned()
-            } else {
+            if !r.recommended_for.is_empty() {
                 r.recommended_for.join(", ")
+            } else if r.within_quality_bar && !r.qualifies {
+                "— (continuations loop)".to_owned()
+            } else {
+                "—".to_owned()
             }
         );
     }

@@ -1,7 +1,7 @@
 //! Findings: sentences computed from the measured numbers (never asserted), and the
 //! formatting helpers the report's tables share.
 
-use super::study::{Study, BEST_RULE};
+use super::study::{loops, ranked, Study, BEST_RULE};
 use crate::evaluate::repetition::LOOPING_THRESHOLD;
 use crate::records::{ModelEval, SpeedPrecision, TrainLogLine, TrainSummary};
 
@@ -80,16 +80,34 @@ pub fn findings(study: &Study) -> Vec<String> {
     out
 }
 
-/// The best model by the stated rule, and the runner-up.
+/// The best model by the stated rule, the runner-up, and the looping models with as
+/// few or fewer bits per byte that the rule passed over.
 fn best_finding(study: &Study) -> Option<String> {
-    let best = study.best()?;
-    let runner_up = study
-        .models
-        .iter()
-        .filter(|m| m.name != best.name)
-        .min_by_key(|m| ((m.bits_per_byte * 1e4).round() as i64, m.file_bytes))?;
+    let order = ranked(&study.models);
+    let (best, runner_up) = match order.as_slice() {
+        [best, runner_up, ..] => (*best, *runner_up),
+        _ => return None,
+    };
+    let rounded = |m: &crate::records::ModelEval| (m.bits_per_byte * 1e4).round() as i64;
+    let passed_over: Vec<String> = if loops(best) {
+        Vec::new()
+    } else {
+        order
+            .iter()
+            .filter(|m| loops(m) && rounded(m) <= rounded(best))
+            .map(|m| format!("`{}` ({:.4})", m.name, m.bits_per_byte))
+            .collect()
+    };
+    let passed = if passed_over.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " Not named although as good or better by bits per byte, because their continuations loop: {}.",
+            passed_over.join(", ")
+        )
+    };
     Some(format!(
-        "The best of the {} models is `{}` ({:.4} bits per byte, {}); next is `{}` ({:.4} bits per byte, {}). Rule: {BEST_RULE}.",
+        "The best of the {} models is `{}` ({:.4} bits per byte, {}); next is `{}` ({:.4} bits per byte, {}).{passed} Rule: {BEST_RULE}.",
         study.models.len(),
         best.name,
         best.bits_per_byte,

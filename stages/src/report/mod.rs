@@ -171,7 +171,9 @@ impl StageKind for Report {
     type Params = ReportParams;
     const KIND: &'static str = "report";
     /// 3: the f16-upcast finding names what was measured; the Speed section explains the precisions.
-    const VERSION: u32 = 3;
+    /// 4: a model whose continuations loop is neither named best nor recommended while
+    /// another model does not loop.
+    const VERSION: u32 = 4;
     const DESCRIPTION: &'static str =
         "Writes report.md (tables, computed findings, generations), report.json and SVG plots from an evaluation";
 

@@ -11,10 +11,36 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::evaluate::fill_deltas;
+use crate::evaluate::repetition::LOOPING_THRESHOLD;
 use crate::records::{EvalReport, ModelEval, TrainLogLine, TrainSummary};
 
-/// The rule that names the best model, as stated in the report.
-pub const BEST_RULE: &str = "lowest validation bits per byte (compared to 4 decimals, as shown), ties going to the smaller weights file, then to the earlier model in the study";
+/// The rule that names the best model, as stated in the report. A model whose
+/// continuations the report flags as looping is not named best while another model does
+/// not loop: the report would otherwise recommend a model in the same findings that flag
+/// its text (a tie to 4 decimals with a smaller file used to be enough).
+pub const BEST_RULE: &str = "lowest validation bits per byte (compared to 4 decimals, as shown) among the models whose continuations do not loop (at most 25% repeated 4-grams in greedy and in sampled text; all models when every one loops), ties going to the smaller weights file, then to the earlier model in the study";
+
+/// Whether the report flags a model's continuations as looping: greedy or sampled text
+/// with a repeated-4-gram share above [`LOOPING_THRESHOLD`].
+pub fn loops(m: &ModelEval) -> bool {
+    let d = &m.degeneration;
+    d.greedy.repeated_4gram_share > LOOPING_THRESHOLD
+        || d.sampled.repeated_4gram_share > LOOPING_THRESHOLD
+}
+
+/// `models` in the order of [`BEST_RULE`]: models that do not loop first, then by bits
+/// per byte to 4 decimals, then by file size; equal keys keep the study's order.
+pub fn ranked(models: &[ModelEval]) -> Vec<&ModelEval> {
+    let mut order: Vec<&ModelEval> = models.iter().collect();
+    order.sort_by_key(|m| {
+        (
+            loops(m),
+            (m.bits_per_byte * 1e4).round() as i64,
+            m.file_bytes,
+        )
+    });
+    order
+}
 
 /// One `train` input: its stage name, summary and log.
 #[derive(Debug, Clone)]
@@ -113,9 +139,7 @@ pub fn best(models: &[ModelEval]) -> Option<&ModelEval> {
     if models.len() < 2 {
         return None;
     }
-    let key = |m: &ModelEval| ((m.bits_per_byte * 1e4).round() as i64, m.file_bytes);
-    // `min_by_key` keeps the first of equal keys: the earlier model in the study.
-    models.iter().min_by_key(|m| key(m))
+    ranked(models).first().copied()
 }
 
 /// A training run's settings as dotted keys: its recorded params (defaults filled), then

@@ -1,6 +1,6 @@
 //! Tests of the report: findings follow the numbers, files are written, text is escaped.
 
-use super::study::{best, differing_settings, settings_of};
+use super::study::{best, differing_settings, loops, settings_of, BEST_RULE};
 use super::*;
 use crate::evaluate::repetition;
 use crate::records::{
@@ -302,6 +302,57 @@ fn the_best_model_has_the_lowest_bits_per_byte_then_the_smaller_file() {
 }
 
 #[test]
+fn a_looping_model_is_not_named_best_while_another_does_not_loop() {
+    let m = |name: &str, bpb: f64, bytes: u64, greedy: &[&str]| {
+        let mut m = model(name, "F32", bytes, 2.0, vec![], greedy);
+        m.bits_per_byte = bpb;
+        m
+    };
+    let fluent = [
+        "there was a little girl who liked to play",
+        "the dog ran to the park",
+    ];
+    let looping = [
+        "the cat sat on the mat the cat sat on the mat the cat sat on the mat",
+        "and then and then and then and then and then and then",
+    ];
+    assert!(!loops(&m("f", 1.0, 1, &fluent)) && loops(&m("l", 1.0, 1, &looping)));
+    // Equal bits per byte and a smaller file, but it loops: the larger file is named.
+    let models = [m("train", 1.0, 20, &fluent), m("int8", 1.0, 5, &looping)];
+    assert_eq!(best(&models).unwrap().name, "train");
+    // Even a lower bits per byte does not make a looping model the best.
+    let models = [m("int4", 1.2, 3, &fluent), m("int8", 0.9, 5, &looping)];
+    assert_eq!(best(&models).unwrap().name, "int4");
+    // When every model loops, the plain rule decides.
+    let models = [m("a", 1.1, 20, &looping), m("b", 1.0, 30, &looping)];
+    assert_eq!(best(&models).unwrap().name, "b");
+    // The finding names the model it passed over, and why.
+    let mut eval = sample_eval();
+    let flagged = m("half", 0.0, 0, &looping);
+    let reference_bpb = eval.models[0].bits_per_byte;
+    let half = &mut eval.models[1];
+    (half.generations, half.degeneration) = (flagged.generations, flagged.degeneration);
+    half.bits_per_byte = reference_bpb;
+    let study = Study::new(
+        vec![Evaluation {
+            stage: "evaluate".into(),
+            eval,
+        }],
+        vec![],
+    )
+    .unwrap();
+    let all = findings(&study).join("\n");
+    assert!(all.contains("The best of the 2 models is `train`"), "{all}");
+    assert!(
+        all.contains("because their continuations loop: `half` (0.7213)"),
+        "{all}"
+    );
+    // The rule's text states the threshold the flag uses.
+    let pct = format!("{:.0}%", repetition::LOOPING_THRESHOLD * 100.0);
+    assert!(BEST_RULE.contains(&pct), "{BEST_RULE}");
+}
+
+#[test]
 fn settings_that_differ_come_from_the_recorded_params_and_summary() {
     let mut a = sample_run("train@a");
     let mut b = sample_run("train@b");
@@ -365,7 +416,8 @@ fn several_evaluations_and_training_runs_make_one_study() {
         vec![ra, rb],
     )
     .unwrap();
-    assert_eq!(study.best().unwrap().name, "train@b");
+    // `train@b` has the lower bits per byte but its greedy text loops: `train@a` is named.
+    assert_eq!(study.best().unwrap().name, "train@a");
     let dir = tempfile::tempdir().unwrap();
     write_report(dir.path(), "Sweep", &study, &provenance()).unwrap();
     let md = fs::read_to_string(dir.path().join("report.md")).unwrap();
@@ -373,7 +425,8 @@ fn several_evaluations_and_training_runs_make_one_study() {
         "## Variants",
         "| training run | `optimizer.learning_rate` |",
         "| train@b | 0.003 |",
-        "Best model: **`train@b`**",
+        "Best model: **`train@a`**",
+        "because their continuations loop: `train@b` (0.4000)",
         "The 2 training runs differ in `optimizer.learning_rate` (0.001, 0.003)",
         "Looping generations: `train@b` greedy",
         "`evaluate@b`: on the same",
@@ -459,6 +512,36 @@ fn the_compression_table_recommends_by_its_stated_rule() {
     let mut md = String::new();
     super::compression::section(&mut md, &one_study_of(&["F32"]));
     assert!(md.is_empty());
+
+    // A format whose continuations loop is not recommended (the reference does not loop);
+    // the next qualifying format is.
+    let mut e = study.evaluations[0].eval.clone();
+    let looping = model(
+        "int8",
+        "int8",
+        1_000_000,
+        2.001,
+        vec![speed("int8", &[1900.0, 2000.0, 2100.0])],
+        &["the cat sat on the mat the cat sat on the mat the cat sat on the mat"],
+    );
+    e.models[2] = looping;
+    let study = Study::new(
+        vec![Evaluation {
+            stage: "evaluate".into(),
+            eval: e,
+        }],
+        vec![],
+    )
+    .unwrap();
+    let rows = super::compression::rows(&study);
+    let by = |n: &str| rows.iter().find(|r| r.model == n).unwrap();
+    assert!(by("int8").within_quality_bar && by("int8").loops && !by("int8").qualifies);
+    assert!(by("int8").recommended_for.is_empty());
+    assert_eq!(by("half").recommended_for, ["smallest"]);
+    assert_eq!(by("train").recommended_for, ["fastest", "most accurate"]);
+    let mut md = String::new();
+    super::compression::section(&mut md, &study);
+    assert!(md.contains("— (continuations loop)"), "{md}");
 }
 
 fn one_study_of(formats: &[&str]) -> Study {
