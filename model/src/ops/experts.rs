@@ -9,7 +9,9 @@
 //! nothing and its gradient would be multiplied by zero in the router's backward, so
 //! skipping it changes nothing. Each row's experts are added in index order and every
 //! product splits only its output between threads, so the result does not depend on the
-//! thread count.
+//! thread count. In training the forward pass keeps each expert's gathered input rows and
+//! GELU's values and derivatives (one evaluation of the error function per element), so
+//! the backward pass evaluates no GELU and gathers no input again.
 
 use super::dense::affine;
 use super::matmul::gemm_new;
@@ -85,48 +87,73 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
             let (x, g) = (v[0], v[1]);
             let rows = routed(g, ne);
             // Per expert: its output rows (before the bias) and, for the backward, its
-            // pre-activations.
+            // gathered inputs and GELU's values and derivatives (computed together here,
+            // so the backward evaluates no GELU and gathers no input again).
             let mut outs = Vec::with_capacity(ne);
-            let mut pre = Vec::with_capacity(if grad { ne } else { 0 });
+            let mut saved = Vec::with_capacity(if grad { ne } else { 0 });
             for (e, re) in rows.iter().enumerate() {
                 let n = re.len();
                 let (up_w, up_b, down_w) = (v[param(e, 0)], v[param(e, 1)], v[param(e, 2)]);
                 let xe = gather(x, d, re);
                 let he = affine(n, f, d, &xe, up_w, up_b);
-                let ae = gated_gelu(&he, n, f, |i| g[re[i] * ne + e]);
-                outs.push(gemm_new(n, d, f, &ae, false, down_w, true));
+                let gate = |i: usize| g[re[i] * ne + e];
                 if grad {
-                    pre.push(he);
+                    let (act, der) = gelu_rows(&he, f);
+                    let ae = gated(&act, f, gate);
+                    outs.push(gemm_new(n, d, f, &ae, false, down_w, true));
+                    saved.push(Routed { xe, act, der });
+                } else {
+                    let ae = gated_gelu(&he, n, f, gate);
+                    outs.push(gemm_new(n, d, f, &ae, false, down_w, true));
                 }
             }
             let slot = slots(&rows, m, ne);
-            let mut y = vec![E::zero(); m * d];
+            let mut y = uninit(m * d);
             par_rows(
                 &mut y,
                 d,
                 #[inline(always)]
                 |r, yr| {
+                    // Each row's experts in index order: the first writes, the rest add.
+                    let yr = &mut yr[..d];
+                    let mut first = true;
                     for e in 0..ne {
                         let i = slot[r * ne + e];
                         if i == u32::MAX {
                             continue;
                         }
                         let ge = g[r * ne + e];
-                        let (ye, b) = (&outs[e][i as usize * d..][..d], v[param(e, 3)]);
-                        for ((o, &t), &bj) in yr.iter_mut().zip(ye).zip(b) {
-                            *o += t + ge * bj;
+                        let (ye, b) = (&outs[e][i as usize * d..][..d], &v[param(e, 3)][..d]);
+                        if first {
+                            for ((o, &t), &bj) in yr.iter_mut().zip(ye).zip(b) {
+                                o.write(t + ge * bj);
+                            }
+                            first = false;
+                        } else {
+                            for ((o, &t), &bj) in yr.iter_mut().zip(ye).zip(b) {
+                                // SAFETY: written by this row's first expert above.
+                                let acc = unsafe { o.assume_init_mut() };
+                                *acc += t + ge * bj;
+                            }
+                        }
+                    }
+                    if first {
+                        for o in yr.iter_mut() {
+                            o.write(E::zero());
                         }
                     }
                 },
             );
-            (y, (rows, pre))
+            // SAFETY: every row is cut to `d` and written whole: by its first routed
+            // expert, or with zeros when no expert has a non-zero gate for it.
+            (unsafe { assume_filled(y) }, (rows, saved))
         },
-        move |a, (rows, pre)| {
-            let (x, g) = (a.inputs[0], a.inputs[1]);
+        move |a, (rows, saved)| {
+            let g = a.inputs[1];
             let go = a.grad_out;
             let mut dgates = vec![E::zero(); m * ne];
             let mut dx_parts = Vec::with_capacity(ne);
-            for (e, (re, he)) in rows.iter().zip(&pre).enumerate() {
+            for (e, (re, Routed { xe, act, der })) in rows.iter().zip(&saved).enumerate() {
                 let n = re.len();
                 let (up_w, down_w, down_b) = (
                     a.inputs[param(e, 0)],
@@ -136,7 +163,7 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                 let gate = |i: usize| g[re[i] * ne + e];
                 let dye = gather(go, d, re);
                 // Gated activations, for the down weights' gradient.
-                let ae = gated_gelu(he, n, f, gate);
+                let ae = gated(act, f, gate);
                 a.grads[param(e, 2)].gemm(d, f, n, &dye, true, &ae, false, E::one());
                 drop(ae);
                 // d(gated activation), turned in place into d(pre-activation). The gate's
@@ -150,18 +177,13 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                         vectorized(
                             #[inline(always)]
                             || {
-                                let (mut act, mut der) = (vec![E::zero(); f], vec![E::zero(); f]);
                                 for (k, (dr, dgi)) in
                                     dhb.chunks_mut(f).zip(dgb.iter_mut()).enumerate()
                                 {
                                     let i = b * ROW_BLOCK + k;
                                     let ge = gate(i);
-                                    let hr = &he[i * f..][..f];
                                     let (act, der, dr) =
-                                        (&mut act[..f], &mut der[..f], &mut dr[..f]);
-                                    for j in 0..f {
-                                        (act[j], der[j]) = gelu_and_grad(hr[j]);
-                                    }
+                                        (&act[i * f..][..f], &der[i * f..][..f], &mut dr[..f]);
                                     *dgi = lane_dot(dr, act) + lane_dot(&dye[i * d..][..d], down_b);
                                     for j in 0..f {
                                         dr[j] = dr[j] * ge * der[j];
@@ -194,8 +216,7 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                 );
                 add_into(a.grads[param(e, 3)].acc(), &sums[..d]);
                 add_into(a.grads[param(e, 1)].acc(), &sums[d..]);
-                let xe = gather(x, d, re);
-                a.grads[param(e, 0)].gemm(f, d, n, &dh, true, &xe, false, E::one());
+                a.grads[param(e, 0)].gemm(f, d, n, &dh, true, xe, false, E::one());
                 dx_parts.push(gemm_new(n, d, f, &dh, false, up_w, false));
             }
             a.grads[1].put(dgates);
@@ -215,6 +236,56 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
             );
         },
     )
+}
+
+/// What the backward keeps of one expert's routed rows: their inputs (`n x D`), and
+/// GELU's values and derivatives at the pre-activations (`n x F` each).
+struct Routed<E> {
+    xe: Vec<E>,
+    act: Vec<E>,
+    der: Vec<E>,
+}
+
+/// `(GELU(h), GELU'(h))` of the pre-activations `h` (rows of `f`), from one evaluation.
+fn gelu_rows<E: Real>(h: &[E], f: usize) -> (Vec<E>, Vec<E>) {
+    let (mut act, mut der) = (uninit(h.len()), uninit(h.len()));
+    act.par_chunks_mut(ROW_BLOCK * f)
+        .zip(der.par_chunks_mut(ROW_BLOCK * f))
+        .enumerate()
+        .for_each(|(b, (ab, db))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let hb = &h[b * ROW_BLOCK * f..][..ab.len()];
+                    for ((a, dv), &x) in ab.iter_mut().zip(db.iter_mut()).zip(hb) {
+                        let (v, dd) = gelu_and_grad(x);
+                        a.write(v);
+                        dv.write(dd);
+                    }
+                },
+            )
+        });
+    // SAFETY: both have `h.len()` elements in blocks zipped with `h`'s, each written.
+    unsafe { (assume_filled(act), assume_filled(der)) }
+}
+
+/// `gate(i) * act[i, j]` for the `n x f` activations `act`.
+fn gated<E: Real>(act: &[E], f: usize, gate: impl Fn(usize) -> E + Sync) -> Vec<E> {
+    let mut a = uninit(act.len());
+    par_rows(
+        &mut a,
+        f,
+        #[inline(always)]
+        |i, ar| {
+            let ge = gate(i);
+            for (a, &v) in ar[..f].iter_mut().zip(&act[i * f..][..f]) {
+                a.write(ge * v);
+            }
+        },
+    );
+    // SAFETY: each of the rows is cut to `f` elements and zipped with `f` inputs, so
+    // every element is written.
+    unsafe { assume_filled(a) }
 }
 
 /// `gate(i) * GELU(h[i, j])` for the `n x f` pre-activations `h`.
