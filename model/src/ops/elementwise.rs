@@ -26,34 +26,58 @@ pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>, bias: Option<Var<E, T>>) -> 
         shape,
         |v| {
             let (x, b) = (v[0], v.get(1).copied());
+            let zero = vec![E::zero(); n];
+            let b = b.unwrap_or(&zero);
             let mut y = uninit(x.len());
-            par_rows(
-                &mut y,
-                n,
-                #[inline(always)]
-                |r, yr| {
-                    let (xr, yr) = (&x[r * n..][..n], &mut yr[..n]);
-                    match b {
-                        Some(b) => {
-                            for ((y, &x), &b) in yr.iter_mut().zip(xr).zip(&b[..n]) {
-                                y.write(gelu_and_grad(x + b).0);
-                            }
+            if !T::OWNS_TAPE {
+                par_rows(
+                    &mut y,
+                    n,
+                    #[inline(always)]
+                    |r, yr| {
+                        let (xr, yr) = (&x[r * n..][..n], &mut yr[..n]);
+                        for ((y, &x), &b) in yr.iter_mut().zip(xr).zip(&b[..n]) {
+                            y.write(gelu_and_grad(x + b).0);
                         }
-                        None => {
-                            for (y, &x) in yr.iter_mut().zip(xr) {
-                                y.write(gelu_and_grad(x).0);
+                    },
+                );
+                // SAFETY: every row is cut to `n` elements and each is written.
+                return (unsafe { assume_filled(y) }, Vec::new());
+            }
+            // Training: the derivative too, from the same evaluation, for the backward.
+            let mut der = uninit(x.len());
+            y.par_chunks_mut(ROW_BLOCK * n)
+                .zip(der.par_chunks_mut(ROW_BLOCK * n))
+                .enumerate()
+                .for_each(|(blk, (yb, db))| {
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            let xb = &x[blk * ROW_BLOCK * n..][..yb.len()];
+                            for ((yr, dr), xr) in
+                                yb.chunks_mut(n).zip(db.chunks_mut(n)).zip(xb.chunks(n))
+                            {
+                                let (yr, dr, xr) = (&mut yr[..n], &mut dr[..n], &xr[..n]);
+                                for (((y, dv), &x), &b) in
+                                    yr.iter_mut().zip(dr.iter_mut()).zip(xr).zip(&b[..n])
+                                {
+                                    let (v, dd) = gelu_and_grad(x + b);
+                                    y.write(v);
+                                    dv.write(dd);
+                                }
                             }
-                        }
-                    }
-                },
-            );
-            // SAFETY: every row is cut to `n` elements and each is written on either branch.
-            (unsafe { assume_filled(y) }, ())
+                        },
+                    )
+                });
+            // SAFETY: both have `x.len()` elements in blocks zipped with `x`'s, each written.
+            unsafe { (assume_filled(y), assume_filled(der)) }
         },
-        move |a, ()| {
-            let (x, gy) = (a.inputs[0], a.grad_out);
-            let b = a.inputs.get(1).copied();
-            let kernel = GeluGrad { x, b, gy, n };
+        move |a, der| {
+            let kernel = GeluGrad {
+                der: &der,
+                gy: a.grad_out,
+                n,
+            };
             match a.grads {
                 [gx, gb] => gx.fill_and_sum(kernel, n, gb),
                 [gx] => gx.fill(kernel),
@@ -294,19 +318,19 @@ unsafe impl<E: Real> Fill<E> for SoftplusMeanGrad<'_, E> {
 
 /// The backward of [`gelu`]: `dx = gy * GELU'(x + b)`, row by row (`n` columns).
 struct GeluGrad<'a, E> {
-    x: &'a [E],
-    b: Option<&'a [E]>,
+    /// GELU' at the forward pass's inputs.
+    der: &'a [E],
     gy: &'a [E],
     n: usize,
 }
 
 // SAFETY: `par_rows` hands out every row of `out`; each is cut to `n` elements and every
-// one is put on either branch.
+// one is put.
 unsafe impl<E: Real> Fill<E> for GeluGrad<'_, E> {
     fn fill<S: Sink<E>>(self, out: &mut [S]) {
-        let Self { x, b, gy, n } = self;
+        let Self { der, gy, n } = self;
         assert!(
-            out.len() == x.len() && gy.len() == x.len(),
+            out.len() == der.len() && gy.len() == der.len(),
             "gelu: gradient size"
         );
         par_rows(
@@ -314,18 +338,9 @@ unsafe impl<E: Real> Fill<E> for GeluGrad<'_, E> {
             n,
             #[inline(always)]
             |r, g| {
-                let (g, xr, gr) = (&mut g[..n], &x[r * n..][..n], &gy[r * n..][..n]);
-                match b {
-                    Some(b) => {
-                        for (((g, &x), &gy), &b) in g.iter_mut().zip(xr).zip(gr).zip(&b[..n]) {
-                            g.put(gy * gelu_and_grad(x + b).1);
-                        }
-                    }
-                    None => {
-                        for ((g, &x), &gy) in g.iter_mut().zip(xr).zip(gr) {
-                            g.put(gy * gelu_and_grad(x).1);
-                        }
-                    }
+                let (g, dr, gr) = (&mut g[..n], &der[r * n..][..n], &gy[r * n..][..n]);
+                for ((g, &dd), &gy) in g.iter_mut().zip(dr).zip(gr) {
+                    g.put(gy * dd);
                 }
             },
         );

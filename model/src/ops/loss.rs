@@ -55,21 +55,46 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
             (unsafe { assume_filled(x) }, ())
         },
         move |a, ()| {
-            let gx = a.grad_out;
             let (ge, gp) = a.grads.split_at_mut(1);
-            let scaled = |r: usize, j: usize| {
-                dropout.map_or(E::one(), |p| p.scale::<E>(r * d + j)) * gx[r * d + j]
+            // The gradient reaching the sum `emb + pos`: through the dropout mask, each
+            // mask value computed once for both uses.
+            let scaled;
+            let gx: &[E] = match dropout {
+                None => a.grad_out,
+                Some(p) => {
+                    let g = a.grad_out;
+                    let mut s = uninit(m * d);
+                    par_rows(
+                        &mut s,
+                        d,
+                        #[inline(always)]
+                        |r, sr| {
+                            for (j, o) in sr[..d].iter_mut().enumerate() {
+                                o.write(p.scale::<E>(r * d + j) * g[r * d + j]);
+                            }
+                        },
+                    );
+                    // SAFETY: every row of `d` elements is written index by index.
+                    scaled = unsafe { assume_filled(s) };
+                    &scaled
+                }
             };
             // Position rows in parallel (each sums over its sequences in order).
             gp[0].acc()[..seq * d]
                 .par_chunks_mut(d)
                 .enumerate()
                 .for_each(|(t, g)| {
-                    for r in (t..m).step_by(seq) {
-                        for (j, g) in g.iter_mut().enumerate() {
-                            *g += scaled(r, j);
-                        }
-                    }
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            let g = &mut g[..d];
+                            for r in (t..m).step_by(seq) {
+                                for (g, &v) in g.iter_mut().zip(&gx[r * d..][..d]) {
+                                    *g += v;
+                                }
+                            }
+                        },
+                    )
                 });
             // Token rows: columns split in parallel, rows in token order.
             let ge = ge[0].acc();
@@ -80,13 +105,20 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
                 .into_par_iter()
                 .map(|c0| {
                     let c1 = (c0 + cols).min(d);
-                    let mut acc = vec![E::zero(); v * (c1 - c0)];
-                    for r in 0..m {
-                        let tok = tok2[r] as usize;
-                        for j in c0..c1 {
-                            acc[tok * (c1 - c0) + j - c0] += scaled(r, j);
-                        }
-                    }
+                    let w = c1 - c0;
+                    let mut acc = vec![E::zero(); v * w];
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for r in 0..m {
+                                let tok = tok2[r] as usize;
+                                let src = &gx[r * d + c0..][..w];
+                                for (o, &g) in acc[tok * w..][..w].iter_mut().zip(src) {
+                                    *o += g;
+                                }
+                            }
+                        },
+                    );
                     (c0, acc)
                 })
                 .collect();
