@@ -2,7 +2,8 @@
 //! state 8, conv 4, expand 2, 4 experts of 64, top-2), by default at B=32, T=128, V=2000.
 //!
 //! `cargo run --release -p itera-model --example bench_train [-- steps] [--profile] [--vocab N]
-//! [--batch B] [--seq T]` (the phase-8 run's shape: `--vocab 4897 --batch 8 --seq 512`)
+//! [--batch B] [--seq T] [--dropout P]` (the phase-8 run's shape and dropout: `--vocab 4897
+//! --batch 8 --seq 512 --dropout 0.25`)
 //! Prints the median tokens/s over `steps` timed steps (after 2 warm-up steps) for 1 and
 //! 2 threads, the process CPU seconds per step (robust to other load on the machine) and
 //! the load average. `--profile` adds per-op forward/backward CPU times of training (1
@@ -84,12 +85,20 @@ fn main() {
     };
     let vocab = flag("--vocab", 2000);
     let (batch, seq) = (flag("--batch", 32), flag("--seq", 128));
+    // `--dropout P` (the phase-8 pipeline trains with 0.25): the masks' cost included.
+    let dropout = args
+        .iter()
+        .position(|a| a == "--dropout")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
     let cfg = ModelConfig {
         vocab_size: vocab,
         max_seq_length: seq.max(128),
+        dropout,
         ..ModelConfig::tiny()
     };
-    println!("shape: B={batch} T={seq} V={vocab}");
+    println!("shape: B={batch} T={seq} V={vocab} dropout {dropout}");
     let train = TrainConfig {
         batch_size: batch,
         seq_len: seq,

@@ -448,14 +448,49 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    /// Multiplier of element `i`: `0` (dropped) or `1/(1-p)`.
+    /// Multiplier of element `i`: `0` (dropped) or `1/(1-p)`. Element `i` is dropped
+    /// when `u < p` for `u = k / 2^53`, `k` the top 53 bits of its hash; compared here
+    /// in integers as `k < ceil(p 2^53)`, the same test exactly (`k / 2^53` and `p 2^53`
+    /// are exact in f64, and `k` is an integer), without a conversion per element.
     #[inline]
     pub fn scale<E: Real>(&self, i: usize) -> E {
-        let u = (splitmix64(self.key ^ splitmix64(i as u64)) >> 11) as f64 / (1u64 << 53) as f64;
-        if u < self.p {
+        let k = splitmix64(self.key ^ splitmix64(i as u64)) >> 11;
+        if k < self.threshold() {
             E::zero()
         } else {
             E::of(1.0 / (1.0 - self.p))
+        }
+    }
+
+    /// `ceil(p 2^53)`: hashes (top 53 bits) below it are dropped.
+    #[inline]
+    fn threshold(&self) -> u64 {
+        (self.p * (1u64 << 53) as f64).ceil() as u64
+    }
+}
+
+#[cfg(test)]
+mod dropout_tests {
+    use super::{splitmix64, Dropout};
+
+    #[test]
+    fn the_integer_threshold_drops_exactly_what_the_float_test_drops() {
+        for p in [0.0, 1e-9, 0.1, 0.25, 0.5, 0.75, 0.999_999, 1.0] {
+            let d = Dropout { p, key: 42 };
+            // Hashes right at the threshold, and many ordinary ones.
+            let t = d.threshold();
+            let edge = [t.saturating_sub(1), t, t + 1].map(|k| k.min((1 << 53) - 1));
+            let hashed = (0..20_000u64).map(|i| splitmix64(d.key ^ splitmix64(i)) >> 11);
+            for k in edge.into_iter().chain(hashed) {
+                let float_drops = (k as f64 / (1u64 << 53) as f64) < p;
+                assert_eq!(k < t, float_drops, "p {p}, k {k}");
+            }
+            // And through `scale`, element by element.
+            for i in 0..1000 {
+                let k = splitmix64(d.key ^ splitmix64(i as u64)) >> 11;
+                let dropped = (k as f64 / (1u64 << 53) as f64) < p;
+                assert_eq!(d.scale::<f64>(i) == 0.0, dropped, "p {p}, element {i}");
+            }
         }
     }
 }
