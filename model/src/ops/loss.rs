@@ -96,7 +96,19 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
                         },
                     )
                 });
-            // Token rows: columns split in parallel, rows in token order.
+            // Token rows: each token present in the batch gets one row of sums (rows in
+            // token order, added in batch order), then added to the embedding's gradient;
+            // the columns are split between threads. Tokens absent from the batch get
+            // nothing (adding zeros would change no value).
+            let mut slot = vec![u32::MAX; v];
+            let mut present: Vec<usize> = Vec::new();
+            for &t in tok2.iter() {
+                let t = t as usize;
+                if slot[t] == u32::MAX {
+                    slot[t] = present.len() as u32;
+                    present.push(t);
+                }
+            }
             let ge = ge[0].acc();
             let cols = d.div_ceil(rayon::current_num_threads().max(1)).max(1);
             let mut parts: Vec<(usize, Vec<E>)> = (0..d)
@@ -106,14 +118,14 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
                 .map(|c0| {
                     let c1 = (c0 + cols).min(d);
                     let w = c1 - c0;
-                    let mut acc = vec![E::zero(); v * w];
+                    let mut acc = vec![E::zero(); present.len() * w];
                     vectorized(
                         #[inline(always)]
                         || {
                             for r in 0..m {
-                                let tok = tok2[r] as usize;
+                                let k = slot[tok2[r] as usize] as usize;
                                 let src = &gx[r * d + c0..][..w];
-                                for (o, &g) in acc[tok * w..][..w].iter_mut().zip(src) {
+                                for (o, &g) in acc[k * w..][..w].iter_mut().zip(src) {
                                     *o += g;
                                 }
                             }
@@ -123,10 +135,10 @@ pub fn embed<E: Real, T: Tape<E, Cpu>>(
                 })
                 .collect();
             for (c0, acc) in parts.drain(..) {
-                let w = acc.len() / v;
-                for tok in 0..v {
+                let w = acc.len() / present.len().max(1);
+                for (k, &tok) in present.iter().enumerate() {
                     for j in 0..w {
-                        ge[tok * d + c0 + j] += acc[tok * w + j];
+                        ge[tok * d + c0 + j] += acc[k * w + j];
                     }
                 }
             }
