@@ -205,9 +205,10 @@ fn routing_and_experts() {
 
 #[test]
 fn embedding_and_head() {
+    // Token 4 twice, token 5 absent (its gradient stays zero).
     let tokens = vec![1u32, 4, 0, 4, 2, 3];
     let inputs = [
-        Input::uniform(5, 3, -1.0, 1.0, 1),
+        Input::uniform(6, 3, -1.0, 1.0, 1),
         Input::uniform(4, 3, -1.0, 1.0, 2),
     ];
     let dropout = Some(Dropout { p: 0.25, key: 5 });
