@@ -26,51 +26,33 @@ pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>, bias: Option<Var<E, T>>) -> 
         shape,
         |v| {
             let (x, b) = (v[0], v.get(1).copied());
-            let zero = vec![E::zero(); n];
-            let b = b.unwrap_or(&zero);
-            let mut y = uninit(x.len());
-            if !T::OWNS_TAPE {
-                par_rows(
-                    &mut y,
-                    n,
-                    #[inline(always)]
-                    |r, yr| {
-                        let (xr, yr) = (&x[r * n..][..n], &mut yr[..n]);
-                        for ((y, &x), &b) in yr.iter_mut().zip(xr).zip(&b[..n]) {
-                            y.write(gelu_and_grad(x + b).0);
-                        }
-                    },
-                );
-                // SAFETY: every row is cut to `n` elements and each is written.
-                return (unsafe { assume_filled(y) }, Vec::new());
+            if T::OWNS_TAPE {
+                // Training: the derivative too, from the same evaluation, for the backward.
+                return gelu_rows(x, n, b);
             }
-            // Training: the derivative too, from the same evaluation, for the backward.
-            let mut der = uninit(x.len());
-            y.par_chunks_mut(ROW_BLOCK * n)
-                .zip(der.par_chunks_mut(ROW_BLOCK * n))
-                .enumerate()
-                .for_each(|(blk, (yb, db))| {
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            let xb = &x[blk * ROW_BLOCK * n..][..yb.len()];
-                            for ((yr, dr), xr) in
-                                yb.chunks_mut(n).zip(db.chunks_mut(n)).zip(xb.chunks(n))
-                            {
-                                let (yr, dr, xr) = (&mut yr[..n], &mut dr[..n], &xr[..n]);
-                                for (((y, dv), &x), &b) in
-                                    yr.iter_mut().zip(dr.iter_mut()).zip(xr).zip(&b[..n])
-                                {
-                                    let (v, dd) = gelu_and_grad(x + b);
-                                    y.write(v);
-                                    dv.write(dd);
-                                }
+            let mut y = uninit(x.len());
+            par_rows(
+                &mut y,
+                n,
+                #[inline(always)]
+                |r, yr| {
+                    let (xr, yr) = (&x[r * n..][..n], &mut yr[..n]);
+                    match b {
+                        Some(b) => {
+                            for ((y, &x), &b) in yr.iter_mut().zip(xr).zip(&b[..n]) {
+                                y.write(gelu_and_grad(x + b).0);
                             }
-                        },
-                    )
-                });
-            // SAFETY: both have `x.len()` elements in blocks zipped with `x`'s, each written.
-            unsafe { (assume_filled(y), assume_filled(der)) }
+                        }
+                        None => {
+                            for (y, &x) in yr.iter_mut().zip(xr) {
+                                y.write(gelu_and_grad(x).0);
+                            }
+                        }
+                    }
+                },
+            );
+            // SAFETY: every row is cut to `n` elements and each is written on either branch.
+            (unsafe { assume_filled(y) }, Vec::new())
         },
         move |a, der| {
             let kernel = GeluGrad {
@@ -85,6 +67,48 @@ pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>, bias: Option<Var<E, T>>) -> 
             }
         },
     )
+}
+
+/// `(GELU(x + b), GELU'(x + b))` of every element of `x` (rows of `n`; `b: (n)` added to
+/// each row when given), from one evaluation each: the values for the forward pass and
+/// the derivatives for the backward.
+pub(crate) fn gelu_rows<E: Real>(x: &[E], n: usize, b: Option<&[E]>) -> (Vec<E>, Vec<E>) {
+    let (mut y, mut der) = (uninit(x.len()), uninit(x.len()));
+    y.par_chunks_mut(ROW_BLOCK * n)
+        .zip(der.par_chunks_mut(ROW_BLOCK * n))
+        .enumerate()
+        .for_each(|(blk, (yb, db))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let xb = &x[blk * ROW_BLOCK * n..][..yb.len()];
+                    for ((yr, dr), xr) in yb.chunks_mut(n).zip(db.chunks_mut(n)).zip(xb.chunks(n)) {
+                        let (yr, dr, xr) = (&mut yr[..n], &mut dr[..n], &xr[..n]);
+                        // Two loops, not one with a per-element choice: each vectorises.
+                        let out = yr.iter_mut().zip(dr.iter_mut());
+                        match b {
+                            Some(b) => {
+                                for ((y, d), (&x, &b)) in out.zip(xr.iter().zip(&b[..n])) {
+                                    let (v, dd) = gelu_and_grad(x + b);
+                                    y.write(v);
+                                    d.write(dd);
+                                }
+                            }
+                            None => {
+                                for ((y, d), &x) in out.zip(xr) {
+                                    let (v, dd) = gelu_and_grad(x);
+                                    y.write(v);
+                                    d.write(dd);
+                                }
+                            }
+                        }
+                    }
+                },
+            )
+        });
+    // SAFETY: both have `x.len()` elements in blocks zipped with `x`'s, rows cut to `n`,
+    // and every index of every row is written.
+    unsafe { (assume_filled(y), assume_filled(der)) }
 }
 
 /// `dt_r = mean_j softplus(z[r, j] + bias[j])`: one step size per row of `z: (M, Di)`,

@@ -14,6 +14,7 @@
 //! the backward pass evaluates no GELU and gathers no input again.
 
 use super::dense::affine;
+use super::elementwise::gelu_rows;
 use super::matmul::gemm_new;
 use super::{
     add_into, assume_filled, custom_op, dims, par_reduce, par_rows, uninit, Var, ROW_BLOCK,
@@ -98,12 +99,12 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                 let he = affine(n, f, d, &xe, up_w, up_b);
                 let gate = |i: usize| g[re[i] * ne + e];
                 if grad {
-                    let (act, der) = gelu_rows(&he, f);
-                    let ae = gated(&act, f, gate);
+                    let (act, der) = gelu_rows(&he, f, None);
+                    let ae = gated_rows(&act, f, gate, |v| v);
                     outs.push(gemm_new(n, d, f, &ae, false, down_w, true));
                     saved.push(Routed { xe, act, der });
                 } else {
-                    let ae = gated_gelu(&he, n, f, gate);
+                    let ae = gated_rows(&he, f, gate, |h| gelu_and_grad(h).0);
                     outs.push(gemm_new(n, d, f, &ae, false, down_w, true));
                 }
             }
@@ -163,7 +164,7 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                 let gate = |i: usize| g[re[i] * ne + e];
                 let dye = gather(go, d, re);
                 // Gated activations, for the down weights' gradient.
-                let ae = gated(act, f, gate);
+                let ae = gated_rows(act, f, gate, |v| v);
                 a.grads[param(e, 2)].gemm(d, f, n, &dye, true, &ae, false, E::one());
                 drop(ae);
                 // d(gated activation), turned in place into d(pre-activation). The gate's
@@ -246,63 +247,26 @@ struct Routed<E> {
     der: Vec<E>,
 }
 
-/// `(GELU(h), GELU'(h))` of the pre-activations `h` (rows of `f`), from one evaluation.
-fn gelu_rows<E: Real>(h: &[E], f: usize) -> (Vec<E>, Vec<E>) {
-    let (mut act, mut der) = (uninit(h.len()), uninit(h.len()));
-    act.par_chunks_mut(ROW_BLOCK * f)
-        .zip(der.par_chunks_mut(ROW_BLOCK * f))
-        .enumerate()
-        .for_each(|(b, (ab, db))| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    let hb = &h[b * ROW_BLOCK * f..][..ab.len()];
-                    for ((a, dv), &x) in ab.iter_mut().zip(db.iter_mut()).zip(hb) {
-                        let (v, dd) = gelu_and_grad(x);
-                        a.write(v);
-                        dv.write(dd);
-                    }
-                },
-            )
-        });
-    // SAFETY: both have `h.len()` elements in blocks zipped with `h`'s, each written.
-    unsafe { (assume_filled(act), assume_filled(der)) }
-}
-
-/// `gate(i) * act[i, j]` for the `n x f` activations `act`.
-fn gated<E: Real>(act: &[E], f: usize, gate: impl Fn(usize) -> E + Sync) -> Vec<E> {
-    let mut a = uninit(act.len());
+/// `gate(i) * map(src[i, j])` for the `n x f` matrix `src`.
+fn gated_rows<E: Real>(
+    src: &[E],
+    f: usize,
+    gate: impl Fn(usize) -> E + Sync,
+    map: impl Fn(E) -> E + Sync,
+) -> Vec<E> {
+    let mut a = uninit(src.len());
     par_rows(
         &mut a,
         f,
         #[inline(always)]
         |i, ar| {
             let ge = gate(i);
-            for (a, &v) in ar[..f].iter_mut().zip(&act[i * f..][..f]) {
-                a.write(ge * v);
+            for (a, &v) in ar[..f].iter_mut().zip(&src[i * f..][..f]) {
+                a.write(ge * map(v));
             }
         },
     );
     // SAFETY: each of the rows is cut to `f` elements and zipped with `f` inputs, so
-    // every element is written.
-    unsafe { assume_filled(a) }
-}
-
-/// `gate(i) * GELU(h[i, j])` for the `n x f` pre-activations `h`.
-fn gated_gelu<E: Real>(h: &[E], n: usize, f: usize, gate: impl Fn(usize) -> E + Sync) -> Vec<E> {
-    let mut a = uninit(n * f);
-    par_rows(
-        &mut a,
-        f,
-        #[inline(always)]
-        |i, ar| {
-            let ge = gate(i);
-            for (a, &h) in ar[..f].iter_mut().zip(&h[i * f..][..f]) {
-                a.write(ge * gelu_and_grad(h).0);
-            }
-        },
-    );
-    // SAFETY: each of the `n` rows is cut to `f` elements and zipped with `f` inputs, so
     // every element is written.
     unsafe { assume_filled(a) }
 }

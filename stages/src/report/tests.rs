@@ -146,12 +146,17 @@ fn sample_run(name: &str) -> TrainRun {
 }
 
 fn one_study() -> Study {
+    study_of(sample_eval(), vec![sample_run("train")])
+}
+
+/// A study of one evaluation (stage `evaluate`) and the given training runs.
+fn study_of(eval: EvalReport, trains: Vec<TrainRun>) -> Study {
     Study::new(
         vec![Evaluation {
             stage: "evaluate".into(),
-            eval: sample_eval(),
+            eval,
         }],
-        vec![sample_run("train")],
+        trains,
     )
     .unwrap()
 }
@@ -179,14 +184,7 @@ fn findings_are_computed_from_the_numbers() {
     assert!(all.contains("No model loops"), "{all}");
     let mut fast = sample_eval();
     fast.models[1].generation_speed[1] = speed("f16-native", &[2000.0]);
-    let fast = Study::new(
-        vec![Evaluation {
-            stage: "evaluate".into(),
-            eval: fast,
-        }],
-        vec![],
-    )
-    .unwrap();
+    let fast = study_of(fast, vec![]);
     let all = findings(&fast).join("\n");
     assert!(
         all.contains("2.0× faster than f32") && !all.contains("storage format"),
@@ -251,14 +249,7 @@ fn an_evaluation_with_nan_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut eval = sample_eval();
     eval.models[1].val_loss = f64::NAN;
-    let study = Study::new(
-        vec![Evaluation {
-            stage: "evaluate".into(),
-            eval,
-        }],
-        vec![],
-    )
-    .unwrap();
+    let study = study_of(eval, vec![]);
     let provenance = Provenance {
         tool: "t".into(),
         inputs: vec![],
@@ -333,14 +324,7 @@ fn a_looping_model_is_not_named_best_while_another_does_not_loop() {
     let half = &mut eval.models[1];
     (half.generations, half.degeneration) = (flagged.generations, flagged.degeneration);
     half.bits_per_byte = reference_bpb;
-    let study = Study::new(
-        vec![Evaluation {
-            stage: "evaluate".into(),
-            eval,
-        }],
-        vec![],
-    )
-    .unwrap();
+    let study = study_of(eval, vec![]);
     let all = findings(&study).join("\n");
     assert!(all.contains("The best of the 2 models is `train`"), "{all}");
     assert!(
@@ -483,14 +467,7 @@ fn the_compression_table_recommends_by_its_stated_rule() {
         vec![speed("int4", &[2500.0])],
         &["there was a girl", "sat on the mat"],
     ));
-    let study = Study::new(
-        vec![Evaluation {
-            stage: "evaluate".into(),
-            eval: e,
-        }],
-        vec![sample_run("train")],
-    )
-    .unwrap();
+    let study = study_of(e, vec![sample_run("train")]);
     let rows = super::compression::rows(&study);
     let names: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
     assert_eq!(names, ["train", "half", "int8", "int4"]);
@@ -525,14 +502,7 @@ fn the_compression_table_recommends_by_its_stated_rule() {
         &["the cat sat on the mat the cat sat on the mat the cat sat on the mat"],
     );
     e.models[2] = looping;
-    let study = Study::new(
-        vec![Evaluation {
-            stage: "evaluate".into(),
-            eval: e,
-        }],
-        vec![],
-    )
-    .unwrap();
+    let study = study_of(e, vec![]);
     let rows = super::compression::rows(&study);
     let by = |n: &str| rows.iter().find(|r| r.model == n).unwrap();
     assert!(by("int8").within_quality_bar && by("int8").loops && !by("int8").qualifies);
@@ -551,12 +521,5 @@ fn one_study_of(formats: &[&str]) -> Study {
         .enumerate()
         .map(|(i, f)| model(&format!("m{i}"), f, 1000, 2.0, vec![], &["a", "b"]))
         .collect();
-    Study::new(
-        vec![Evaluation {
-            stage: "evaluate".into(),
-            eval: e,
-        }],
-        vec![sample_run("train")],
-    )
-    .unwrap()
+    study_of(e, vec![sample_run("train")])
 }
