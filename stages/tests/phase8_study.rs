@@ -548,9 +548,10 @@ fn two_variants_feed_one_evaluate_and_report() {
     // does not loop; otherwise the lower bits per byte (to 4 decimals).
     let loops = |name: &str| {
         let d = &models.iter().find(|m| m["name"] == name).unwrap()["degeneration"];
-        ["greedy", "sampled"]
-            .iter()
-            .any(|mode| d[mode]["repeated_4gram_share"].as_f64().unwrap() > 0.25)
+        ["greedy", "sampled"].iter().any(|mode| {
+            d[mode]["repeated_4gram_share"].as_f64().unwrap()
+                > itera_stages::evaluate::repetition::LOOPING_THRESHOLD
+        })
     };
     assert!(
         !loops(best) || loops(other),

@@ -58,12 +58,7 @@ pub fn rows(study: &Study) -> Vec<CompressionRow> {
         .models
         .iter()
         .filter(|m| m.dtype != WeightsFormat::F32 || std::ptr::eq(*m, reference))
-        .map(|m| {
-            let mut r = row(m, reference);
-            r.loops = loops(m);
-            r.qualifies = r.within_quality_bar && !(judge_loops && r.loops);
-            r
-        })
+        .map(|m| row(m, reference, judge_loops))
         .collect();
     let qualified: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].qualifies).collect();
     let pick = |better: &dyn Fn(&CompressionRow, &CompressionRow) -> bool| {
@@ -88,9 +83,13 @@ pub fn rows(study: &Study) -> Vec<CompressionRow> {
     rows
 }
 
-fn row(m: &ModelEval, reference: &ModelEval) -> CompressionRow {
+/// `m`'s row against `reference`; `judge_loops`: whether looping keeps a format from
+/// qualifying (not when the reference loops too).
+fn row(m: &ModelEval, reference: &ModelEval, judge_loops: bool) -> CompressionRow {
     let pct = |a: f64, b: f64| if b != 0.0 { (a / b - 1.0) * 100.0 } else { 0.0 };
     let loss_pct = pct(m.val_loss, reference.val_loss);
+    let within_quality_bar = loss_pct <= MAX_LOSS_INCREASE_PCT;
+    let loops = loops(m);
     CompressionRow {
         model: m.name.clone(),
         format: m.dtype,
@@ -103,9 +102,9 @@ fn row(m: &ModelEval, reference: &ModelEval) -> CompressionRow {
             .iter()
             .map(|s| s.tokens_per_s)
             .fold(0.0, f64::max),
-        within_quality_bar: loss_pct <= MAX_LOSS_INCREASE_PCT,
-        loops: false,
-        qualifies: false,
+        within_quality_bar,
+        loops,
+        qualifies: within_quality_bar && !(judge_loops && loops),
         recommended_for: Vec::new(),
     }
 }

@@ -1,7 +1,7 @@
 //! Findings: sentences computed from the measured numbers (never asserted), and the
 //! formatting helpers the report's tables share.
 
-use super::study::{loops, ranked, Study, BEST_RULE};
+use super::study::{bpb_key, loops, ranked, Study, BEST_RULE};
 use crate::evaluate::repetition::LOOPING_THRESHOLD;
 use crate::records::{ModelEval, SpeedPrecision, TrainLogLine, TrainSummary};
 
@@ -88,13 +88,12 @@ fn best_finding(study: &Study) -> Option<String> {
         [best, runner_up, ..] => (*best, *runner_up),
         _ => return None,
     };
-    let rounded = |m: &crate::records::ModelEval| (m.bits_per_byte * 1e4).round() as i64;
     let passed_over: Vec<String> = if loops(best) {
         Vec::new()
     } else {
         order
             .iter()
-            .filter(|m| loops(m) && rounded(m) <= rounded(best))
+            .filter(|m| loops(m) && bpb_key(m) <= bpb_key(best))
             .map(|m| format!("`{}` ({:.4})", m.name, m.bits_per_byte))
             .collect()
     };

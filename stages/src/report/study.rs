@@ -32,14 +32,13 @@ pub fn loops(m: &ModelEval) -> bool {
 /// per byte to 4 decimals, then by file size; equal keys keep the study's order.
 pub fn ranked(models: &[ModelEval]) -> Vec<&ModelEval> {
     let mut order: Vec<&ModelEval> = models.iter().collect();
-    order.sort_by_key(|m| {
-        (
-            loops(m),
-            (m.bits_per_byte * 1e4).round() as i64,
-            m.file_bytes,
-        )
-    });
+    order.sort_by_key(|m| (loops(m), bpb_key(m), m.file_bytes));
     order
+}
+
+/// Bits per byte as the rule compares them: to 4 decimals, as the report shows them.
+pub fn bpb_key(m: &ModelEval) -> i64 {
+    (m.bits_per_byte * 1e4).round() as i64
 }
 
 /// One `train` input: its stage name, summary and log.
