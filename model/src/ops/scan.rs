@@ -9,6 +9,7 @@
 //! in parallel.
 
 use super::{add_into, custom_op, dims, Var};
+use crate::isa::vectorized;
 use crate::real::Real;
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
@@ -36,15 +37,20 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
             let a: Vec<E> = a_log.iter().map(|&x| -x.exp()).collect();
             let mut h = vec![E::zero(); m * n];
             h.par_chunks_mut(seq * n).enumerate().for_each(|(s, hs)| {
-                let mut prev = vec![E::zero(); n];
-                for t in 0..seq {
-                    let r = s * seq + t;
-                    let d = dt[r];
-                    for i in 0..n {
-                        prev[i] = (d * a[i]).fast_exp() * prev[i] + d * bu[r * n + i];
-                    }
-                    hs[t * n..(t + 1) * n].copy_from_slice(&prev);
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let mut prev = vec![E::zero(); n];
+                        for t in 0..seq {
+                            let r = s * seq + t;
+                            let d = dt[r];
+                            for i in 0..n {
+                                prev[i] = (d * a[i]).fast_exp() * prev[i] + d * bu[r * n + i];
+                            }
+                            hs[t * n..(t + 1) * n].copy_from_slice(&prev);
+                        }
+                    },
+                )
             });
             let saved = h.clone();
             (h, saved)
@@ -61,24 +67,29 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
                 .zip(g_bu[0].acc().par_chunks_mut(seq * n))
                 .enumerate()
                 .map(|(s, (gdt, gbu))| {
-                    let mut galog = vec![E::zero(); n];
-                    let mut carry = vec![E::zero(); n];
-                    for t in (0..seq).rev() {
-                        let r = s * seq + t;
-                        let d = dt[r];
-                        let mut gd = E::zero();
-                        for i in 0..n {
-                            let gh = gh_out[r * n + i] + carry[i];
-                            let da = (d * a[i]).fast_exp();
-                            let hp = if t > 0 { h[(r - 1) * n + i] } else { E::zero() };
-                            gbu[t * n + i] += d * gh;
-                            gd += gh * (bu[r * n + i] + hp * a[i] * da);
-                            galog[i] += gh * hp * da * d * a[i];
-                            carry[i] = da * gh;
-                        }
-                        gdt[t] += gd;
-                    }
-                    galog
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            let mut galog = vec![E::zero(); n];
+                            let mut carry = vec![E::zero(); n];
+                            for t in (0..seq).rev() {
+                                let r = s * seq + t;
+                                let d = dt[r];
+                                let mut gd = E::zero();
+                                for i in 0..n {
+                                    let gh = gh_out[r * n + i] + carry[i];
+                                    let da = (d * a[i]).fast_exp();
+                                    let hp = if t > 0 { h[(r - 1) * n + i] } else { E::zero() };
+                                    gbu[t * n + i] += d * gh;
+                                    gd += gh * (bu[r * n + i] + hp * a[i] * da);
+                                    galog[i] += gh * hp * da * d * a[i];
+                                    carry[i] = da * gh;
+                                }
+                                gdt[t] += gd;
+                            }
+                            galog
+                        },
+                    )
                 })
                 .collect();
             let g_alog = g_alog[0].acc();
