@@ -13,6 +13,7 @@
 //! Results never depend on the thread count on any path; they can differ between paths,
 //! which is why the path is recorded with every trained model ([`kernel_path`]).
 
+use crate::real::MulAdd;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// An instruction set the kernels can use.
@@ -134,6 +135,33 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     }
     #[cfg(not(target_arch = "x86_64"))]
     f()
+}
+
+/// [`vectorized`] for kernels that evaluate polynomials: `f` is given the way to
+/// multiply-add ([`MulAdd`]) on the instruction set it is compiled for, a constant in each
+/// compiled copy (fused on AVX-512 and AVX2, [`MulAdd::PORTABLE`] otherwise).
+#[inline(always)]
+pub fn vectorized_with<R>(f: impl FnOnce(MulAdd) -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    match kernels() {
+        // SAFETY: `kernels()` only returns an instruction set the CPU supports.
+        Isa::Avx512 => unsafe {
+            run_avx512(
+                #[inline(always)]
+                || f(MulAdd::FUSED),
+            )
+        },
+        // SAFETY: as above; AVX2 comes with FMA here (`Isa::detect`).
+        Isa::Avx2 => unsafe {
+            run_avx2(
+                #[inline(always)]
+                || f(MulAdd::FUSED),
+            )
+        },
+        Isa::Portable => f(MulAdd::PORTABLE),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    f(MulAdd::PORTABLE)
 }
 
 #[cfg(target_arch = "x86_64")]

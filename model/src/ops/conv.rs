@@ -3,7 +3,7 @@
 //! padding before the sequence start, then `u_t = SiLU(c_t) = c_t * sigmoid(c_t)`.
 
 use super::{add_into, assume_filled, custom_op, dims, sum_in_order, transpose, uninit, Var};
-use crate::isa::vectorized;
+use crate::isa::{vectorized, vectorized_with};
 use crate::real::{sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
@@ -46,7 +46,7 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
             let xb = v.get(3).map_or(&zero[..], |ib| &ib[..di]);
             let wt = transpose(w, di, k);
             // Per output row: the convolution into `u`, then in place u = c s with
-            // s = sigmoid(c), saving SiLU'(c) = s (1 + c (1 - s)) in `ds`: one pass, no
+            // s = sigmoid(c, ma), saving SiLU'(c) = s (1 + c (1 - s)) in `ds`: one pass, no
             // intermediate `c` matrix.
             // Without a backward (`NoneTape`), SiLU' is not saved.
             let grad = T::OWNS_TAPE;
@@ -55,9 +55,9 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
             let kernel = |s: usize,
                           us: &mut [MaybeUninit<E>],
                           mut dss: Option<&mut [MaybeUninit<E>]>| {
-                vectorized(
+                vectorized_with(
                     #[inline(always)]
-                    || {
+                    |ma| {
                         // One output row at a time in cache: the convolution, then SiLU
                         // (and its derivative) written once.
                         let mut c = vec![E::zero(); di];
@@ -83,14 +83,14 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
                                 Some(dss) => {
                                     let d = &mut dss[t * di..][..di];
                                     for ((o, d), &c) in out.iter_mut().zip(d.iter_mut()).zip(&*c) {
-                                        let s = sigmoid(c);
+                                        let s = sigmoid(c, ma);
                                         o.write(c * s);
                                         d.write(s * (E::one() + c * (E::one() - s)));
                                     }
                                 }
                                 None => {
                                     for (o, &c) in out.iter_mut().zip(&*c) {
-                                        o.write(c * sigmoid(c));
+                                        o.write(c * sigmoid(c, ma));
                                     }
                                 }
                             }

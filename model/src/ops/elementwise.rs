@@ -3,9 +3,10 @@
 //! [`super::ssm_output`].)
 
 use super::{
-    assume_filled, custom_op, dims, par_rows, uninit, Dropout, Fill, Sink, Var, ROW_BLOCK,
+    assume_filled, custom_op, dims, par_rows, par_rows_with, uninit, Dropout, Fill, Sink, Var,
+    ROW_BLOCK,
 };
-use crate::isa::vectorized;
+use crate::isa::vectorized_with;
 use crate::real::{gelu_and_grad, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
@@ -31,21 +32,21 @@ pub fn gelu<E: Real, T: Tape<E, Cpu>>(x: Var<E, T>, bias: Option<Var<E, T>>) -> 
                 return gelu_rows(x, n, b);
             }
             let mut y = uninit(x.len());
-            par_rows(
+            par_rows_with(
                 &mut y,
                 n,
                 #[inline(always)]
-                |r, yr| {
+                |ma, r, yr| {
                     let (xr, yr) = (&x[r * n..][..n], &mut yr[..n]);
                     match b {
                         Some(b) => {
                             for ((y, &x), &b) in yr.iter_mut().zip(xr).zip(&b[..n]) {
-                                y.write(gelu_and_grad(x + b).0);
+                                y.write(gelu_and_grad(x + b, ma).0);
                             }
                         }
                         None => {
                             for (y, &x) in yr.iter_mut().zip(xr) {
-                                y.write(gelu_and_grad(x).0);
+                                y.write(gelu_and_grad(x, ma).0);
                             }
                         }
                     }
@@ -78,9 +79,9 @@ pub(crate) fn gelu_rows<E: Real>(x: &[E], n: usize, b: Option<&[E]>) -> (Vec<E>,
         .zip(der.par_chunks_mut(ROW_BLOCK * n))
         .enumerate()
         .for_each(|(blk, (yb, db))| {
-            vectorized(
+            vectorized_with(
                 #[inline(always)]
-                || {
+                |ma| {
                     let xb = &x[blk * ROW_BLOCK * n..][..yb.len()];
                     for ((yr, dr), xr) in yb.chunks_mut(n).zip(db.chunks_mut(n)).zip(xb.chunks(n)) {
                         let (yr, dr, xr) = (&mut yr[..n], &mut dr[..n], &xr[..n]);
@@ -89,14 +90,14 @@ pub(crate) fn gelu_rows<E: Real>(x: &[E], n: usize, b: Option<&[E]>) -> (Vec<E>,
                         match b {
                             Some(b) => {
                                 for ((y, d), (&x, &b)) in out.zip(xr.iter().zip(&b[..n])) {
-                                    let (v, dd) = gelu_and_grad(x + b);
+                                    let (v, dd) = gelu_and_grad(x + b, ma);
                                     y.write(v);
                                     d.write(dd);
                                 }
                             }
                             None => {
                                 for ((y, d), &x) in out.zip(xr) {
-                                    let (v, dd) = gelu_and_grad(x);
+                                    let (v, dd) = gelu_and_grad(x, ma);
                                     y.write(v);
                                     d.write(dd);
                                 }
@@ -138,16 +139,16 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>, bias: Option<Var<E,
                 dt.par_chunks_mut(ROW_BLOCK)
                     .enumerate()
                     .for_each(|(blk, db)| {
-                        vectorized(
+                        vectorized_with(
                             #[inline(always)]
-                            || {
+                            |ma| {
                                 let mut sp = vec![E::zero(); di];
                                 for (i, d) in db.iter_mut().enumerate() {
                                     let zr = &z[(blk * ROW_BLOCK + i) * di..][..di];
                                     for ((p, &x), &bj) in sp.iter_mut().zip(zr).zip(&b[..di]) {
                                         let x = x + bj;
-                                        let e = (-x.abs()).fast_exp();
-                                        *p = x.max(E::zero()) + e.fast_ln_1p_unit();
+                                        let e = (-x.abs()).fast_exp(ma);
+                                        *p = x.max(E::zero()) + e.fast_ln_1p_unit(ma);
                                     }
                                     *d = lane_sum(&sp) * inv;
                                 }
@@ -162,9 +163,9 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>, bias: Option<Var<E,
                 .zip(dt.par_chunks_mut(ROW_BLOCK))
                 .enumerate()
                 .for_each(|(blk, (sb, db))| {
-                    vectorized(
+                    vectorized_with(
                         #[inline(always)]
-                        || {
+                        |ma| {
                             let mut sp = vec![E::zero(); di];
                             for (i, (srow, d)) in sb.chunks_mut(di).zip(db.iter_mut()).enumerate() {
                                 let zr = &z[(blk * ROW_BLOCK + i) * di..][..di];
@@ -173,8 +174,8 @@ pub fn softplus_mean<E: Real, T: Tape<E, Cpu>>(z: Var<E, T>, bias: Option<Var<E,
                                     srow.iter_mut().zip(sp.iter_mut()).zip(zr).zip(&b[..di])
                                 {
                                     let x = x + bj;
-                                    let e = (-x.abs()).fast_exp();
-                                    *p = x.max(E::zero()) + e.fast_ln_1p_unit();
+                                    let e = (-x.abs()).fast_exp(ma);
+                                    *p = x.max(E::zero()) + e.fast_ln_1p_unit(ma);
                                     let r = E::one() / (E::one() + e);
                                     s.write(if x >= E::zero() { r } else { e * r });
                                 }

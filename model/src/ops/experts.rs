@@ -17,10 +17,11 @@ use super::dense::affine;
 use super::elementwise::gelu_rows;
 use super::matmul::gemm_new;
 use super::{
-    add_into, assume_filled, custom_op, dims, par_reduce, par_rows, uninit, Var, ROW_BLOCK,
+    add_into, assume_filled, custom_op, dims, par_reduce, par_rows, par_rows_with, uninit, Var,
+    ROW_BLOCK,
 };
 use crate::isa::vectorized;
-use crate::real::{gelu_and_grad, lane_dot, Real};
+use crate::real::{gelu_and_grad, lane_dot, MulAdd, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
 
@@ -100,11 +101,11 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                 let gate = |i: usize| g[re[i] * ne + e];
                 if grad {
                     let (act, der) = gelu_rows(&he, f, None);
-                    let ae = gated_rows(&act, f, gate, |v| v);
+                    let ae = gated_rows(&act, f, gate, |_, v| v);
                     outs.push(gemm_new(n, d, f, &ae, false, down_w, true));
                     saved.push(Routed { xe, act, der });
                 } else {
-                    let ae = gated_rows(&he, f, gate, |h| gelu_and_grad(h).0);
+                    let ae = gated_rows(&he, f, gate, |m, h| gelu_and_grad(h, m).0);
                     outs.push(gemm_new(n, d, f, &ae, false, down_w, true));
                 }
             }
@@ -164,7 +165,7 @@ pub fn moe_experts<E: Real, T: Tape<E, Cpu>>(
                 let gate = |i: usize| g[re[i] * ne + e];
                 let dye = gather(go, d, re);
                 // Gated activations, for the down weights' gradient.
-                let ae = gated_rows(act, f, gate, |v| v);
+                let ae = gated_rows(act, f, gate, |_, v| v);
                 a.grads[param(e, 2)].gemm(d, f, n, &dye, true, &ae, false, E::one());
                 drop(ae);
                 // d(gated activation), turned in place into d(pre-activation). The gate's
@@ -247,22 +248,23 @@ struct Routed<E> {
     der: Vec<E>,
 }
 
-/// `gate(i) * map(src[i, j])` for the `n x f` matrix `src`.
+/// `gate(i) * map(m, src[i, j])` for the `n x f` matrix `src` (`m`: the multiply-add of
+/// the compiled kernels, for a `map` that evaluates polynomials).
 fn gated_rows<E: Real>(
     src: &[E],
     f: usize,
     gate: impl Fn(usize) -> E + Sync,
-    map: impl Fn(E) -> E + Sync,
+    map: impl Fn(MulAdd, E) -> E + Sync,
 ) -> Vec<E> {
     let mut a = uninit(src.len());
-    par_rows(
+    par_rows_with(
         &mut a,
         f,
         #[inline(always)]
-        |i, ar| {
+        |m, i, ar| {
             let ge = gate(i);
             for (a, &v) in ar[..f].iter_mut().zip(&src[i * f..][..f]) {
-                a.write(ge * map(v));
+                a.write(ge * map(m, v));
             }
         },
     );

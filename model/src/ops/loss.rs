@@ -3,7 +3,7 @@
 
 use super::matmul::gemm_new;
 use super::{assume_filled, custom_op, dims, par_rows, uninit, Dropout, Var};
-use crate::isa::vectorized;
+use crate::isa::{vectorized, vectorized_with};
 use crate::real::{lane_max, lane_sum, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
@@ -177,14 +177,14 @@ pub fn head_cross_entropy<E: Real, T: Tape<E, Cpu>>(
                 .zip(nll.par_iter_mut())
                 .enumerate()
                 .for_each(|(r, (row, nll))| {
-                    vectorized(
+                    vectorized_with(
                         #[inline(always)]
-                        || {
+                        |ma| {
                             let max = lane_max(row);
                             let tgt = targets[r] as usize;
                             let target_logit = row[tgt].f64();
                             for z in row.iter_mut() {
-                                *z = (*z - max).fast_exp();
+                                *z = (*z - max).fast_exp(ma);
                             }
                             let sum = lane_sum(row).f64();
                             *nll = sum.ln() + max.f64() - target_logit;

@@ -28,8 +28,8 @@ pub mod profile;
 pub mod scan;
 pub mod ssm_output;
 
-use crate::isa::vectorized;
-use crate::real::Real;
+use crate::isa::{vectorized, vectorized_with};
+use crate::real::{MulAdd, Real};
 use dfdx::prelude::{Cpu, Gradients, NoneTape, OwnedTape, PutTape, Shape, SplitTape, Tape, Tensor};
 use dfdx::tensor::{TensorFromVec, WithEmptyTape};
 use dfdx::tensor_ops::Backward;
@@ -356,6 +356,30 @@ pub fn par_rows<E: Send>(out: &mut [E], width: usize, f: impl Fn(usize, &mut [E]
                 || {
                     for (i, row) in chunk.chunks_mut(width).enumerate() {
                         f(blk * ROW_BLOCK + i, row);
+                    }
+                },
+            )
+        });
+}
+
+/// [`par_rows`] for kernels that evaluate polynomials: `f(m, row_index, row)` with the
+/// multiply-add of the compiled instruction set ([`crate::isa::vectorized_with`]).
+pub fn par_rows_with<E: Send>(
+    out: &mut [E],
+    width: usize,
+    f: impl Fn(MulAdd, usize, &mut [E]) + Sync,
+) {
+    if width == 0 {
+        return;
+    }
+    out.par_chunks_mut(width * ROW_BLOCK)
+        .enumerate()
+        .for_each(|(blk, chunk)| {
+            vectorized_with(
+                #[inline(always)]
+                |m| {
+                    for (i, row) in chunk.chunks_mut(width).enumerate() {
+                        f(m, blk * ROW_BLOCK + i, row);
                     }
                 },
             )

@@ -9,7 +9,7 @@
 //! in parallel.
 
 use super::{add_into, custom_op, dims, Var};
-use crate::isa::vectorized;
+use crate::isa::vectorized_with;
 use crate::real::Real;
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
@@ -37,15 +37,15 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
             let a: Vec<E> = a_log.iter().map(|&x| -x.exp()).collect();
             let mut h = vec![E::zero(); m * n];
             h.par_chunks_mut(seq * n).enumerate().for_each(|(s, hs)| {
-                vectorized(
+                vectorized_with(
                     #[inline(always)]
-                    || {
+                    |ma| {
                         let mut prev = vec![E::zero(); n];
                         for t in 0..seq {
                             let r = s * seq + t;
                             let d = dt[r];
                             for i in 0..n {
-                                prev[i] = (d * a[i]).fast_exp() * prev[i] + d * bu[r * n + i];
+                                prev[i] = (d * a[i]).fast_exp(ma) * prev[i] + d * bu[r * n + i];
                             }
                             hs[t * n..(t + 1) * n].copy_from_slice(&prev);
                         }
@@ -67,9 +67,9 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
                 .zip(g_bu[0].acc().par_chunks_mut(seq * n))
                 .enumerate()
                 .map(|(s, (gdt, gbu))| {
-                    vectorized(
+                    vectorized_with(
                         #[inline(always)]
-                        || {
+                        |ma| {
                             let mut galog = vec![E::zero(); n];
                             let mut carry = vec![E::zero(); n];
                             for t in (0..seq).rev() {
@@ -78,7 +78,7 @@ pub fn selective_scan<E: Real, T: Tape<E, Cpu>>(
                                 let mut gd = E::zero();
                                 for i in 0..n {
                                     let gh = gh_out[r * n + i] + carry[i];
-                                    let da = (d * a[i]).fast_exp();
+                                    let da = (d * a[i]).fast_exp(ma);
                                     let hp = if t > 0 { h[(r - 1) * n + i] } else { E::zero() };
                                     gbu[t * n + i] += d * gh;
                                     gd += gh * (bu[r * n + i] + hp * a[i] * da);

@@ -12,7 +12,7 @@
 use super::{
     add_into, assume_filled, custom_op, dims, sum_in_order, transpose, uninit, Sink, Var, ROW_BLOCK,
 };
-use crate::isa::vectorized;
+use crate::isa::vectorized_with;
 use crate::real::{lane_dot, sigmoid, Real};
 use dfdx::prelude::{Cpu, Tape};
 use rayon::prelude::*;
@@ -73,9 +73,9 @@ fn backward_rows<E: Real, S: Sink<E>>(
         .zip(g_xg.par_chunks_mut(ROW_BLOCK * 2 * di))
         .enumerate()
         .map(|(b, ((ghb, gub), gxb))| {
-            vectorized(
+            vectorized_with(
                 #[inline(always)]
-                || {
+                |ma| {
                     let mut hc = vec![E::zero(); di];
                     let mut dhc = vec![E::zero(); di];
                     // d D (di), d C^T (n rows of di), d gate bias (di).
@@ -105,7 +105,7 @@ fn backward_rows<E: Real, S: Sink<E>>(
                         let (gd, gbz) = (&mut gd[..di], &mut gbz[..di]);
                         for j in 0..di {
                             let (gj, uu) = (g[j] + bz[j], ur[j]);
-                            let s = sigmoid(gj);
+                            let s = sigmoid(gj, ma);
                             let y = hc[j] + dv[j] * uu;
                             let dy = gzr[j] * gj * s;
                             dhc[j] = dy;
@@ -164,9 +164,9 @@ pub fn ssm_output<E: Real, T: Tape<E, Cpu>>(
             y.par_chunks_mut(ROW_BLOCK * di)
                 .enumerate()
                 .for_each(|(b, yb)| {
-                    vectorized(
+                    vectorized_with(
                         #[inline(always)]
-                        || {
+                        |ma| {
                             let mut hc = vec![E::zero(); di];
                             for (i, yr) in yb.chunks_mut(di).enumerate() {
                                 let r = b * ROW_BLOCK + i;
@@ -177,7 +177,7 @@ pub fn ssm_output<E: Real, T: Tape<E, Cpu>>(
                                     (&mut yr[..di], &hc[..di], &dv[..di], &bz[..di]);
                                 for j in 0..di {
                                     let gj = g[j] + bz[j];
-                                    yr[j].write((hc[j] + dv[j] * ur[j]) * gj * sigmoid(gj));
+                                    yr[j].write((hc[j] + dv[j] * ur[j]) * gj * sigmoid(gj, ma));
                                 }
                             }
                         },
