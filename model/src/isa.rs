@@ -125,16 +125,10 @@ pub fn kernel_path() -> String {
 /// calls) `#[inline(always)]` so its loops are compiled inside the specialised copy.
 #[inline(always)]
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    match kernels() {
-        // SAFETY: `kernels()` only returns an instruction set the CPU supports.
-        Isa::Avx512 => unsafe { run_avx512(f) },
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { run_avx2(f) },
-        Isa::Portable => f(),
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    f()
+    vectorized_with(
+        #[inline(always)]
+        |_| f(),
+    )
 }
 
 /// [`vectorized`] for kernels that evaluate polynomials: `f` is given the way to

@@ -345,21 +345,12 @@ pub const ROW_BLOCK: usize = 64;
 
 /// Fills `out` (rows of `width`) in parallel blocks of rows: `f(row_index, row)`.
 pub fn par_rows<E: Send>(out: &mut [E], width: usize, f: impl Fn(usize, &mut [E]) + Sync) {
-    if width == 0 {
-        return;
-    }
-    out.par_chunks_mut(width * ROW_BLOCK)
-        .enumerate()
-        .for_each(|(blk, chunk)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (i, row) in chunk.chunks_mut(width).enumerate() {
-                        f(blk * ROW_BLOCK + i, row);
-                    }
-                },
-            )
-        });
+    par_rows_with(
+        out,
+        width,
+        #[inline(always)]
+        |_, r, row| f(r, row),
+    )
 }
 
 /// [`par_rows`] for kernels that evaluate polynomials: `f(m, row_index, row)` with the
