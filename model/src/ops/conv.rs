@@ -46,7 +46,7 @@ pub fn conv_silu<E: Real, T: Tape<E, Cpu>>(
             let xb = v.get(3).map_or(&zero[..], |ib| &ib[..di]);
             let wt = transpose(w, di, k);
             // Per output row: the convolution into `u`, then in place u = c s with
-            // s = sigmoid(c, ma), saving SiLU'(c) = s (1 + c (1 - s)) in `ds`: one pass, no
+            // s = sigmoid(c), saving SiLU'(c) = s (1 + c (1 - s)) in `ds`: one pass, no
             // intermediate `c` matrix.
             // Without a backward (`NoneTape`), SiLU' is not saved.
             let grad = T::OWNS_TAPE;
