@@ -107,7 +107,8 @@ fn rerun_verify_on_other_kernels_names_the_kernels_instead_of_a_bare_mismatch() 
     let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
     let kernels = meta["environment"]["kernels"].as_str().unwrap().to_owned();
     assert!(
-        kernels.ends_with("/avx512")
+        kernels.ends_with("/avx512+amx")
+            || kernels.ends_with("/avx512")
             || kernels.ends_with("/avx2")
             || kernels.ends_with("/portable"),
         "{kernels}"

@@ -1,14 +1,16 @@
 //! Instruction sets: what this CPU supports, which one the training and scoring kernels
-//! use (chosen once per process, overridable with `ITERA_KERNELS=portable`), and
-//! [`vectorized`], which runs a closure compiled for that instruction set.
+//! use (chosen once per process, overridable with `ITERA_KERNELS`: `portable`, `avx2`,
+//! `avx512`), and [`vectorized`], which runs a closure compiled for that instruction set.
 //!
 //! Two families of kernels depend on it:
-//! - matrix products ([`crate::ops::gemm`]): the `gemm` crate's AVX-512 or AVX2/FMA
-//!   kernels (it dispatches on the CPU itself), or this crate's portable product;
+//! - matrix products ([`crate::ops::gemm`]): on CPUs with AMX tiles, the f32 products of
+//!   at least 128 on a side run on them ([`crate::ops::amx`], [`amx`]); the others use
+//!   the `gemm` crate's AVX-512 or AVX2/FMA kernels (it dispatches on the CPU itself), or
+//!   this crate's portable product;
 //! - elementwise and scan kernels: plain Rust, compiled a second and third time with
-//!   AVX2 or AVX-512 enabled. They never use fused multiply-add (Rust does not contract
-//!   `a * b + c`) and reduce in fixed orders, so their results are the same bits on every
-//!   instruction set; only the matrix products' rounding differs between paths.
+//!   AVX2 or AVX-512 enabled. Their polynomials use the multiply-add of their path
+//!   ([`MulAdd`]: fused on AVX2 and AVX-512) and they reduce in fixed orders, so the
+//!   AVX2 and AVX-512 copies give the same bits.
 //!
 //! Results never depend on the thread count on any path; they can differ between paths,
 //! which is why the path is recorded with every trained model ([`kernel_path`]).
@@ -86,39 +88,73 @@ impl Isa {
     }
 }
 
-/// Environment variable that forces the portable kernels (`portable`); `auto` or unset
-/// uses the best the CPU supports.
+/// Environment variable that chooses the kernels: `portable`, `avx2`, `avx512` (AVX-512
+/// without AMX tiles), or `auto`/unset for the best the CPU supports (never a faster set
+/// than the CPU has).
 pub const KERNELS_ENV: &str = "ITERA_KERNELS";
 
 const UNSET: u8 = u8::MAX;
+/// The chosen level: an [`Isa`] rank, or [`AMX`] for AVX-512 with AMX matrix products.
 static CHOSEN: AtomicU8 = AtomicU8::new(UNSET);
+const AMX: u8 = 3;
 
-/// The instruction set of the training and scoring kernels in this process: the best
-/// the CPU supports, or the portable code when `ITERA_KERNELS=portable` (or after
-/// [`force`]).
-pub fn kernels() -> Isa {
+/// The best level this CPU supports.
+fn best() -> u8 {
+    let isa = Isa::detect();
+    if isa == Isa::Avx512 && crate::ops::amx::available() {
+        AMX
+    } else {
+        isa.rank()
+    }
+}
+
+fn level() -> u8 {
     let r = CHOSEN.load(Ordering::Relaxed);
     if r != UNSET {
-        return Isa::from_rank(r);
+        return r;
     }
-    let isa = match std::env::var(KERNELS_ENV).as_deref() {
-        Ok("portable") => Isa::Portable,
-        _ => Isa::detect(),
+    let best = best();
+    let level = match std::env::var(KERNELS_ENV).as_deref() {
+        Ok("portable") => 0,
+        Ok("avx2") => best.min(Isa::Avx2.rank()),
+        Ok("avx512") => best.min(Isa::Avx512.rank()),
+        _ => best,
     };
-    CHOSEN.store(isa.rank(), Ordering::Relaxed);
-    isa
+    CHOSEN.store(level, Ordering::Relaxed);
+    level
+}
+
+/// The instruction set of the training and scoring kernels in this process: the best
+/// the CPU supports, or the one `ITERA_KERNELS` names (or [`force`] set).
+pub fn kernels() -> Isa {
+    Isa::from_rank(level().min(Isa::Avx512.rank()))
+}
+
+/// Whether the f32 matrix products of training and scoring run on AMX tiles
+/// ([`crate::ops::amx`]): on CPUs that have them, unless `ITERA_KERNELS` names a lower set.
+pub fn amx() -> bool {
+    level() == AMX
 }
 
 /// Makes every later kernel call of this process use `isa` (or the best supported one
-/// below it). For tests and benchmarks; set it before computing, not during.
+/// below it), without AMX tiles. For tests and benchmarks; set it before computing, not
+/// during.
 pub fn force(isa: Isa) {
     CHOSEN.store(isa.or_supported().rank(), Ordering::Relaxed);
 }
 
-/// The kernel path results were computed with, as recorded in run records:
-/// `"avx512"`, `"avx2"` or `"portable"`, with the architecture (`x86_64/avx512`).
+/// [`force`] of the best kernels this CPU has, AMX tiles included; returns whether they
+/// include AMX.
+pub fn force_best() -> bool {
+    CHOSEN.store(best(), Ordering::Relaxed);
+    amx()
+}
+
+/// The kernel path results were computed with, as recorded in run records: the
+/// architecture and `avx512+amx`, `avx512`, `avx2` or `portable` (`x86_64/avx512+amx`).
 pub fn kernel_path() -> String {
-    format!("{}/{}", std::env::consts::ARCH, kernels().name())
+    let amx = if amx() { "+amx" } else { "" };
+    format!("{}/{}{amx}", std::env::consts::ARCH, kernels().name())
 }
 
 /// Runs `f` compiled for the kernels' instruction set. Mark `f` (and the closures it

@@ -3,6 +3,8 @@
 //! so does batched scoring. Shapes are large enough that the matrix products and the
 //! elementwise kernels really split their work (widths up to 256), and a step's batch of 9
 //! sequences is cut into two unequal micro-batches (5 and 4) computed by groups of threads.
+//! A second run at hidden size 128 puts the large products on AMX tiles where the CPU has
+//! them (`ops::amx`; products of at least 128 on a side).
 //! Generation runs on one thread by design (the recurrent decoder), so it needs no check
 //! here; `parity.rs` ties the decoder to these weights.
 
@@ -10,10 +12,10 @@ use itera_model::{
     BatchSampler, ModelConfig, OptimizerConfig, ScheduleConfig, StepStats, TrainConfig, Trainer,
 };
 
-fn model() -> ModelConfig {
+fn model(hidden_size: usize) -> ModelConfig {
     ModelConfig {
         vocab_size: 300,
-        hidden_size: 64,
+        hidden_size,
         num_layers: 2,
         ssm_state_size: 8,
         num_experts: 4,
@@ -33,7 +35,7 @@ fn stream(n: usize) -> Vec<u32> {
 
 type Run = (Vec<Vec<f32>>, Vec<StepStats>, f64);
 
-fn train(threads: usize) -> Run {
+fn train(hidden: usize, threads: usize) -> Run {
     let cfg = TrainConfig {
         optimizer: OptimizerConfig {
             learning_rate: 3e-3,
@@ -48,7 +50,7 @@ fn train(threads: usize) -> Run {
         batch_size: 9,
         seq_len: 32,
     };
-    let mut t = Trainer::<f32>::new(&model(), &cfg, 11, threads).unwrap();
+    let mut t = Trainer::<f32>::new(&model(hidden), &cfg, 11, threads).unwrap();
     let mut s = BatchSampler::new(stream(5000), 9, 32, 11).unwrap();
     let mut stats = Vec::new();
     t.fit(&mut s, |_, st| {
@@ -76,11 +78,10 @@ fn train(threads: usize) -> Run {
     (all, stats, sum)
 }
 
-#[test]
-fn one_two_three_and_eight_threads_give_the_same_bits() {
-    let one = train(1);
+fn same_bits_for_any_thread_count(hidden: usize) {
+    let one = train(hidden, 1);
     for threads in [2, 3, 8] {
-        let other = train(threads);
+        let other = train(hidden, threads);
         assert_eq!(one.1, other.1, "step statistics with {threads} threads");
         assert_eq!(
             one.2.to_bits(),
@@ -92,4 +93,20 @@ fn one_two_three_and_eight_threads_give_the_same_bits() {
             "weights or optimizer state differ with {threads} threads"
         );
     }
+}
+
+#[test]
+fn one_two_three_and_eight_threads_give_the_same_bits() {
+    same_bits_for_any_thread_count(64);
+}
+
+#[test]
+fn the_same_bits_with_products_on_matrix_tiles() {
+    if !itera_model::isa::amx() {
+        eprintln!(
+            "kernels {}: no AMX tiles here, so this checks the vector products at width 128",
+            itera_model::isa::kernel_path()
+        );
+    }
+    same_bits_for_any_thread_count(128);
 }

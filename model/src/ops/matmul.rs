@@ -1,11 +1,13 @@
-//! Matrix products of the ops: the `gemm` crate (its AVX-512 or AVX2/FMA kernels, chosen
-//! by the CPU) or, on the portable path ([`crate::isa`]), a plain blocked product.
+//! Matrix products of the ops: AMX tiles for large f32 products on CPUs that have them
+//! ([`super::amx`]), else the `gemm` crate (its AVX-512 or AVX2/FMA kernels, chosen by
+//! the CPU), or, on the portable path ([`crate::isa`]), a plain blocked product.
 //!
-//! Both keep every output element's sum in an order that depends only on the shapes:
-//! `gemm` splits the work between threads by output blocks, never along the summed
-//! dimension, and the portable product sums each element in index order. So results
-//! are the same bits for any thread count (tested in `tests/threads.rs`).
+//! All keep every output element's sum in an order that depends only on the shapes:
+//! AMX and `gemm` split the work between threads by output blocks, never along the
+//! summed dimension, and the portable product sums each element in index order. So
+//! results are the same bits for any thread count (tested in `tests/threads.rs`).
 
+use super::amx;
 use crate::isa::{self, Isa};
 use crate::real::Real;
 use rayon::prelude::*;
@@ -92,6 +94,15 @@ unsafe fn crate_gemm<E: Real>(
     read_dst: bool,
     scale: E,
 ) {
+    if isa::amx() && amx::suits(m, n, k) {
+        if let (Some(a), Some(b)) = (as_f32(a), as_f32(b)) {
+            let scale = scale.f64() as f32; // exact: `E` is f32
+                                            // SAFETY: AMX is in use only when available; the caller's guarantees hold for
+                                            // the same memory seen as f32 (`E` is f32 here).
+            unsafe { amx::gemm_f32(m, n, k, a, a_t, b, b_t, dst.cast(), read_dst, scale) };
+            return;
+        }
+    }
     let (a_rs, a_cs) = if a_t {
         (1, m as isize)
     } else {
@@ -126,6 +137,13 @@ unsafe fn crate_gemm<E: Real>(
             parallelism(m, n, k),
         )
     }
+}
+
+/// `x` as f32 when `E` is f32.
+fn as_f32<E: Real>(x: &[E]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>())
+        // SAFETY: `E` is `f32`: same size, alignment and bits.
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) })
 }
 
 fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {

@@ -14,6 +14,7 @@
 //! All graph tensors are 2-D `(rows, cols)` with runtime sizes ([`Var`]); a 1-D parameter
 //! of length `n` is `(1, n)`; a loss is 0-D.
 
+pub mod amx;
 pub mod conv;
 pub mod dense;
 pub mod elementwise;
