@@ -118,7 +118,14 @@ fn level() -> u8 {
         Ok("portable") => 0,
         Ok("avx2") => best.min(Isa::Avx2.rank()),
         Ok("avx512") => best.min(Isa::Avx512.rank()),
-        _ => best,
+        Ok("auto") | Ok("") | Err(_) => best,
+        Ok(other) => {
+            eprintln!(
+                "warning: {KERNELS_ENV}={other:?} is not a kernel set; use portable, avx2, \
+                 avx512 or auto (running with the best this CPU has)"
+            );
+            best
+        }
     };
     CHOSEN.store(level, Ordering::Relaxed);
     level

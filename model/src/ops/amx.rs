@@ -83,6 +83,15 @@ fn detect() -> bool {
     false
 }
 
+/// Products computed on the tiles by this process (so tests can check where a model's
+/// products went).
+static PRODUCTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many products this process has computed on the tiles.
+pub fn products_computed() -> u64 {
+    PRODUCTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Whether a product of these sizes goes to the tiles: both sides and the depth at
 /// least 128 (smaller products lose to the cost of packing).
 pub fn suits(m: usize, n: usize, k: usize) -> bool {
@@ -269,6 +278,20 @@ impl Drop for Tiles {
     }
 }
 
+/// The four tile products of one term: row tiles tmm4/tmm5 times column tiles tmm6/tmm7
+/// into the accumulators tmm0-3.
+#[cfg(target_arch = "x86_64")]
+macro_rules! products {
+    () => {
+        concat!(
+            "tdpbf16ps tmm0, tmm4, tmm6\n",
+            "tdpbf16ps tmm1, tmm5, tmm6\n",
+            "tdpbf16ps tmm2, tmm4, tmm7\n",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+        )
+    };
+}
+
 /// One 32 x 32 block of `C` (row-major at `c`, rows `ldc` bytes apart) plus the product
 /// of `pbs` packed k-blocks of A (`a`) and B (`b`); the block starts from zero unless
 /// `load`.
@@ -300,44 +323,26 @@ unsafe fn kernel(a: *const u32, b: *const u32, pbs: usize, c: *mut f32, ldc: usi
             "tileloadd tmm5, [{a} + {s}*1 + 1024]",
             "tileloadd tmm6, [{b} + {s}*1]",
             "tileloadd tmm7, [{b} + {s}*1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm5, tmm6",
-            "tdpbf16ps tmm2, tmm4, tmm7",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            products!(),
             "tileloadd tmm6, [{b} + {s}*1 + 2048]",
             "tileloadd tmm7, [{b} + {s}*1 + 3072]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm5, tmm6",
-            "tdpbf16ps tmm2, tmm4, tmm7",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            products!(),
             "tileloadd tmm6, [{b} + {s}*1 + 4096]",
             "tileloadd tmm7, [{b} + {s}*1 + 5120]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm5, tmm6",
-            "tdpbf16ps tmm2, tmm4, tmm7",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            products!(),
             "tileloadd tmm4, [{a} + {s}*1 + 2048]",
             "tileloadd tmm5, [{a} + {s}*1 + 3072]",
             "tileloadd tmm6, [{b} + {s}*1]",
             "tileloadd tmm7, [{b} + {s}*1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm5, tmm6",
-            "tdpbf16ps tmm2, tmm4, tmm7",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            products!(),
             "tileloadd tmm6, [{b} + {s}*1 + 2048]",
             "tileloadd tmm7, [{b} + {s}*1 + 3072]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm5, tmm6",
-            "tdpbf16ps tmm2, tmm4, tmm7",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            products!(),
             "tileloadd tmm4, [{a} + {s}*1 + 4096]",
             "tileloadd tmm5, [{a} + {s}*1 + 5120]",
             "tileloadd tmm6, [{b} + {s}*1]",
             "tileloadd tmm7, [{b} + {s}*1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm5, tmm6",
-            "tdpbf16ps tmm2, tmm4, tmm7",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            products!(),
             "add {a}, 6144",
             "add {b}, 6144",
             "dec {n}",
@@ -420,6 +425,7 @@ pub unsafe fn gemm_f32(
     read_dst: bool,
     scale: f32,
 ) {
+    PRODUCTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let a_op = Operand {
         data: a,
         rows: m,

@@ -96,9 +96,10 @@ unsafe fn crate_gemm<E: Real>(
 ) {
     if isa::amx() && amx::suits(m, n, k) {
         if let (Some(a), Some(b)) = (as_f32(a), as_f32(b)) {
-            let scale = scale.f64() as f32; // exact: `E` is f32
-                                            // SAFETY: AMX is in use only when available; the caller's guarantees hold for
-                                            // the same memory seen as f32 (`E` is f32 here).
+            // Exact: `E` is f32.
+            let scale = scale.f64() as f32;
+            // SAFETY: AMX is in use only when available; the caller's guarantees hold for
+            // the same memory seen as f32 (`E` is f32 here).
             unsafe { amx::gemm_f32(m, n, k, a, a_t, b, b_t, dst.cast(), read_dst, scale) };
             return;
         }
