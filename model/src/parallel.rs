@@ -8,8 +8,35 @@
 //! what a part computes never depends on which group ran it or on how many threads there
 //! are, so the combined result is the same bits for 1, 2, 3 or 8 threads.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The groups' pools for `threads` threads in `groups` groups, built once per process and
+/// kept: their threads keep the product kernels' packing buffers (thread-local) from one
+/// step to the next, where fresh threads would allocate and fault them in again.
+/// `None` when the operating system refuses the threads.
+fn group_pools(threads: usize, groups: usize) -> Option<Arc<Vec<rayon::ThreadPool>>> {
+    type Pools = Mutex<HashMap<(usize, usize), Arc<Vec<rayon::ThreadPool>>>>;
+    static POOLS: OnceLock<Pools> = OnceLock::new();
+    let cache = POOLS.get_or_init(Pools::default);
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = cache.get(&(threads, groups)) {
+        return Some(p.clone());
+    }
+    let pools: Vec<rayon::ThreadPool> = (0..groups)
+        .map(|g| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads / groups + usize::from(g < threads % groups))
+                .thread_name(move |i| format!("itera-part-{g}-{i}"))
+                .build()
+                .ok()
+        })
+        .collect::<Option<_>>()?;
+    let pools = Arc::new(pools);
+    cache.insert((threads, groups), pools.clone());
+    Some(pools)
+}
 
 /// `f(0), ..., f(n - 1)`, in that order, computed by `min(n, threads)` groups of the
 /// current rayon pool's threads taking the next part as they finish one. With one thread
@@ -20,17 +47,8 @@ pub fn run_parts<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
     if groups <= 1 {
         return (0..n).map(f).collect();
     }
-    let pools: Option<Vec<rayon::ThreadPool>> = (0..groups)
-        .map(|g| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads / groups + usize::from(g < threads % groups))
-                .thread_name(move |i| format!("itera-part-{g}-{i}"))
-                .build()
-                .ok()
-        })
-        .collect();
     // Without threads to spare, the same parts in order on the current pool.
-    let Some(pools) = pools else {
+    let Some(pools) = group_pools(threads, groups) else {
         return (0..n).map(f).collect();
     };
     let next = AtomicUsize::new(0);
@@ -85,5 +103,29 @@ mod tests {
             let want: Vec<u64> = (0..13).map(|i| 499_500 * i).collect();
             assert_eq!(got, want, "{threads} threads");
         }
+    }
+
+    #[test]
+    fn runs_at_once_share_the_kept_pools_without_waiting_on_each_other() {
+        // Two callers with the same thread count use the same kept group pools at once
+        // (e.g. two trainers in one process); both finish with their own results.
+        let outer = |seed: u64| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                (0..20)
+                    .map(|_| run_parts(5, |i| seed * 100 + i as u64).iter().sum::<u64>())
+                    .collect::<Vec<u64>>()
+            })
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| outer(1));
+            let b = s.spawn(|| outer(2));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert_eq!(a, vec![510; 20]);
+        assert_eq!(b, vec![1010; 20]);
     }
 }
