@@ -106,7 +106,7 @@ mod tests {
     }
 
     #[test]
-    fn runs_at_once_share_the_kept_pools_without_waiting_on_each_other() {
+    fn two_callers_at_once_share_the_kept_pools_and_keep_their_own_results() {
         // Two callers with the same thread count use the same kept group pools at once
         // (e.g. two trainers in one process); both finish with their own results.
         let outer = |seed: u64| {
@@ -127,5 +127,8 @@ mod tests {
         });
         assert_eq!(a, vec![510; 20]);
         assert_eq!(b, vec![1010; 20]);
+        // Kept: the same pools come back for the same layout, built once.
+        let (p, q) = (group_pools(2, 2).unwrap(), group_pools(2, 2).unwrap());
+        assert!(Arc::ptr_eq(&p, &q), "the group pools are built afresh");
     }
 }

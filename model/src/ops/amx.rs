@@ -140,22 +140,18 @@ impl Operand<'_> {
         let x0 = g * 2 * T;
         let rows = self.rows.saturating_sub(x0).min(2 * T);
         let ks = self.k.saturating_sub(p0).min(pbs * 2 * T);
-        if self.kcontig {
-            let per_row = ks.div_ceil(T);
-            SourceLines {
-                base: self.data.as_ptr().wrapping_add(x0 * self.ld + p0),
-                ld: self.ld,
-                per_row,
-                count: rows * per_row,
-            }
+        // Storage rows run along `k` (one per matrix row) or across the rows (one per `k`).
+        let (lines, along, start) = if self.kcontig {
+            (rows, ks, x0 * self.ld + p0)
         } else {
-            let per_row = rows.div_ceil(T);
-            SourceLines {
-                base: self.data.as_ptr().wrapping_add(p0 * self.ld + x0),
-                ld: self.ld,
-                per_row,
-                count: ks * per_row,
-            }
+            (ks, rows, p0 * self.ld + x0)
+        };
+        let per_row = along.div_ceil(T);
+        SourceLines {
+            base: self.data.as_ptr().wrapping_add(start),
+            ld: self.ld,
+            per_row,
+            count: lines * per_row,
         }
     }
 
